@@ -1,0 +1,28 @@
+//! Policy model, validation and decision logic shared by the meshwarden filters and the
+//! control plane. Everything here is plain Rust: it compiles natively (unit tests, control
+//! plane) and to `wasm32-wasip1` (filters), so a policy the API accepts is one the filter
+//! accepts.
+
+pub mod document;
+pub mod fault;
+pub mod mirror;
+pub mod ratelimit;
+pub mod error;
+pub mod filter_config;
+pub mod matcher;
+pub mod names;
+pub mod percentage;
+pub mod request;
+pub mod selector;
+pub mod spec;
+pub mod string_match;
+pub mod trace;
+
+pub use document::{Kind, PolicyDocument, API_VERSION};
+pub use error::ValidationError;
+pub use filter_config::{CompiledPolicy, FilterConfig};
+pub use matcher::{CompiledMatch, RequestMatch};
+pub use percentage::Percentage;
+pub use request::RequestHeaders;
+pub use selector::{NodeInfo, Selector};
+pub use spec::KindSpec;
