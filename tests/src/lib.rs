@@ -1,1 +1,17 @@
-//! e2e harness
+//! Harness for meshwarden's end-to-end tests: real processes (control plane, Envoy), an
+//! in-process echo upstream, free loopback ports and bounded waits.
+
+pub mod cli;
+pub mod control_plane;
+pub mod envoy;
+pub mod paths;
+pub mod ports;
+pub mod process;
+pub mod upstream;
+pub mod wait;
+
+pub use cli::{Cli, CliOutput};
+pub use control_plane::ControlPlane;
+pub use envoy::{Envoy, EnvoyOptions};
+pub use upstream::{EchoUpstream, RecordedRequest};
+pub use wait::wait_until;

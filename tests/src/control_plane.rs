@@ -1,0 +1,103 @@
+//! A `meshwarden serve` process with its own data directory and ports.
+
+use crate::cli::Cli;
+use crate::paths::{meshwarden_bin, wasm_dir};
+use crate::ports::free_port;
+use crate::process::ChildGuard;
+use crate::wait::wait_until;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// A running control plane. Killed when dropped; its data directory lives as long as it.
+pub struct ControlPlane {
+    pub grpc_port: u16,
+    pub http_port: u16,
+    pub wasm_dir: PathBuf,
+    dir: tempfile::TempDir,
+    child: Option<ChildGuard>,
+}
+
+impl ControlPlane {
+    /// Starts a control plane serving the built modules.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with_wasm_dir(wasm_dir()).await
+    }
+
+    /// Starts a control plane serving modules from `wasm_dir`.
+    pub async fn start_with_wasm_dir(wasm_dir: PathBuf) -> anyhow::Result<Self> {
+        let mut cp = Self {
+            grpc_port: free_port(),
+            http_port: free_port(),
+            wasm_dir,
+            dir: tempfile::tempdir()?,
+            child: None,
+        };
+        cp.launch().await?;
+        Ok(cp)
+    }
+
+    /// The data directory (the embedded store).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The process log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("meshwarden.log")).unwrap_or_default()
+    }
+
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        let mut cmd = Command::new(meshwarden_bin());
+        cmd.arg("serve")
+            .arg("--grpc-addr")
+            .arg(format!("127.0.0.1:{}", self.grpc_port))
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{}", self.http_port))
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--wasm-dir")
+            .arg(&self.wasm_dir)
+            .env("RUST_LOG", "info");
+        let log = self.dir.path().join("meshwarden.log");
+        self.child = Some(ChildGuard::spawn(&mut cmd, &log)?);
+        let url = format!("http://127.0.0.1:{}/readyz", self.http_port);
+        let client = reqwest::Client::new();
+        let ready = wait_until(Duration::from_secs(20), "control plane /readyz", || {
+            let req = client.get(&url).timeout(Duration::from_secs(1)).send();
+            async move { req.await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        })
+        .await;
+        if let Err(e) = ready {
+            anyhow::bail!("{e}\n--- control plane log ---\n{}", self.log());
+        }
+        Ok(())
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill();
+        }
+    }
+
+    /// Starts again on the same ports and data directory.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.launch().await
+    }
+
+    /// The CLI bound to this control plane.
+    pub fn cli(&self) -> Cli {
+        Cli {
+            server: format!("http://127.0.0.1:{}", self.grpc_port),
+        }
+    }
+
+    /// GET a path on the HTTP (metrics/health) port.
+    pub async fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let r = reqwest::get(format!("http://127.0.0.1:{}{path}", self.http_port)).await?;
+        let status = r.status().as_u16();
+        Ok((status, r.text().await?))
+    }
+}

@@ -1,0 +1,162 @@
+//! A real Envoy bootstrapped against a test control plane.
+
+use crate::control_plane::ControlPlane;
+use crate::paths::envoy_bin;
+use crate::ports::free_port;
+use crate::process::ChildGuard;
+use crate::wait::wait_until;
+use meshwarden_cp::bootstrap::{render, BootstrapParams};
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+/// How to start an Envoy.
+#[derive(Debug, Clone)]
+pub struct EnvoyOptions {
+    pub node_id: String,
+    pub cluster: String,
+    pub labels: BTreeMap<String, String>,
+    /// Delta ADS instead of state-of-the-world.
+    pub delta: bool,
+    /// Worker threads.
+    pub concurrency: u32,
+}
+
+impl Default for EnvoyOptions {
+    fn default() -> Self {
+        Self {
+            node_id: "test-proxy".into(),
+            cluster: "test".into(),
+            labels: BTreeMap::new(),
+            delta: false,
+            concurrency: 2,
+        }
+    }
+}
+
+/// A running Envoy; killed when dropped.
+pub struct Envoy {
+    pub admin_port: u16,
+    pub listen_port: u16,
+    dir: tempfile::TempDir,
+    child: ChildGuard,
+    client: reqwest::Client,
+}
+
+impl Envoy {
+    /// Starts Envoy routing to `upstream_port`, with ADS from `cp`, and waits until it is
+    /// live (listener warmed with the filters' first configuration).
+    pub async fn start(cp: &ControlPlane, upstream_port: u16, opts: EnvoyOptions) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let admin_port = free_port();
+        let listen_port = free_port();
+        let bootstrap = render(&BootstrapParams {
+            node_id: opts.node_id.clone(),
+            node_cluster: opts.cluster.clone(),
+            labels: opts.labels.clone(),
+            admin_port,
+            listen_address: "127.0.0.1".into(),
+            listen_port,
+            xds_address: "127.0.0.1".into(),
+            xds_port: cp.grpc_port,
+            upstream_address: "127.0.0.1".into(),
+            upstream_port,
+            delta: opts.delta,
+            wasm_dir: cp.wasm_dir.clone(),
+        });
+        let config = dir.path().join("envoy.yaml");
+        std::fs::write(&config, bootstrap)?;
+        let mut cmd = Command::new(envoy_bin());
+        cmd.arg("-c")
+            .arg(&config)
+            .arg("--concurrency")
+            .arg(opts.concurrency.to_string())
+            .arg("--disable-hot-restart")
+            .arg("--log-level")
+            .arg("info")
+            .arg("--component-log-level")
+            .arg("upstream:warn,http:warn,connection:warn,main:warn,config:info,wasm:info");
+        let child = ChildGuard::spawn(&mut cmd, &dir.path().join("envoy.log"))?;
+        let envoy = Self {
+            admin_port,
+            listen_port,
+            dir,
+            child,
+            client: reqwest::Client::builder().pool_max_idle_per_host(8).build()?,
+        };
+        let ready = wait_until(Duration::from_secs(30), "envoy /ready", || {
+            let req = envoy.client.get(envoy.admin_url("/ready")).send();
+            async move {
+                let r = req.await.ok()?;
+                (r.status().is_success() && r.text().await.ok()?.trim() == "LIVE").then_some(())
+            }
+        })
+        .await;
+        if let Err(e) = ready {
+            anyhow::bail!("{e}\n--- envoy log ---\n{}", envoy.log());
+        }
+        Ok(envoy)
+    }
+
+    /// The process id (to prove there was no restart).
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Envoy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// URL of a path on the admin port.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    /// URL of a path on the traffic listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.listen_port)
+    }
+
+    /// A shared HTTP client.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// GET `path` through the proxy with extra headers.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<reqwest::Response> {
+        let mut req = self.client.get(self.url(path)).timeout(Duration::from_secs(10));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Ok(req.send().await?)
+    }
+
+    /// Every stat as `name -> value` (counters and gauges).
+    pub async fn stats(&self) -> anyhow::Result<BTreeMap<String, i64>> {
+        let text = self.client.get(self.admin_url("/stats")).send().await?.text().await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(": ")?;
+                Some((k.to_string(), v.trim().parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// One stat's value, 0 if absent.
+    pub async fn stat(&self, name: &str) -> anyhow::Result<i64> {
+        Ok(self.stats().await?.get(name).copied().unwrap_or(0))
+    }
+
+    /// The Prometheus exposition of Envoy's stats.
+    pub async fn prometheus(&self) -> anyhow::Result<String> {
+        Ok(self
+            .client
+            .get(self.admin_url("/stats/prometheus"))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+}

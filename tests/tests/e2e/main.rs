@@ -1,0 +1,5 @@
+//! End-to-end tests: the control plane and the filters inside a real Envoy.
+//! Each test starts its own processes on free loopback ports, so tests run in parallel.
+
+mod foundation;
+mod support;
