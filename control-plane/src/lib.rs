@@ -1,1 +1,13 @@
-//! lib
+//! meshwarden control plane: the durable policy store, the gRPC policy API, the ADS/ECDS
+//! server that pushes policies to Envoy, metrics and health endpoints, and the `meshwarden`
+//! CLI.
+
+pub mod api;
+pub mod bootstrap;
+pub mod cli;
+pub mod http;
+pub mod metrics;
+pub mod policy_set;
+pub mod registry;
+pub mod store;
+pub mod xds;

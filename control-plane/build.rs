@@ -1,0 +1,19 @@
+//! Generates the policy API (`proto/meshwarden/v1alpha1`) with tonic-prost-build, using the
+//! protoc shipped by `protoc-bin-vendored` so building needs no system protoc.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // prost-build reads PROTOC; this only affects the build script's own process.
+    std::env::set_var("PROTOC", protoc);
+
+    // Relative to the package directory (the build script's working directory), so the
+    // rerun-if-changed paths stay right wherever the workspace is checked out.
+    let root = "../proto";
+    let policy = "../proto/meshwarden/v1alpha1/policy.proto";
+    println!("cargo:rerun-if-changed={root}");
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&[policy], &[root])?;
+    Ok(())
+}

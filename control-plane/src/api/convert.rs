@@ -1,0 +1,96 @@
+//! Conversions between the registry's types and the API messages, and error mapping.
+
+use super::pb;
+use crate::policy_set::StoredPolicy;
+use crate::registry::{ApplyError, ApplyOutcome, ChangeEvent, ChangeType, DeleteError, Outcome};
+use meshwarden_common::Kind;
+use tonic::Status;
+
+/// A stored policy as returned by Get/List.
+pub fn policy(p: &StoredPolicy) -> pb::Policy {
+    pb::Policy {
+        kind: p.kind().to_string(),
+        name: p.name().to_string(),
+        document_json: p.doc.to_value().to_string(),
+        version: p.version.clone(),
+        generation: p.generation,
+        updated_unix_ms: p.updated_unix_ms,
+    }
+}
+
+/// One apply result.
+pub fn apply_result(o: &ApplyOutcome) -> pb::ApplyResult {
+    let outcome = match o.outcome {
+        Outcome::Created => pb::apply_result::Outcome::Created,
+        Outcome::Updated => pb::apply_result::Outcome::Updated,
+        Outcome::Unchanged => pb::apply_result::Outcome::Unchanged,
+    };
+    pb::ApplyResult {
+        kind: o.kind.to_string(),
+        name: o.name.clone(),
+        outcome: outcome.into(),
+        version: o.version.clone(),
+    }
+}
+
+/// One change event.
+pub fn change_event(e: &ChangeEvent) -> pb::ChangeEvent {
+    let ty = match e.change {
+        ChangeType::Created => pb::change_event::Type::Created,
+        ChangeType::Updated => pb::change_event::Type::Updated,
+        ChangeType::Deleted => pb::change_event::Type::Deleted,
+    };
+    pb::ChangeEvent {
+        kind: e.kind.to_string(),
+        name: e.name.clone(),
+        r#type: ty.into(),
+        version: e.version.clone(),
+        generation: e.generation,
+    }
+}
+
+/// A required kind, parsed leniently (`trace`, `tracepolicy`, `TracePolicy`).
+pub fn kind(s: &str) -> Result<Kind, Status> {
+    Kind::parse(s).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "unknown kind {s:?}; expected one of TracePolicy, FaultPolicy, MirrorPolicy, RateLimitPolicy"
+        ))
+    })
+}
+
+/// An optional kind filter: empty means every kind.
+pub fn kind_filter(s: &str) -> Result<Option<Kind>, Status> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        kind(s).map(Some)
+    }
+}
+
+/// Invalid input becomes INVALID_ARGUMENT with the registry's message; store failures
+/// become INTERNAL.
+pub fn apply_error(e: ApplyError) -> Status {
+    if e.is_invalid_input() {
+        Status::invalid_argument(e.to_string())
+    } else {
+        tracing::error!(error = %e, "apply failed");
+        Status::internal(e.to_string())
+    }
+}
+
+/// NOT_FOUND for a missing policy; store failures become INTERNAL.
+pub fn delete_error(e: DeleteError) -> Status {
+    match e {
+        DeleteError::NotFound { .. } => Status::not_found(e.to_string()),
+        DeleteError::Store(_) => {
+            tracing::error!(error = %e, "delete failed");
+            Status::internal(e.to_string())
+        }
+    }
+}
+
+/// A blocking task that panicked or was cancelled.
+pub fn join_error(e: tokio::task::JoinError) -> Status {
+    tracing::error!(error = %e, "registry task failed");
+    Status::internal(format!("registry task failed: {e}"))
+}

@@ -1,0 +1,14 @@
+//! The gRPC policy API: [`PolicyApi`] (apply/get/list/delete/watch policies) and
+//! [`ProxyStatusApi`] (connected proxies and what they accepted), served on the same port
+//! as ADS.
+
+mod convert;
+pub mod pb;
+mod policy;
+mod status;
+
+pub use policy::PolicyApi;
+pub use status::ProxyStatusApi;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+//! `meshwarden apply -f FILE|DIR|-`.
+
+use super::documents::{read_all, SourcedDocument};
+use super::{client, ApplyArgs};
+use crate::api::pb;
+use crate::registry::DocumentRef;
+use anyhow::bail;
+use meshwarden_common::PolicyDocument;
+use std::collections::HashMap;
+
+/// Validates locally (for a fast error naming file, document and field), then applies
+/// everything in one request and prints one line per policy.
+pub async fn run(server: &str, args: ApplyArgs) -> anyhow::Result<()> {
+    let docs = read_all(&args.files)?;
+    check(&docs)?;
+    let request = pb::ApplyRequest {
+        documents_json: docs.iter().map(|d| d.value.to_string()).collect(),
+        dry_run: args.dry_run,
+    };
+    let response = client::policies(server)
+        .await?
+        .apply(request)
+        .await
+        .map_err(|s| locate(&docs, client::status_error(s)))?
+        .into_inner();
+    let suffix = if args.dry_run { " (dry run)" } else { "" };
+    for r in &response.results {
+        let verb = match r.outcome() {
+            pb::apply_result::Outcome::Created => "created",
+            pb::apply_result::Outcome::Updated => "configured",
+            pb::apply_result::Outcome::Unchanged => "unchanged",
+            pb::apply_result::Outcome::Unspecified => "applied",
+        };
+        println!("{}/{} {verb}{suffix}", r.kind.to_ascii_lowercase(), r.name);
+    }
+    Ok(())
+}
+
+/// The checks the server makes, run locally so errors can name the file.
+fn check(docs: &[SourcedDocument]) -> anyhow::Result<()> {
+    let mut seen: HashMap<(meshwarden_common::Kind, String), &SourcedDocument> = HashMap::new();
+    for d in docs {
+        let doc = PolicyDocument::from_value(&d.value).map_err(|e| {
+            anyhow::anyhow!("{}: {}: {e}", d.source, DocumentRef::of(d.index, &d.value))
+        })?;
+        let id = (doc.kind(), doc.name().as_str().to_string());
+        if let Some(first) = seen.get(&id) {
+            bail!(
+                "{}: {}: {} {:?} is already defined in {} document {}; each policy may appear once per apply",
+                d.source,
+                DocumentRef::of(d.index, &d.value),
+                id.0,
+                id.1,
+                first.source,
+                first.index
+            );
+        }
+        seen.insert(id, d);
+    }
+    Ok(())
+}
+
+/// Rewrites a server error starting with `document N` (N counted over the whole request) to
+/// name the file and the document's position in it.
+fn locate(docs: &[SourcedDocument], err: anyhow::Error) -> anyhow::Error {
+    let msg = err.to_string();
+    let Some(rest) = msg.strip_prefix("document ") else {
+        return err;
+    };
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    match digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| docs.get(n.wrapping_sub(1)))
+    {
+        Some(d) => anyhow::anyhow!(
+            "{}: document {}{}",
+            d.source,
+            d.index,
+            &rest[digits.len()..]
+        ),
+        None => err,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::documents::parse;
+
+    const GOOD: &str =
+        "apiVersion: meshwarden.dev/v1alpha1\nkind: TracePolicy\nmetadata: {name: a}\nspec: {}\n";
+
+    #[test]
+    fn local_errors_name_file_document_and_field() {
+        let text = format!(
+            "{GOOD}---\napiVersion: meshwarden.dev/v1alpha1\nkind: TracePolicy\nmetadata: {{name: checkout}}\nspec: {{samplingPercentage: 150}}\n"
+        );
+        let err = check(&parse("bad.yaml", &text).unwrap()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "bad.yaml: document 2 (TracePolicy \"checkout\"): spec.samplingPercentage: must be a number from 0 to 100, got 150"
+        );
+    }
+
+    #[test]
+    fn duplicates_across_files_are_caught() {
+        let mut docs = parse("one.yaml", GOOD).unwrap();
+        docs.extend(parse("two.yaml", GOOD).unwrap());
+        let err = check(&docs).unwrap_err().to_string();
+        assert!(
+            err.starts_with("two.yaml: document 1 (TracePolicy \"a\"): "),
+            "{err}"
+        );
+        assert!(
+            err.contains("already defined in one.yaml document 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn server_errors_are_mapped_back_to_files() {
+        let mut docs = parse("one.yaml", GOOD).unwrap();
+        docs.extend(parse("two.yaml", &GOOD.replace("name: a", "name: b")).unwrap());
+        let err = locate(
+            &docs,
+            anyhow::anyhow!("document 2 (TracePolicy \"b\"): spec: bad"),
+        );
+        assert_eq!(
+            err.to_string(),
+            "two.yaml: document 1 (TracePolicy \"b\"): spec: bad"
+        );
+        let err = locate(&docs, anyhow::anyhow!("document 9: x"));
+        assert_eq!(err.to_string(), "document 9: x");
+    }
+}

@@ -1,0 +1,102 @@
+//! `meshwarden bootstrap`: prints an Envoy bootstrap (see [`crate::bootstrap`]).
+
+use crate::bootstrap::{render, BootstrapParams};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// `bootstrap` arguments.
+#[derive(Debug, clap::Args)]
+pub struct BootstrapArgs {
+    /// Envoy node id (policies select proxies by it).
+    #[arg(long)]
+    pub node_id: String,
+    /// Envoy node cluster.
+    #[arg(long)]
+    pub cluster: String,
+    /// Node label `key=value` (Envoy node metadata); may be repeated.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Control plane gRPC address, `host:port`.
+    #[arg(long, default_value = "127.0.0.1:18000", value_parser = parse_host_port)]
+    pub xds_addr: (String, u16),
+    /// Upstream the listener routes to, `host:port`.
+    #[arg(long, default_value = "127.0.0.1:18080", value_parser = parse_host_port)]
+    pub upstream_addr: (String, u16),
+    /// Listener address.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub listen_address: String,
+    /// Listener port.
+    #[arg(long, default_value_t = 10000)]
+    pub listen_port: u16,
+    /// Envoy admin port (bound to 127.0.0.1).
+    #[arg(long, default_value_t = 9901)]
+    pub admin_port: u16,
+    /// Use delta (incremental) ADS instead of state-of-the-world.
+    #[arg(long)]
+    pub delta: bool,
+    /// Directory holding `meshwarden_<filter>.wasm` for the pass-through default configs.
+    #[arg(long, default_value = super::DEFAULT_WASM_DIR)]
+    pub wasm_dir: PathBuf,
+}
+
+/// Prints the rendered bootstrap to stdout.
+pub fn run(args: BootstrapArgs) -> anyhow::Result<()> {
+    let params = BootstrapParams {
+        node_id: args.node_id,
+        node_cluster: args.cluster,
+        labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        admin_port: args.admin_port,
+        listen_address: args.listen_address,
+        listen_port: args.listen_port,
+        xds_address: args.xds_addr.0,
+        xds_port: args.xds_addr.1,
+        upstream_address: args.upstream_addr.0,
+        upstream_port: args.upstream_addr.1,
+        delta: args.delta,
+        wasm_dir: args.wasm_dir,
+    };
+    print!("{}", render(&params));
+    Ok(())
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected key=value, got {s:?}")),
+    }
+}
+
+fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected host:port, got {s:?}"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("invalid port {port:?} in {s:?}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("missing host in {s:?}"));
+    }
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_labels_and_addresses() {
+        assert_eq!(
+            parse_label("zone=eu").unwrap(),
+            ("zone".into(), "eu".into())
+        );
+        assert!(parse_label("zone").is_err());
+        assert_eq!(
+            parse_host_port("127.0.0.1:18000").unwrap(),
+            ("127.0.0.1".into(), 18000)
+        );
+        assert_eq!(parse_host_port("[::1]:80").unwrap(), ("::1".into(), 80));
+        assert!(parse_host_port("localhost").is_err());
+        assert!(parse_host_port(":80").is_err());
+    }
+}

@@ -1,0 +1,146 @@
+//! The `meshwarden` command line: `serve` runs the control plane; `apply`, `get`, `delete`
+//! and `status` talk to one over gRPC; `bootstrap` renders an Envoy bootstrap.
+
+mod apply;
+mod bootstrap;
+mod client;
+pub mod documents;
+mod get;
+mod serve;
+mod status;
+mod table;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+pub use serve::ServeArgs;
+
+/// Default `--wasm-dir`: where `make wasm` puts the packaged modules.
+pub const DEFAULT_WASM_DIR: &str = "target/wasm";
+
+/// meshwarden: traffic policies for Envoy, pushed live over xDS.
+#[derive(Debug, Parser)]
+#[command(name = "meshwarden", version, about)]
+pub struct Cli {
+    /// Control plane gRPC address used by apply/get/delete/status.
+    #[arg(
+        long,
+        global = true,
+        env = "MESHWARDEN_SERVER",
+        default_value = "http://127.0.0.1:18000"
+    )]
+    pub server: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane: policy store, policy API, ADS/ECDS server, metrics.
+    Serve(ServeArgs),
+    /// Create or update policies from files, directories or stdin; all documents or none.
+    Apply(ApplyArgs),
+    /// List policies, or show one.
+    Get(GetArgs),
+    /// Delete one policy.
+    Delete(DeleteArgs),
+    /// Show connected proxies and the policy versions they accepted or rejected.
+    Status(StatusArgs),
+    /// Print an Envoy bootstrap for a proxy managed by this control plane.
+    Bootstrap(bootstrap::BootstrapArgs),
+}
+
+/// `apply` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// Policy file (YAML with `---` separated documents, or JSON), directory, or `-` for
+    /// stdin. May be repeated; everything given is applied in one atomic request.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Validate on the server and report what would change, without storing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `get` arguments.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// Kind (`trace`, `tracepolicy`, `TracePolicy`, ...); all kinds if omitted.
+    pub kind: Option<String>,
+    /// Policy name; every policy of the kind if omitted.
+    pub name: Option<String>,
+    /// Output format. `yaml` and `json` print documents that can be applied again.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// `delete` arguments.
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// Kind (`trace`, `tracepolicy`, `TracePolicy`, ...).
+    pub kind: String,
+    /// Policy name.
+    pub name: String,
+}
+
+/// `status` arguments.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Yaml,
+    Json,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Apply(args) => apply::run(&cli.server, args).await,
+        Command::Get(args) => get::get(&cli.server, args).await,
+        Command::Delete(args) => get::delete(&cli.server, args).await,
+        Command::Status(args) => status::run(&cli.server, args).await,
+        Command::Bootstrap(args) => bootstrap::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn server_flag_is_global() {
+        let cli = Cli::try_parse_from(["meshwarden", "get", "--server", "http://x:1"]).unwrap();
+        assert_eq!(cli.server, "http://x:1");
+        let cli = Cli::try_parse_from([
+            "meshwarden",
+            "--server",
+            "http://y:2",
+            "status",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.server, "http://y:2");
+        assert!(matches!(
+            cli.command,
+            Command::Status(StatusArgs {
+                output: Output::Json
+            })
+        ));
+    }
+}

@@ -1,0 +1,177 @@
+//! `meshwarden serve`: the control plane process.
+//!
+//! Startup order: the HTTP port first (so `/healthz` answers and `/readyz` says why it is
+//! not ready), then the store, then the xDS server, then the gRPC port carrying both the
+//! policy API and ADS. SIGTERM or SIGINT stop accepting, end open streams and exit.
+
+use crate::api::{PolicyApi, ProxyStatusApi};
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
+use crate::registry::PolicyRegistry;
+use crate::xds;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+
+/// How long open gRPC streams get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// `serve` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// gRPC address: policy API and ADS (xDS) for the proxies.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    pub grpc_addr: SocketAddr,
+    /// HTTP address: /metrics, /healthz, /readyz.
+    #[arg(long, default_value = "127.0.0.1:18001")]
+    pub http_addr: SocketAddr,
+    /// Directory of the embedded policy store (created if missing).
+    #[arg(long, default_value = "./.meshwarden")]
+    pub data_dir: PathBuf,
+    /// Directory holding `meshwarden_<filter>.wasm`, advertised to Envoy by absolute path.
+    #[arg(long, default_value = super::DEFAULT_WASM_DIR)]
+    pub wasm_dir: PathBuf,
+}
+
+/// Runs the control plane until SIGTERM or SIGINT.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        let _ = shutdown_tx.send(true);
+    });
+    serve(args, shutdown).await
+}
+
+/// Runs the control plane until `shutdown` turns true.
+pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let state = HttpState::default();
+    let http_listener = TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on --http-addr {}", args.http_addr))?;
+    tracing::info!(addr = %args.http_addr, "HTTP (metrics, health) listening");
+    let http_task = tokio::spawn(http::serve(
+        http_listener,
+        http::router(state.clone()),
+        signalled(shutdown.clone()),
+    ));
+
+    let data_dir = args.data_dir.clone();
+    let registry = tokio::task::spawn_blocking(move || PolicyRegistry::open(&data_dir))
+        .await
+        .context("store loading task failed")?
+        .with_context(|| {
+            format!(
+                "cannot open the policy store in {}",
+                args.data_dir.display()
+            )
+        })?;
+    let registry = Arc::new(registry);
+    state.readiness.set_store_loaded();
+
+    let xds = xds::XdsServer::start(
+        xds::XdsConfig::new(&args.wasm_dir),
+        registry.subscribe(),
+        shutdown.clone(),
+    )
+    .with_context(|| {
+        format!(
+            "cannot start the xDS server (--wasm-dir {})",
+            args.wasm_dir.display()
+        )
+    })?;
+
+    let mut metrics = Metrics::new(registry.clone());
+    metrics.register(Box::new(crate::metrics::XdsCollector::new(
+        xds.stats(),
+        xds.proxies(),
+    )));
+    let _ = state.metrics.set(metrics);
+
+    let grpc_listener = TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on --grpc-addr {}", args.grpc_addr))?;
+    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    tracing::info!(addr = %args.grpc_addr, wasm_dir = %args.wasm_dir.display(), "gRPC (policy API, ADS) listening");
+    state.readiness.set_grpc_listening();
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(
+            PolicyApi::new(registry.clone())
+                .with_shutdown(shutdown.clone())
+                .into_server(),
+        )
+        .add_service(ProxyStatusApi::new(xds.proxies()).into_server())
+        .add_service(xds.ads_service())
+        .serve_with_incoming_shutdown(incoming, signalled(shutdown.clone()));
+    let result = tokio::select! {
+        r = grpc => r.context("gRPC server failed"),
+        () = after_grace(shutdown.clone()) => {
+            tracing::warn!("streams still open {SHUTDOWN_GRACE:?} after the shutdown signal; exiting anyway");
+            Ok(())
+        }
+    };
+    match tokio::time::timeout(SHUTDOWN_GRACE, http_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server failed"),
+        Ok(_) => {}
+        Err(_) => tracing::warn!("HTTP server did not stop in time"),
+    }
+    tracing::info!("stopped");
+    result
+}
+
+/// Resolves once `shutdown` is true (or its sender is gone).
+async fn signalled(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|down| *down).await;
+}
+
+async fn after_grace(shutdown: watch::Receiver<bool>) {
+    signalled(shutdown).await;
+    tokio::time::sleep(SHUTDOWN_GRACE).await;
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

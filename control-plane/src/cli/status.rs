@@ -1,0 +1,262 @@
+//! `meshwarden status`: connected proxies and, per filter, the accepted version and the
+//! last NACK.
+
+use super::{client, table, Output, StatusArgs};
+use crate::api::pb;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// JSON view of the status (`status -o json`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusView {
+    proxies: Vec<ProxyView>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProxyView {
+    node_id: String,
+    cluster: String,
+    labels: BTreeMap<String, String>,
+    protocol: String,
+    connected: bool,
+    connected_at_unix_ms: i64,
+    disconnected_at_unix_ms: i64,
+    filters: Vec<FilterView>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FilterView {
+    name: String,
+    sent_version: String,
+    accepted_version: String,
+    nacked_version: String,
+    last_error: String,
+    last_nack_at_unix_ms: i64,
+    sent_at_unix_ms: i64,
+    accepted_at_unix_ms: i64,
+    accepted_policies: Vec<String>,
+}
+
+impl FilterView {
+    /// The latest response for this resource was rejected (a NACK newer than any ACK).
+    fn rejecting(&self) -> bool {
+        !self.nacked_version.is_empty()
+            && (self.accepted_version.is_empty()
+                || self.last_nack_at_unix_ms >= self.accepted_at_unix_ms)
+    }
+}
+
+impl From<pb::ProxyStatus> for ProxyView {
+    fn from(p: pb::ProxyStatus) -> Self {
+        Self {
+            node_id: p.node_id,
+            cluster: p.cluster,
+            labels: p.labels.into_iter().collect(),
+            protocol: p.protocol,
+            connected: p.connected,
+            connected_at_unix_ms: p.connected_at_unix_ms,
+            disconnected_at_unix_ms: p.disconnected_at_unix_ms,
+            filters: p
+                .filters
+                .into_iter()
+                .map(|f| FilterView {
+                    name: f.name,
+                    sent_version: f.sent_version,
+                    accepted_version: f.accepted_version,
+                    nacked_version: f.nacked_version,
+                    last_error: f.last_error,
+                    last_nack_at_unix_ms: f.last_nack_at_unix_ms,
+                    sent_at_unix_ms: f.sent_at_unix_ms,
+                    accepted_at_unix_ms: f.accepted_at_unix_ms,
+                    accepted_policies: f.accepted_policies,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Prints the status of every proxy the control plane knows.
+pub async fn run(server: &str, args: StatusArgs) -> anyhow::Result<()> {
+    let response = client::proxies(server)
+        .await?
+        .list_proxies(pb::ListProxiesRequest {})
+        .await
+        .map_err(client::status_error)?
+        .into_inner();
+    let view = StatusView {
+        proxies: response.proxies.into_iter().map(ProxyView::from).collect(),
+    };
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&view)?),
+        Output::Yaml => print!("{}", serde_yaml::to_string(&view)?),
+        Output::Table if view.proxies.is_empty() => eprintln!("No proxies known."),
+        Output::Table => print!("{}", render(&view)),
+    }
+    Ok(())
+}
+
+/// One row per proxy and filter, then the messages of NACKs not yet superseded by an ACK.
+fn render(view: &StatusView) -> String {
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    let mut rows = Vec::new();
+    let mut nacks = String::new();
+    for p in &view.proxies {
+        let connected = match (p.connected, p.connected_at_unix_ms) {
+            (true, at) if at > 0 => format!("yes ({})", table::age(at)),
+            (true, _) => "yes".to_string(),
+            (false, _) if p.disconnected_at_unix_ms > 0 => {
+                format!("no ({})", table::age(p.disconnected_at_unix_ms))
+            }
+            (false, _) => "no".to_string(),
+        };
+        let mut head = vec![
+            p.node_id.clone(),
+            dash(&p.cluster),
+            dash(&p.protocol),
+            connected,
+        ];
+        if p.filters.is_empty() {
+            head.extend(["-", "-", "-", "-"].map(String::from));
+            rows.push(head);
+            continue;
+        }
+        for f in &p.filters {
+            let filter = f.name.strip_prefix("meshwarden.").unwrap_or(&f.name);
+            let mut row = std::mem::replace(&mut head, vec![String::new(); 4]);
+            let rejected = if f.rejecting() { &f.nacked_version } else { "" };
+            row.extend([
+                filter.to_string(),
+                dash(&f.accepted_version),
+                dash(&f.accepted_policies.join(",")),
+                dash(rejected),
+            ]);
+            rows.push(row);
+            if f.rejecting() {
+                let when = match f.last_nack_at_unix_ms {
+                    at if at > 0 => format!(" ({} ago)", table::age(at)),
+                    _ => String::new(),
+                };
+                nacks.push_str(&format!(
+                    "NACK {} {} version {}{when}: {}\n",
+                    p.node_id,
+                    f.name,
+                    dash(&f.nacked_version),
+                    f.last_error.trim()
+                ));
+            }
+        }
+    }
+    let mut out = table::render(
+        &[
+            "NODE",
+            "CLUSTER",
+            "PROTOCOL",
+            "CONNECTED",
+            "FILTER",
+            "ACCEPTED",
+            "POLICIES",
+            "NACKED",
+        ],
+        &rows,
+    );
+    if !nacks.is_empty() {
+        out.push('\n');
+        out.push_str(&nacks);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(name: &str, accepted: &str, nacked: &str, error: &str) -> pb::FilterStatus {
+        pb::FilterStatus {
+            name: name.into(),
+            sent_version: accepted.into(),
+            accepted_version: accepted.into(),
+            nacked_version: nacked.into(),
+            last_error: error.into(),
+            last_nack_at_unix_ms: if nacked.is_empty() { 0 } else { 2 },
+            accepted_at_unix_ms: 1,
+            accepted_policies: vec!["p1".into(), "p2".into()],
+            ..Default::default()
+        }
+    }
+
+    fn proxy() -> pb::ProxyStatus {
+        pb::ProxyStatus {
+            node_id: "edge-1".into(),
+            cluster: "shop".into(),
+            labels: [("zone".to_string(), "eu".to_string())].into(),
+            protocol: "delta".into(),
+            connected: true,
+            connected_at_unix_ms: 0,
+            filters: vec![
+                filter("meshwarden.trace", "v1", "v2", "bad module"),
+                filter("meshwarden.fault", "v3", "", ""),
+            ],
+            disconnected_at_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn superseded_nacks_are_not_shown_as_current() {
+        let mut p = proxy();
+        p.filters[0].accepted_at_unix_ms = 3;
+        let out = render(&StatusView {
+            proxies: vec![p.into()],
+        });
+        assert!(!out.contains("NACK "), "{out}");
+        assert!(!out.lines().nth(1).unwrap().contains("v2"), "{out}");
+    }
+
+    #[test]
+    fn json_uses_camel_case_fields() {
+        let view = StatusView {
+            proxies: vec![proxy().into()],
+        };
+        let v = serde_json::to_value(&view).unwrap();
+        let p = &v["proxies"][0];
+        assert_eq!(p["nodeId"], "edge-1");
+        assert_eq!(p["connected"], true);
+        assert_eq!(p["labels"]["zone"], "eu");
+        assert_eq!(p["filters"][0]["name"], "meshwarden.trace");
+        assert_eq!(p["filters"][0]["acceptedVersion"], "v1");
+        assert_eq!(p["filters"][0]["nackedVersion"], "v2");
+        assert_eq!(p["filters"][0]["lastError"], "bad module");
+    }
+
+    #[test]
+    fn table_shows_one_row_per_filter_and_the_nack() {
+        let out = render(&StatusView {
+            proxies: vec![proxy().into()],
+        });
+        let lines: Vec<_> = out.lines().collect();
+        assert!(lines[0].starts_with("NODE"), "{out}");
+        assert!(
+            lines[1].starts_with("edge-1") && lines[1].contains("trace") && lines[1].contains("v2"),
+            "{out}"
+        );
+        assert!(lines[1].contains("p1,p2"), "{out}");
+        assert!(lines[2].trim_start().starts_with("fault"), "{out}");
+        let nack = out
+            .lines()
+            .find(|l| l.starts_with("NACK "))
+            .expect("NACK line");
+        assert!(
+            nack.starts_with("NACK edge-1 meshwarden.trace version v2 ("),
+            "{out}"
+        );
+        assert!(nack.ends_with(" ago): bad module"), "{out}");
+    }
+}

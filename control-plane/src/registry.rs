@@ -1,0 +1,648 @@
+//! The policy registry: the single writer of the store and owner of the current
+//! [`PolicySet`]. Readers subscribe to snapshots (`watch`) and to change events
+//! (`broadcast`); both are published only after the store transaction committed.
+//!
+//! Methods that write block on a durable commit (fsync); call them from a blocking context
+//! (`tokio::task::spawn_blocking`).
+
+use crate::policy_set::{content_version, PolicySet, SharedPolicySet, StoredPolicy};
+use crate::store::{self, InvalidRecord, Store, StoreError, Write};
+use meshwarden_common::{Kind, PolicyDocument, ValidationError};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, watch};
+
+/// How many change events a slow watcher may fall behind before its stream is ended.
+const EVENT_BUFFER: usize = 1024;
+
+/// What an apply did to one policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+impl Outcome {
+    /// Lower-case name, as used in metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Updated => "updated",
+            Outcome::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// The result of applying one document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    pub kind: Kind,
+    pub name: String,
+    pub outcome: Outcome,
+    /// Content version of the document as applied.
+    pub version: String,
+}
+
+/// Kind of a committed change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeType {
+    Created,
+    Updated,
+    Deleted,
+}
+
+/// A committed change to one policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeEvent {
+    pub kind: Kind,
+    pub name: String,
+    pub change: ChangeType,
+    /// Version after the change; for deletions, the version deleted (empty if the deleted
+    /// record was an invalid one).
+    pub version: String,
+    pub generation: u64,
+}
+
+/// Which document of an apply request an error is about: 1-based index, plus kind and
+/// name when the document got far enough to have them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentRef {
+    pub index: usize,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+}
+
+impl DocumentRef {
+    /// Describes document `index` (1-based) from what `value` says about itself.
+    pub fn of(index: usize, value: &Value) -> Self {
+        let text = |v: &Value| v.as_str().map(str::to_string);
+        Self {
+            index,
+            kind: text(&value["kind"]),
+            name: text(&value["metadata"]["name"]),
+        }
+    }
+}
+
+impl fmt::Display for DocumentRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "document {}", self.index)?;
+        match (&self.kind, &self.name) {
+            (Some(k), Some(n)) => write!(f, " ({k} {n:?})"),
+            (Some(k), None) => write!(f, " ({k})"),
+            (None, Some(n)) => write!(f, " ({n:?})"),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+/// Why an apply was refused. Nothing is stored or published when any of these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("no policy documents given")]
+    Empty,
+    #[error("{doc}: {error}")]
+    Invalid {
+        doc: DocumentRef,
+        error: ValidationError,
+    },
+    #[error("{doc}: {kind} {name:?} already appears as document {first}; each policy may appear once per apply")]
+    Duplicate {
+        doc: DocumentRef,
+        first: usize,
+        kind: Kind,
+        name: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApplyError {
+    /// True when the caller's input was at fault (as opposed to the store).
+    pub fn is_invalid_input(&self) -> bool {
+        !matches!(self, ApplyError::Store(_))
+    }
+}
+
+/// Why a delete failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: Kind, name: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Counters kept by the registry, read by the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct RegistryStats {
+    created: AtomicU64,
+    updated: AtomicU64,
+    unchanged: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl RegistryStats {
+    /// Policies applied with `outcome` since startup (dry runs excluded).
+    pub fn applies(&self, outcome: Outcome) -> u64 {
+        self.counter(outcome).load(Ordering::Relaxed)
+    }
+
+    /// Apply requests refused for invalid input since startup.
+    pub fn rejections(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    fn counter(&self, outcome: Outcome) -> &AtomicU64 {
+        match outcome {
+            Outcome::Created => &self.created,
+            Outcome::Updated => &self.updated,
+            Outcome::Unchanged => &self.unchanged,
+        }
+    }
+}
+
+/// Owns the store and the current policy set.
+#[derive(Debug)]
+pub struct PolicyRegistry {
+    store: Store,
+    /// Serialises writers; held from reading the current set until it is published.
+    write: Mutex<Writer>,
+    set_tx: watch::Sender<SharedPolicySet>,
+    events_tx: broadcast::Sender<ChangeEvent>,
+    stats: RegistryStats,
+}
+
+/// State only writers touch.
+#[derive(Debug, Default)]
+struct Writer {
+    /// Stored records that failed to load, by key.
+    invalid: BTreeMap<String, String>,
+}
+
+impl PolicyRegistry {
+    /// Opens the store in `data_dir` and loads it. Records that no longer validate are
+    /// logged and kept aside (see [`PolicyRegistry::invalid_records`]); the rest is served.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::from_store(Store::open(data_dir)?)
+    }
+
+    /// Loads an already opened store.
+    pub fn from_store(store: Store) -> Result<Self, StoreError> {
+        let loaded = store.load()?;
+        for bad in &loaded.invalid {
+            tracing::error!(key = %bad.key, error = %bad.error, "stored policy not loaded");
+        }
+        let mut policies = loaded.policies;
+        sort(&mut policies);
+        tracing::info!(
+            path = %store.path().display(),
+            policies = policies.len(),
+            invalid = loaded.invalid.len(),
+            generation = loaded.generation,
+            "policy store loaded"
+        );
+        let set = Arc::new(PolicySet {
+            generation: loaded.generation,
+            policies,
+        });
+        let writer = Writer {
+            invalid: loaded
+                .invalid
+                .into_iter()
+                .map(|r| (r.key, r.error))
+                .collect(),
+        };
+        Ok(Self {
+            store,
+            write: Mutex::new(writer),
+            set_tx: watch::channel(set).0,
+            events_tx: broadcast::channel(EVENT_BUFFER).0,
+            stats: RegistryStats::default(),
+        })
+    }
+
+    /// The current policy set.
+    pub fn current(&self) -> SharedPolicySet {
+        self.set_tx.borrow().clone()
+    }
+
+    /// Receives every policy set published from now on; `borrow()` gives the current one.
+    pub fn subscribe(&self) -> watch::Receiver<SharedPolicySet> {
+        self.set_tx.subscribe()
+    }
+
+    /// Receives change events committed from now on.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<ChangeEvent> {
+        self.events_tx.subscribe()
+    }
+
+    /// The current set and a change receiver starting exactly after it (no change is missed
+    /// or seen twice).
+    pub fn snapshot_and_subscribe(&self) -> (SharedPolicySet, broadcast::Receiver<ChangeEvent>) {
+        let _writer = self.lock();
+        (self.current(), self.events_tx.subscribe())
+    }
+
+    /// Stored records that could not be loaded at startup and were not replaced since.
+    pub fn invalid_records(&self) -> Vec<InvalidRecord> {
+        self.lock()
+            .invalid
+            .iter()
+            .map(|(key, error)| InvalidRecord {
+                key: key.clone(),
+                error: error.clone(),
+            })
+            .collect()
+    }
+
+    /// Counters for the metrics endpoint.
+    pub fn stats(&self) -> &RegistryStats {
+        &self.stats
+    }
+
+    /// Validates every document, then creates or updates them all in one durable
+    /// transaction. Documents whose content is unchanged are reported `Unchanged` and do not
+    /// bump the generation; if nothing changed nothing is written or published. With
+    /// `dry_run` the outcomes are computed but nothing is written.
+    pub fn apply(&self, docs: Vec<Value>, dry_run: bool) -> Result<Vec<ApplyOutcome>, ApplyError> {
+        let result = self.apply_inner(docs, dry_run);
+        if matches!(&result, Err(e) if e.is_invalid_input()) {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn apply_inner(
+        &self,
+        docs: Vec<Value>,
+        dry_run: bool,
+    ) -> Result<Vec<ApplyOutcome>, ApplyError> {
+        let parsed = validate_all(&docs)?;
+        let mut writer = self.lock();
+        let current = self.current();
+        let generation = current.generation + 1;
+        let now = unix_ms();
+        let mut outcomes = Vec::with_capacity(parsed.len());
+        let mut changed = Vec::new();
+        for doc in parsed {
+            let version = content_version(&doc);
+            let outcome = match current.get(doc.kind(), doc.name().as_str()) {
+                None => Outcome::Created,
+                Some(p) if p.version == version => Outcome::Unchanged,
+                Some(_) => Outcome::Updated,
+            };
+            outcomes.push(ApplyOutcome {
+                kind: doc.kind(),
+                name: doc.name().as_str().to_string(),
+                outcome,
+                version: version.clone(),
+            });
+            if outcome != Outcome::Unchanged {
+                changed.push(StoredPolicy {
+                    doc,
+                    version,
+                    generation,
+                    updated_unix_ms: now,
+                });
+            }
+        }
+        if dry_run {
+            return Ok(outcomes);
+        }
+        if !changed.is_empty() {
+            let writes: Vec<_> = changed.iter().map(Write::Put).collect();
+            self.store.commit(generation, &writes)?;
+            let mut policies = current.policies.clone();
+            for p in &changed {
+                writer.invalid.remove(&store::key(p.kind(), p.name()));
+                match policies
+                    .iter_mut()
+                    .find(|q| q.kind() == p.kind() && q.name() == p.name())
+                {
+                    Some(slot) => *slot = p.clone(),
+                    None => policies.push(p.clone()),
+                }
+            }
+            sort(&mut policies);
+            self.publish(PolicySet {
+                generation,
+                policies,
+            });
+            for (o, p) in outcomes
+                .iter()
+                .filter(|o| o.outcome != Outcome::Unchanged)
+                .zip(&changed)
+            {
+                let change = match o.outcome {
+                    Outcome::Created => ChangeType::Created,
+                    _ => ChangeType::Updated,
+                };
+                self.emit(p.kind(), p.name(), change, &p.version, generation);
+            }
+        }
+        for o in &outcomes {
+            self.stats
+                .counter(o.outcome)
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(outcomes)
+    }
+
+    /// Deletes one policy (or a stored record that failed to load) in one durable
+    /// transaction. Returns the new store generation.
+    pub fn delete(&self, kind: Kind, name: &str) -> Result<u64, DeleteError> {
+        let mut writer = self.lock();
+        let current = self.current();
+        let key = store::key(kind, name);
+        let version = match current.get(kind, name) {
+            Some(p) => p.version.clone(),
+            None if writer.invalid.contains_key(&key) => String::new(),
+            None => {
+                return Err(DeleteError::NotFound {
+                    kind,
+                    name: name.to_string(),
+                })
+            }
+        };
+        let generation = current.generation + 1;
+        self.store
+            .commit(generation, &[Write::Delete(key.clone())])?;
+        writer.invalid.remove(&key);
+        let policies = current
+            .policies
+            .iter()
+            .filter(|p| !(p.kind() == kind && p.name() == name))
+            .cloned()
+            .collect();
+        self.publish(PolicySet {
+            generation,
+            policies,
+        });
+        self.emit(kind, name, ChangeType::Deleted, &version, generation);
+        Ok(generation)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Writer> {
+        // A panic while holding the lock cannot leave the store half-written (transactions
+        // are atomic), so the state behind a poisoned lock is still consistent.
+        self.write.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, set: PolicySet) {
+        self.set_tx.send_replace(Arc::new(set));
+    }
+
+    fn emit(&self, kind: Kind, name: &str, change: ChangeType, version: &str, generation: u64) {
+        // No receivers is fine: nobody is watching.
+        let _ = self.events_tx.send(ChangeEvent {
+            kind,
+            name: name.to_string(),
+            change,
+            version: version.to_string(),
+            generation,
+        });
+    }
+}
+
+/// Validates every document and rejects repeated (kind, name) pairs.
+fn validate_all(docs: &[Value]) -> Result<Vec<PolicyDocument>, ApplyError> {
+    if docs.is_empty() {
+        return Err(ApplyError::Empty);
+    }
+    let mut seen: HashMap<(Kind, String), usize> = HashMap::new();
+    let mut parsed = Vec::with_capacity(docs.len());
+    for (i, value) in docs.iter().enumerate() {
+        let index = i + 1;
+        let doc = PolicyDocument::from_value(value).map_err(|error| ApplyError::Invalid {
+            doc: DocumentRef::of(index, value),
+            error,
+        })?;
+        let id = (doc.kind(), doc.name().as_str().to_string());
+        if let Some(&first) = seen.get(&id) {
+            return Err(ApplyError::Duplicate {
+                doc: DocumentRef::of(index, value),
+                first,
+                kind: id.0,
+                name: id.1,
+            });
+        }
+        seen.insert(id, index);
+        parsed.push(doc);
+    }
+    Ok(parsed)
+}
+
+fn sort(policies: &mut [StoredPolicy]) {
+    policies.sort_by(|a, b| (a.kind(), a.name()).cmp(&(b.kind(), b.name())));
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn trace(name: &str, sampling: Value) -> Value {
+        json!({
+            "apiVersion": meshwarden_common::API_VERSION,
+            "kind": "TracePolicy",
+            "metadata": {"name": name},
+            "spec": {"samplingPercentage": sampling},
+        })
+    }
+
+    fn registry() -> (tempfile::TempDir, PolicyRegistry) {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = PolicyRegistry::open(dir.path()).unwrap();
+        (dir, reg)
+    }
+
+    fn outcomes(r: &[ApplyOutcome]) -> Vec<(&str, Outcome)> {
+        r.iter().map(|o| (o.name.as_str(), o.outcome)).collect()
+    }
+
+    #[test]
+    fn apply_creates_updates_and_is_idempotent() {
+        let (_dir, reg) = registry();
+        let mut sets = reg.subscribe();
+        let r = reg
+            .apply(vec![trace("a", json!(10)), trace("b", json!(20))], false)
+            .unwrap();
+        assert_eq!(
+            outcomes(&r),
+            [("a", Outcome::Created), ("b", Outcome::Created)]
+        );
+        assert!(sets.has_changed().unwrap());
+        assert_eq!(sets.borrow_and_update().generation, 1);
+
+        let r = reg
+            .apply(vec![trace("a", json!(10)), trace("b", json!(30))], false)
+            .unwrap();
+        assert_eq!(
+            outcomes(&r),
+            [("a", Outcome::Unchanged), ("b", Outcome::Updated)]
+        );
+        let set = reg.current();
+        assert_eq!(set.generation, 2);
+        assert_eq!(set.get(Kind::TracePolicy, "a").unwrap().generation, 1);
+        assert_eq!(set.get(Kind::TracePolicy, "b").unwrap().generation, 2);
+        sets.borrow_and_update();
+
+        let r = reg
+            .apply(vec![trace("a", json!(10)), trace("b", json!(30))], false)
+            .unwrap();
+        assert_eq!(
+            outcomes(&r),
+            [("a", Outcome::Unchanged), ("b", Outcome::Unchanged)]
+        );
+        assert_eq!(
+            reg.current().generation,
+            2,
+            "no-op apply does not bump the generation"
+        );
+        assert!(
+            !sets.has_changed().unwrap(),
+            "no-op apply publishes nothing"
+        );
+        assert_eq!(reg.stats().applies(Outcome::Unchanged), 3);
+    }
+
+    #[test]
+    fn invalid_document_rejects_the_whole_apply() {
+        let (_dir, reg) = registry();
+        reg.apply(vec![trace("keep", json!(5))], false).unwrap();
+        let err = reg
+            .apply(
+                vec![trace("keep", json!(6)), trace("checkout", json!(150))],
+                false,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "document 2 (TracePolicy \"checkout\"): spec.samplingPercentage: must be a number from 0 to 100, got 150"
+        );
+        let set = reg.current();
+        assert_eq!(set.generation, 1);
+        assert_eq!(set.policies.len(), 1);
+        assert_eq!(
+            set.policies[0].doc.to_value()["spec"]["samplingPercentage"].as_f64(),
+            Some(5.0)
+        );
+        assert_eq!(reg.stats().rejections(), 1);
+    }
+
+    #[test]
+    fn errors_name_what_is_known_of_the_document() {
+        let (_dir, reg) = registry();
+        let err = reg
+            .apply(vec![json!({"kind": "TracePolicy"})], false)
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("document 1 (TracePolicy): "),
+            "{err}"
+        );
+        let err = reg.apply(vec![json!(42)], false).unwrap_err();
+        assert!(err.to_string().starts_with("document 1: "), "{err}");
+        assert!(matches!(reg.apply(vec![], false), Err(ApplyError::Empty)));
+    }
+
+    #[test]
+    fn duplicates_within_one_request_are_rejected() {
+        let (_dir, reg) = registry();
+        let err = reg
+            .apply(
+                vec![
+                    trace("a", json!(1)),
+                    trace("b", json!(1)),
+                    trace("a", json!(2)),
+                ],
+                false,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, ApplyError::Duplicate { first: 1, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("document 3 (TracePolicy \"a\")"),
+            "{err}"
+        );
+        assert!(reg.current().policies.is_empty());
+    }
+
+    #[test]
+    fn dry_run_reports_without_writing() {
+        let (_dir, reg) = registry();
+        let r = reg.apply(vec![trace("a", json!(1))], true).unwrap();
+        assert_eq!(outcomes(&r), [("a", Outcome::Created)]);
+        assert_eq!(reg.current().generation, 0);
+        assert!(reg.current().policies.is_empty());
+    }
+
+    #[test]
+    fn delete_removes_and_reports_missing() {
+        let (dir, reg) = registry();
+        reg.apply(vec![trace("a", json!(1)), trace("b", json!(1))], false)
+            .unwrap();
+        let mut events = reg.subscribe_changes();
+        assert_eq!(reg.delete(Kind::TracePolicy, "a").unwrap(), 2);
+        let ev = events.try_recv().unwrap();
+        assert_eq!(
+            (ev.name.as_str(), ev.change, ev.generation),
+            ("a", ChangeType::Deleted, 2)
+        );
+        assert!(matches!(
+            reg.delete(Kind::TracePolicy, "a"),
+            Err(DeleteError::NotFound { .. })
+        ));
+        assert!(matches!(
+            reg.delete(Kind::FaultPolicy, "b"),
+            Err(DeleteError::NotFound { .. })
+        ));
+        drop(reg);
+        let reg = PolicyRegistry::open(dir.path()).unwrap();
+        let names: Vec<_> = reg
+            .current()
+            .policies
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect();
+        assert_eq!(names, ["b"]);
+        assert_eq!(reg.current().generation, 2);
+    }
+
+    #[test]
+    fn events_follow_commits_in_order() {
+        let (_dir, reg) = registry();
+        let (set, mut events) = reg.snapshot_and_subscribe();
+        assert_eq!(set.generation, 0);
+        reg.apply(vec![trace("a", json!(1))], false).unwrap();
+        reg.apply(vec![trace("a", json!(2)), trace("b", json!(2))], false)
+            .unwrap();
+        let got: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
+            .map(|e| (e.name, e.change, e.generation))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".to_string(), ChangeType::Created, 1),
+                ("a".to_string(), ChangeType::Updated, 2),
+                ("b".to_string(), ChangeType::Created, 2),
+            ]
+        );
+    }
+}
