@@ -1,0 +1,383 @@
+//! What the control plane knows about the proxies it serves: one entry per ADS stream with
+//! the versions sent, accepted and rejected per resource, plus counters for metrics.
+//! Entries of closed streams stay (marked disconnected) for a while so status can show them.
+
+use super::resources::ComposedResource;
+use meshwarden_common::NodeInfo;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long a disconnected proxy stays listed by default.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(600);
+
+/// Counters of the xDS server, read by the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct XdsStats {
+    /// Streams opened (both protocols).
+    pub streams_total: AtomicU64,
+    /// Streams open now (gauge).
+    pub connected: AtomicU64,
+    /// Responses carrying meshwarden resources.
+    pub pushes_total: AtomicU64,
+    /// Resources sent, summed over responses.
+    pub resources_sent_total: AtomicU64,
+    /// Responses the proxies accepted.
+    pub acks_total: AtomicU64,
+    /// Responses the proxies rejected.
+    pub nacks_total: AtomicU64,
+}
+
+impl XdsStats {
+    /// Reads one counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a stream as open until the guard drops.
+    pub(crate) fn stream_opened(self: &Arc<Self>) -> ConnectedGuard {
+        Self::add(&self.streams_total, 1);
+        Self::add(&self.connected, 1);
+        ConnectedGuard(self.clone())
+    }
+}
+
+/// Decrements the `connected` gauge on drop.
+#[derive(Debug)]
+pub(crate) struct ConnectedGuard(Arc<XdsStats>);
+
+impl Drop for ConnectedGuard {
+    fn drop(&mut self) {
+        self.0.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// xDS protocol variant of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdsProtocol {
+    /// State of the world.
+    Sotw,
+    /// Incremental.
+    Delta,
+}
+
+impl XdsProtocol {
+    /// `"sotw"` or `"delta"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdsProtocol::Sotw => "sotw",
+            XdsProtocol::Delta => "delta",
+        }
+    }
+}
+
+/// A resource version together with the policies it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionStatus {
+    pub version: String,
+    /// Policy names in the resource, in evaluation order.
+    pub policies: Vec<String>,
+    pub at: SystemTime,
+}
+
+/// A rejected resource version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NackStatus {
+    pub version: String,
+    /// Envoy's `error_detail.message`.
+    pub message: String,
+    pub at: SystemTime,
+}
+
+/// One resource of one proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceStatus {
+    /// `meshwarden.<filter>`.
+    pub name: String,
+    /// Last version sent.
+    pub sent: Option<VersionStatus>,
+    /// Last version the proxy accepted.
+    pub accepted: Option<VersionStatus>,
+    /// Last rejection, kept after later versions are accepted.
+    pub last_nack: Option<NackStatus>,
+}
+
+/// One proxy stream as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyStatus {
+    /// Unique per control-plane process.
+    pub stream_id: u64,
+    pub node_id: String,
+    pub cluster: String,
+    pub labels: BTreeMap<String, String>,
+    pub protocol: XdsProtocol,
+    pub connected_at: SystemTime,
+    /// Set once the stream closed.
+    pub disconnected_at: Option<SystemTime>,
+    /// By resource name.
+    pub resources: Vec<ResourceStatus>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    status: ProxyStatus,
+    disconnected: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_id: u64,
+    streams: HashMap<u64, Entry>,
+}
+
+/// Registry of proxy streams; cheap to clone (shared state).
+#[derive(Debug, Clone)]
+pub struct ProxyRegistry {
+    inner: Arc<Mutex<Inner>>,
+    retention: Duration,
+}
+
+impl Default for ProxyRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProxyRegistry {
+    /// A registry keeping disconnected proxies for [`DEFAULT_RETENTION`].
+    pub fn new() -> Self {
+        Self::with_retention(DEFAULT_RETENTION)
+    }
+
+    /// A registry keeping disconnected proxies for `retention`.
+    pub fn with_retention(retention: Duration) -> Self {
+        Self {
+            inner: Arc::default(),
+            retention,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The state stays consistent even if a holder panicked: every update is one assignment.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every known stream, connected or recently disconnected, by node id then stream id.
+    pub fn list(&self) -> Vec<ProxyStatus> {
+        let mut inner = self.lock();
+        self.prune(&mut inner);
+        let mut out: Vec<ProxyStatus> = inner.streams.values().map(|e| e.status.clone()).collect();
+        out.sort_by(|a, b| (&a.node_id, a.stream_id).cmp(&(&b.node_id, b.stream_id)));
+        out
+    }
+
+    /// Number of open streams.
+    pub fn connected_count(&self) -> usize {
+        let inner = self.lock();
+        inner
+            .streams
+            .values()
+            .filter(|e| e.disconnected.is_none())
+            .count()
+    }
+
+    fn prune(&self, inner: &mut Inner) {
+        let retention = self.retention;
+        inner
+            .streams
+            .retain(|_, e| e.disconnected.is_none_or(|at| at.elapsed() < retention));
+    }
+
+    /// Registers a new stream. Older disconnected entries of the same node are dropped;
+    /// the returned handle marks the entry disconnected when dropped.
+    pub fn connect(&self, node: &NodeInfo, protocol: XdsProtocol) -> ProxyHandle {
+        let mut inner = self.lock();
+        self.prune(&mut inner);
+        inner.streams.retain(|_, e| {
+            e.disconnected.is_none()
+                || e.status.node_id != node.id
+                || e.status.cluster != node.cluster
+        });
+        inner.next_id += 1;
+        let stream_id = inner.next_id;
+        inner.streams.insert(
+            stream_id,
+            Entry {
+                status: ProxyStatus {
+                    stream_id,
+                    node_id: node.id.clone(),
+                    cluster: node.cluster.clone(),
+                    labels: node.labels.clone(),
+                    protocol,
+                    connected_at: SystemTime::now(),
+                    disconnected_at: None,
+                    resources: Vec::new(),
+                },
+                disconnected: None,
+            },
+        );
+        ProxyHandle {
+            registry: self.clone(),
+            stream_id,
+        }
+    }
+
+    fn update(&self, stream_id: u64, name: &str, f: impl FnOnce(&mut ResourceStatus)) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.streams.get_mut(&stream_id) else {
+            return;
+        };
+        let resources = &mut entry.status.resources;
+        let i = match resources.binary_search_by(|r| r.name.as_str().cmp(name)) {
+            Ok(i) => i,
+            Err(i) => {
+                resources.insert(
+                    i,
+                    ResourceStatus {
+                        name: name.to_string(),
+                        sent: None,
+                        accepted: None,
+                        last_nack: None,
+                    },
+                );
+                i
+            }
+        };
+        f(&mut resources[i]);
+    }
+}
+
+/// Records the progress of one stream; marks it disconnected on drop.
+#[derive(Debug)]
+pub struct ProxyHandle {
+    registry: ProxyRegistry,
+    stream_id: u64,
+}
+
+fn version_status(r: &ComposedResource) -> VersionStatus {
+    VersionStatus {
+        version: r.version.clone(),
+        policies: r.policies.clone(),
+        at: SystemTime::now(),
+    }
+}
+
+impl ProxyHandle {
+    /// The stream's id in [`ProxyStatus::stream_id`].
+    pub fn stream_id(&self) -> u64 {
+        self.stream_id
+    }
+
+    /// A resource version was sent.
+    pub fn sent(&self, r: &ComposedResource) {
+        self.registry.update(self.stream_id, &r.name, |s| {
+            s.sent = Some(version_status(r))
+        });
+    }
+
+    /// The proxy holds (accepted) a resource version.
+    pub fn accepted(&self, r: &ComposedResource) {
+        self.registry.update(self.stream_id, &r.name, |s| {
+            s.accepted = Some(version_status(r))
+        });
+    }
+
+    /// The proxy rejected a resource version.
+    pub fn rejected(&self, name: &str, version: &str, message: &str) {
+        self.registry.update(self.stream_id, name, |s| {
+            s.last_nack = Some(NackStatus {
+                version: version.to_string(),
+                message: message.to_string(),
+                at: SystemTime::now(),
+            })
+        });
+    }
+
+    /// The proxy no longer wants a resource (delta unsubscribe).
+    pub fn forget(&self, name: &str) {
+        let mut inner = self.registry.lock();
+        if let Some(entry) = inner.streams.get_mut(&self.stream_id) {
+            entry.status.resources.retain(|r| r.name != name);
+        }
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        let mut inner = self.registry.lock();
+        if let Some(entry) = inner.streams.get_mut(&self.stream_id) {
+            entry.disconnected = Some(Instant::now());
+            entry.status.disconnected_at = Some(SystemTime::now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::Any;
+    use meshwarden_common::Kind;
+
+    fn resource(version: &str) -> ComposedResource {
+        ComposedResource {
+            kind: Kind::TracePolicy,
+            name: "meshwarden.trace".into(),
+            version: version.into(),
+            wire_json: String::new(),
+            policies: vec!["p".into()],
+            resource: Any::default(),
+        }
+    }
+
+    fn node(id: &str) -> NodeInfo {
+        NodeInfo {
+            id: id.into(),
+            cluster: "c".into(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn tracks_sent_accepted_and_rejected() {
+        let reg = ProxyRegistry::new();
+        let h = reg.connect(&node("a"), XdsProtocol::Sotw);
+        h.sent(&resource("v1"));
+        h.accepted(&resource("v1"));
+        h.sent(&resource("v2"));
+        h.rejected("meshwarden.trace", "v2", "bad");
+        let list = reg.list();
+        assert_eq!(list.len(), 1);
+        let r = &list[0].resources[0];
+        assert_eq!(r.sent.as_ref().unwrap().version, "v2");
+        assert_eq!(r.accepted.as_ref().unwrap().version, "v1");
+        assert_eq!(r.last_nack.as_ref().unwrap().message, "bad");
+        assert_eq!(reg.connected_count(), 1);
+    }
+
+    #[test]
+    fn disconnected_entries_linger_then_go() {
+        let reg = ProxyRegistry::with_retention(Duration::from_millis(50));
+        drop(reg.connect(&node("a"), XdsProtocol::Delta));
+        let list = reg.list();
+        assert!(list[0].disconnected_at.is_some());
+        assert_eq!(reg.connected_count(), 0);
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(reg.list().is_empty());
+    }
+
+    #[test]
+    fn reconnect_replaces_a_disconnected_entry() {
+        let reg = ProxyRegistry::new();
+        drop(reg.connect(&node("a"), XdsProtocol::Sotw));
+        let _b = reg.connect(&node("b"), XdsProtocol::Sotw);
+        let _a = reg.connect(&node("a"), XdsProtocol::Sotw);
+        let list = reg.list();
+        assert_eq!(list.len(), 2);
+        assert!(list.iter().all(|p| p.disconnected_at.is_none()));
+    }
+}

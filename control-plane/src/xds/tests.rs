@@ -1,0 +1,638 @@
+//! End-to-end tests of the ADS server over real gRPC on 127.0.0.1, driven by the envoy-types
+//! ADS client stubs playing the proxy.
+
+use super::*;
+use crate::policy_set::{content_version, PolicySet, SharedPolicySet, StoredPolicy};
+use envoy_types::pb::envoy::config::core::v3::{Node, TypedExtensionConfig};
+use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::{value, Any, StringValue, Struct, Value};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use meshwarden_common::PolicyDocument;
+use prost::Message;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Streaming;
+
+const NAMES: [&str; 4] = [
+    "meshwarden.trace",
+    "meshwarden.fault",
+    "meshwarden.mirror",
+    "meshwarden.ratelimit",
+];
+const WAIT: Duration = Duration::from_secs(5);
+const SILENCE: Duration = Duration::from_millis(300);
+
+fn trace_policy(name: &str, spec: serde_json::Value) -> StoredPolicy {
+    let doc = PolicyDocument::from_value(&json!({
+        "apiVersion": "meshwarden.dev/v1alpha1",
+        "kind": "TracePolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap();
+    StoredPolicy {
+        version: content_version(&doc),
+        doc,
+        generation: 1,
+        updated_unix_ms: 0,
+    }
+}
+
+fn policy_set(generation: u64, mut policies: Vec<StoredPolicy>) -> SharedPolicySet {
+    policies.sort_by(|a, b| (a.kind(), a.name()).cmp(&(b.kind(), b.name())));
+    Arc::new(PolicySet {
+        generation,
+        policies,
+    })
+}
+
+fn node(id: &str, labels: &[(&str, &str)]) -> Node {
+    let fields = labels
+        .iter()
+        .map(|(k, v)| {
+            let v = Value {
+                kind: Some(value::Kind::StringValue(v.to_string())),
+            };
+            (k.to_string(), v)
+        })
+        .collect();
+    Node {
+        id: id.into(),
+        cluster: "shop".into(),
+        metadata: Some(Struct { fields }),
+        ..Default::default()
+    }
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Name and wire JSON of a packed `TypedExtensionConfig`.
+fn decode(any: &Any) -> (String, String) {
+    assert_eq!(any.type_url, TYPED_EXTENSION_CONFIG);
+    let tec = TypedExtensionConfig::decode(any.value.as_slice()).unwrap();
+    let wasm = Wasm::decode(tec.typed_config.unwrap().value.as_slice()).unwrap();
+    let conf = wasm.config.unwrap().configuration.unwrap();
+    let json = StringValue::decode(conf.value.as_slice()).unwrap().value;
+    (tec.name, json)
+}
+
+fn configs(resp: &DiscoveryResponse) -> HashMap<String, String> {
+    resp.resources.iter().map(decode).collect()
+}
+
+struct Harness {
+    policies: watch::Sender<SharedPolicySet>,
+    proxies: ProxyRegistry,
+    stats: Arc<XdsStats>,
+    channel: Channel,
+    server: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl Harness {
+    async fn start(policies: Vec<StoredPolicy>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        modules::test_support::write_fake_modules(dir.path());
+        let catalog = ModuleCatalog::load(dir.path()).unwrap();
+        let (ptx, prx) = watch::channel(policy_set(1, policies));
+        let config = SnapshotterConfig {
+            module_poll: Duration::from_secs(1),
+            quiet: Duration::from_millis(5),
+            max_delay: Duration::from_millis(50),
+        };
+        let snapshots = spawn_snapshotter_with(prx, catalog, config);
+        let proxies = ProxyRegistry::new();
+        let stats = Arc::new(XdsStats::default());
+        let ads = AdsServer::new(snapshots, proxies.clone(), stats.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let server = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(ads.into_service())
+                .serve_with_incoming(incoming)
+                .await
+                .unwrap();
+        });
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            policies: ptx,
+            proxies,
+            stats,
+            channel,
+            server,
+            _dir: dir,
+        }
+    }
+
+    fn set_policies(&self, generation: u64, policies: Vec<StoredPolicy>) {
+        self.policies.send_replace(policy_set(generation, policies));
+    }
+
+    async fn sotw(&self) -> Stream<DiscoveryRequest, DiscoveryResponse> {
+        let (tx, rx) = mpsc::channel(16);
+        let mut client = AggregatedDiscoveryServiceClient::new(self.channel.clone());
+        let responses = client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Stream { tx, responses }
+    }
+
+    async fn delta(&self) -> Stream<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
+        let (tx, rx) = mpsc::channel(16);
+        let mut client = AggregatedDiscoveryServiceClient::new(self.channel.clone());
+        let responses = client
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Stream { tx, responses }
+    }
+
+    /// Waits until `check` holds for the registry's view of the only proxy with `node_id`.
+    async fn wait_status(
+        &self,
+        node_id: &str,
+        check: impl Fn(&ProxyStatus) -> bool,
+    ) -> ProxyStatus {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let found = self
+                .proxies
+                .list()
+                .into_iter()
+                .find(|p| p.node_id == node_id && p.disconnected_at.is_none());
+            if let Some(p) = found {
+                if check(&p) {
+                    return p;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "status condition not reached: {:#?}",
+                self.proxies.list()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+struct Stream<Req, Resp> {
+    tx: mpsc::Sender<Req>,
+    responses: Streaming<Resp>,
+}
+
+impl<Req, Resp> Stream<Req, Resp> {
+    async fn send(&self, req: Req) {
+        assert!(self.tx.send(req).await.is_ok(), "request stream open");
+    }
+
+    async fn next(&mut self) -> Resp {
+        tokio::time::timeout(WAIT, self.responses.message())
+            .await
+            .expect("a response in time")
+            .expect("no stream error")
+            .expect("stream not closed")
+    }
+
+    async fn assert_silent(&mut self) {
+        if let Ok(r) = tokio::time::timeout(SILENCE, self.responses.message()).await {
+            panic!("unexpected response: {:?}", r.map(|r| r.is_some()));
+        }
+    }
+}
+
+fn sotw_request(
+    node: Option<Node>,
+    version: &str,
+    nonce: &str,
+    resources: &[&str],
+) -> DiscoveryRequest {
+    DiscoveryRequest {
+        node,
+        version_info: version.into(),
+        resource_names: names(resources),
+        type_url: TYPED_EXTENSION_CONFIG.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+fn nack(message: &str) -> Option<RpcStatus> {
+    Some(RpcStatus {
+        code: 3,
+        message: message.into(),
+        details: vec![],
+    })
+}
+
+fn accepted_version(p: &ProxyStatus, name: &str) -> Option<String> {
+    let r = p.resources.iter().find(|r| r.name == name)?;
+    r.accepted.as_ref().map(|a| a.version.clone())
+}
+
+fn sent_version(p: &ProxyStatus, name: &str) -> Option<String> {
+    let r = p.resources.iter().find(|r| r.name == name)?;
+    r.sent.as_ref().map(|a| a.version.clone())
+}
+
+#[tokio::test]
+async fn sotw_push_ack_change_and_nack_without_resend() {
+    let h = Harness::start(vec![]).await;
+    let mut s = h.sotw().await;
+    s.send(sotw_request(Some(node("p1", &[])), "", "", &NAMES))
+        .await;
+    let first = s.next().await;
+    assert_eq!(first.type_url, TYPED_EXTENSION_CONFIG);
+    assert_eq!(first.resources.len(), 4);
+    assert!(!first.version_info.is_empty());
+    let c = configs(&first);
+    for name in NAMES {
+        assert_eq!(c[name], r#"{"policies":[]}"#, "{name} is a pass-through");
+    }
+
+    // ACK: recorded, nothing more sent.
+    s.send(sotw_request(
+        None,
+        &first.version_info,
+        &first.nonce,
+        &NAMES,
+    ))
+    .await;
+    let p = h
+        .wait_status("p1", |p| {
+            NAMES.iter().all(|n| accepted_version(p, n).is_some())
+        })
+        .await;
+    assert_eq!(p.protocol, XdsProtocol::Sotw);
+    assert_eq!(p.cluster, "shop");
+    s.assert_silent().await;
+    assert_eq!(XdsStats::get(&h.stats.acks_total), 1);
+
+    // A policy change is pushed with a new version; only the trace resource changed.
+    h.set_policies(
+        2,
+        vec![trace_policy("t1", json!({"samplingPercentage": 50}))],
+    );
+    let second = s.next().await;
+    assert_ne!(second.version_info, first.version_info);
+    assert_ne!(second.nonce, first.nonce);
+    let c2 = configs(&second);
+    assert!(
+        c2["meshwarden.trace"].contains(r#""name":"t1""#),
+        "{}",
+        c2["meshwarden.trace"]
+    );
+    assert_eq!(c2["meshwarden.fault"], c["meshwarden.fault"]);
+
+    // NACK: recorded against the changed resource only, and not sent again.
+    s.send(DiscoveryRequest {
+        error_detail: nack("on_configure failed: bad trace policy"),
+        ..sotw_request(None, &first.version_info, &second.nonce, &NAMES)
+    })
+    .await;
+    let p = h
+        .wait_status("p1", |p| p.resources.iter().any(|r| r.last_nack.is_some()))
+        .await;
+    s.assert_silent().await;
+    let trace = p
+        .resources
+        .iter()
+        .find(|r| r.name == "meshwarden.trace")
+        .unwrap();
+    let nack_status = trace.last_nack.as_ref().unwrap();
+    assert_eq!(nack_status.message, "on_configure failed: bad trace policy");
+    assert_eq!(
+        Some(nack_status.version.clone()),
+        sent_version(&p, "meshwarden.trace")
+    );
+    assert_ne!(
+        Some(nack_status.version.clone()),
+        accepted_version(&p, "meshwarden.trace")
+    );
+    assert!(p
+        .resources
+        .iter()
+        .filter(|r| r.name != "meshwarden.trace")
+        .all(|r| r.last_nack.is_none()));
+    assert_eq!(XdsStats::get(&h.stats.nacks_total), 1);
+
+    // A further change is pushed again.
+    h.set_policies(3, vec![trace_policy("t2", json!({}))]);
+    let third = s.next().await;
+    assert!(configs(&third)["meshwarden.trace"].contains(r#""name":"t2""#));
+    assert_eq!(XdsStats::get(&h.stats.pushes_total), 3);
+    assert_eq!(XdsStats::get(&h.stats.connected), 1);
+}
+
+#[tokio::test]
+async fn sotw_subset_and_reconnect_at_current_version() {
+    let h = Harness::start(vec![trace_policy("t1", json!({}))]).await;
+    let mut s = h.sotw().await;
+    s.send(sotw_request(
+        Some(node("p1", &[])),
+        "",
+        "",
+        &["meshwarden.trace"],
+    ))
+    .await;
+    let first = s.next().await;
+    assert_eq!(first.resources.len(), 1);
+    assert_eq!(decode(&first.resources[0]).0, "meshwarden.trace");
+    drop(s);
+
+    // A new stream that already holds the current version gets nothing ...
+    let mut s = h.sotw().await;
+    s.send(sotw_request(
+        Some(node("p1", &[])),
+        &first.version_info,
+        "",
+        &["meshwarden.trace"],
+    ))
+    .await;
+    s.assert_silent().await;
+    let p = h
+        .wait_status("p1", |p| accepted_version(p, "meshwarden.trace").is_some())
+        .await;
+    assert_eq!(p.resources.len(), 1);
+    // ... until something changes.
+    h.set_policies(2, vec![]);
+    let next = s.next().await;
+    assert_ne!(next.version_info, first.version_info);
+    // One live entry for p1 (a reconnect replaces a disconnected entry of the same node).
+    let live = h.proxies.list();
+    assert_eq!(
+        live.iter()
+            .filter(|p| p.node_id == "p1" && p.disconnected_at.is_none())
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn sotw_unserved_type_does_not_break_the_stream() {
+    let h = Harness::start(vec![]).await;
+    let mut s = h.sotw().await;
+    let cluster_type = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    s.send(DiscoveryRequest {
+        node: Some(node("p1", &[])),
+        type_url: cluster_type.into(),
+        ..Default::default()
+    })
+    .await;
+    let empty = s.next().await;
+    assert_eq!(empty.type_url, cluster_type);
+    assert!(empty.resources.is_empty());
+    s.send(DiscoveryRequest {
+        type_url: cluster_type.into(),
+        response_nonce: empty.nonce.clone(),
+        ..Default::default()
+    })
+    .await;
+    s.send(sotw_request(None, "", "", &[])).await;
+    let resp = s.next().await;
+    assert_eq!(resp.type_url, TYPED_EXTENSION_CONFIG);
+    assert_eq!(resp.resources.len(), 4, "empty names mean every resource");
+    s.assert_silent().await;
+}
+
+#[tokio::test]
+async fn selectors_give_nodes_different_configs() {
+    let h = Harness::start(vec![
+        trace_policy("eu-only", json!({"selector": {"labels": {"zone": "eu"}}})),
+        trace_policy("everyone", json!({})),
+    ])
+    .await;
+    let mut eu = h.sotw().await;
+    let mut us = h.sotw().await;
+    eu.send(sotw_request(
+        Some(node("a", &[("zone", "eu")])),
+        "",
+        "",
+        &NAMES,
+    ))
+    .await;
+    us.send(sotw_request(
+        Some(node("b", &[("zone", "us")])),
+        "",
+        "",
+        &NAMES,
+    ))
+    .await;
+    let eu_resp = eu.next().await;
+    let us_resp = us.next().await;
+    let eu_trace = configs(&eu_resp)["meshwarden.trace"].clone();
+    let us_trace = configs(&us_resp)["meshwarden.trace"].clone();
+    assert!(
+        eu_trace.contains("eu-only") && eu_trace.contains("everyone"),
+        "{eu_trace}"
+    );
+    assert!(
+        !us_trace.contains("eu-only") && us_trace.contains("everyone"),
+        "{us_trace}"
+    );
+    // Name order: eu-only before everyone.
+    assert!(eu_trace.find("eu-only") < eu_trace.find("everyone"));
+    assert_ne!(eu_resp.version_info, us_resp.version_info);
+    let p = h
+        .wait_status("a", |p| sent_version(p, "meshwarden.trace").is_some())
+        .await;
+    assert_eq!(p.labels["zone"], "eu");
+    assert_eq!(
+        p.resources
+            .iter()
+            .find(|r| r.name == "meshwarden.trace")
+            .unwrap()
+            .sent
+            .as_ref()
+            .unwrap()
+            .policies,
+        vec!["eu-only", "everyone"]
+    );
+}
+
+fn delta_request(node: Option<Node>) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        node,
+        type_url: TYPED_EXTENSION_CONFIG.into(),
+        ..Default::default()
+    }
+}
+
+fn delta_names(resp: &DeltaDiscoveryResponse) -> Vec<String> {
+    let mut n: Vec<_> = resp.resources.iter().map(|r| r.name.clone()).collect();
+    n.sort();
+    n
+}
+
+#[tokio::test]
+async fn delta_subscribe_skip_known_push_changes_nack_and_unsubscribe() {
+    let h = Harness::start(vec![]).await;
+
+    // Learn the current versions from a first stream.
+    let mut s = h.delta().await;
+    s.send(DeltaDiscoveryRequest {
+        resource_names_subscribe: names(&["meshwarden.trace", "meshwarden.fault"]),
+        ..delta_request(Some(node("p1", &[])))
+    })
+    .await;
+    let first = s.next().await;
+    assert_eq!(
+        delta_names(&first),
+        names(&["meshwarden.fault", "meshwarden.trace"])
+    );
+    let versions: HashMap<String, String> = first
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+    drop(s);
+
+    // Reconnect holding the fault resource: only trace is sent.
+    let mut s = h.delta().await;
+    s.send(DeltaDiscoveryRequest {
+        resource_names_subscribe: names(&["meshwarden.trace", "meshwarden.fault"]),
+        initial_resource_versions: [(
+            "meshwarden.fault".to_string(),
+            versions["meshwarden.fault"].clone(),
+        )]
+        .into(),
+        ..delta_request(Some(node("p2", &[])))
+    })
+    .await;
+    let resp = s.next().await;
+    assert_eq!(delta_names(&resp), names(&["meshwarden.trace"]));
+    assert!(resp.removed_resources.is_empty());
+    s.send(DeltaDiscoveryRequest {
+        response_nonce: resp.nonce.clone(),
+        ..delta_request(None)
+    })
+    .await;
+    let p = h
+        .wait_status("p2", |p| accepted_version(p, "meshwarden.trace").is_some())
+        .await;
+    assert_eq!(p.protocol, XdsProtocol::Delta);
+    assert_eq!(
+        accepted_version(&p, "meshwarden.fault").as_ref(),
+        Some(&versions["meshwarden.fault"])
+    );
+    s.assert_silent().await;
+
+    // A trace policy change sends trace only.
+    h.set_policies(2, vec![trace_policy("t1", json!({}))]);
+    let change = s.next().await;
+    assert_eq!(delta_names(&change), names(&["meshwarden.trace"]));
+    assert_ne!(change.resources[0].version, versions["meshwarden.trace"]);
+    let (_, json) = decode(change.resources[0].resource.as_ref().unwrap());
+    assert!(json.contains(r#""name":"t1""#));
+
+    // NACK: recorded, not re-sent.
+    s.send(DeltaDiscoveryRequest {
+        response_nonce: change.nonce.clone(),
+        error_detail: nack("rejected by filter"),
+        ..delta_request(None)
+    })
+    .await;
+    let p = h
+        .wait_status("p2", |p| p.resources.iter().any(|r| r.last_nack.is_some()))
+        .await;
+    s.assert_silent().await;
+    let trace = p
+        .resources
+        .iter()
+        .find(|r| r.name == "meshwarden.trace")
+        .unwrap();
+    assert_eq!(
+        trace.last_nack.as_ref().unwrap().message,
+        "rejected by filter"
+    );
+    assert_eq!(
+        trace.last_nack.as_ref().unwrap().version,
+        change.resources[0].version
+    );
+
+    // Unsubscribing reports the removal; subscribing to more sends just that.
+    s.send(DeltaDiscoveryRequest {
+        resource_names_unsubscribe: names(&["meshwarden.fault"]),
+        resource_names_subscribe: names(&["meshwarden.mirror"]),
+        ..delta_request(None)
+    })
+    .await;
+    let resp = s.next().await;
+    assert_eq!(delta_names(&resp), names(&["meshwarden.mirror"]));
+    assert_eq!(resp.removed_resources, names(&["meshwarden.fault"]));
+    s.assert_silent().await;
+}
+
+#[tokio::test]
+async fn delta_wildcard_gets_everything() {
+    let h = Harness::start(vec![]).await;
+    let mut s = h.delta().await;
+    s.send(delta_request(Some(node("p1", &[])))).await;
+    let resp = s.next().await;
+    assert_eq!(resp.resources.len(), 4);
+    s.send(DeltaDiscoveryRequest {
+        response_nonce: resp.nonce.clone(),
+        ..delta_request(None)
+    })
+    .await;
+    s.assert_silent().await;
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_still_ends_up_current() {
+    let h = Harness::start(vec![]).await;
+    let mut s = h.sotw().await;
+    s.send(sotw_request(Some(node("slow", &[])), "", "", &NAMES))
+        .await;
+    // Many changes while the client reads nothing.
+    for g in 0..40u64 {
+        h.set_policies(g + 2, vec![trace_policy(&format!("p{g}"), json!({}))]);
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    let mut last = None;
+    for _ in 0..=41 {
+        let resp = s.next().await;
+        let trace = configs(&resp)["meshwarden.trace"].clone();
+        if trace.contains(r#""name":"p39""#) {
+            last = Some(resp);
+            break;
+        }
+    }
+    assert!(last.is_some(), "the latest policy set arrives");
+}
+
+#[tokio::test]
+async fn first_request_without_node_is_rejected() {
+    let h = Harness::start(vec![]).await;
+    let mut s = h.sotw().await;
+    s.send(sotw_request(None, "", "", &NAMES)).await;
+    let err = tokio::time::timeout(WAIT, s.responses.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
