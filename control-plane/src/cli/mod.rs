@@ -7,6 +7,8 @@ mod client;
 pub mod documents;
 mod get;
 mod serve;
+#[cfg(test)]
+mod serve_tests;
 mod status;
 mod table;
 

@@ -57,11 +57,11 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
         .await
         .with_context(|| format!("cannot listen on --http-addr {}", args.http_addr))?;
     tracing::info!(addr = %args.http_addr, "HTTP (metrics, health) listening");
-    let http_task = tokio::spawn(http::serve(
+    let mut http_task = AbortOnDrop(tokio::spawn(http::serve(
         http_listener,
         http::router(state.clone()),
         signalled(shutdown.clone()),
-    ));
+    )));
 
     let data_dir = args.data_dir.clone();
     let registry = tokio::task::spawn_blocking(move || PolicyRegistry::open(&data_dir))
@@ -118,13 +118,22 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
             Ok(())
         }
     };
-    match tokio::time::timeout(SHUTDOWN_GRACE, http_task).await {
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut http_task.0).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server failed"),
         Ok(_) => {}
         Err(_) => tracing::warn!("HTTP server did not stop in time"),
     }
     tracing::info!("stopped");
     result
+}
+
+/// Stops the HTTP server if startup fails after it was started.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Resolves once `shutdown` is true (or its sender is gone).
