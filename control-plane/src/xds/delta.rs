@@ -7,6 +7,7 @@
 //! not sent again; the next response waits until the content changes.
 
 use super::cache::Snapshot;
+use super::cds::{is_cds, DeltaCds};
 use super::proxies::{XdsProtocol, XdsStats};
 use super::resources::{aggregate_version, kind_of_resource, TYPED_EXTENSION_CONFIG};
 use super::session::{Common, SentResponse, Session};
@@ -42,6 +43,8 @@ pub(crate) struct DeltaSession {
     watch: Option<Watch>,
     /// Unserved types, with whether an (empty) answer is due.
     unserved: BTreeMap<String, bool>,
+    /// Clusters for mirror targets.
+    cds: DeltaCds,
 }
 
 impl DeltaSession {
@@ -152,10 +155,15 @@ impl Session for DeltaSession {
             common,
             watch: None,
             unserved: BTreeMap::new(),
+            cds: DeltaCds::default(),
         }
     }
 
     fn on_request(&mut self, req: DeltaDiscoveryRequest, snapshot: &Snapshot) {
+        if is_cds(&req.type_url) {
+            self.cds.on_request(&mut self.common, req, snapshot);
+            return;
+        }
         if req.type_url != TYPED_EXTENSION_CONFIG {
             self.common.unserved_type(&req.type_url);
             if req.response_nonce.is_empty() && !self.unserved.contains_key(&req.type_url) {
@@ -174,10 +182,16 @@ impl Session for DeltaSession {
     }
 
     fn has_pending(&mut self, snapshot: &Snapshot) -> bool {
-        self.unserved.values().any(|due| *due) || self.watch_due(snapshot)
+        self.cds.is_due(&self.common, snapshot)
+            || self.unserved.values().any(|due| *due)
+            || self.watch_due(snapshot)
     }
 
     fn next_response(&mut self, snapshot: &Snapshot) -> Option<DeltaDiscoveryResponse> {
+        // Clusters first: a filter configuration may send copies to a new one.
+        if let Some(r) = self.cds.next_response(&mut self.common, snapshot) {
+            return Some(r);
+        }
         if self.watch_due(snapshot) {
             let view = self.common.view(snapshot).clone();
             let w = self.watch.as_mut()?;

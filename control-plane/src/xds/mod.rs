@@ -8,7 +8,8 @@
 //! - [`cache`]: snapshots (policy set + modules) published by a debouncing task;
 //! - [`server`]: the gRPC service and per-stream driver, with the protocol state machines
 //!   in `sotw` and `delta`;
-//! - [`proxies`]: what each connected proxy was sent, accepted and rejected, plus counters.
+//! - [`proxies`]: what each connected proxy was sent, accepted and rejected, plus counters;
+//! - [`clusters`] (and `cds`): CDS clusters for the `host:port` targets of MirrorPolicies.
 //!
 //! Wiring ([`XdsServer`] does all of this in one call):
 //! ```ignore
@@ -20,6 +21,8 @@
 //! ```
 
 pub mod cache;
+mod cds;
+pub mod clusters;
 mod delta;
 pub mod modules;
 pub mod proxies;
@@ -35,6 +38,7 @@ mod tests;
 pub use cache::{
     spawn_snapshotter, spawn_snapshotter_with, NodeResources, Snapshot, SnapshotterConfig,
 };
+pub use clusters::CLUSTER_TYPE_URL;
 pub use modules::{ModuleCatalog, ModuleError, ModuleInfo, ModuleSet};
 pub use proxies::{
     NackStatus, ProxyRegistry, ProxyStatus, ResourceStatus, VersionStatus, XdsProtocol, XdsStats,

@@ -7,6 +7,7 @@
 //! content changes.
 
 use super::cache::{NodeResources, Snapshot};
+use super::cds::{is_cds, SotwCds};
 use super::proxies::{XdsProtocol, XdsStats};
 use super::resources::{aggregate_version, ComposedResource, TYPED_EXTENSION_CONFIG};
 use super::session::{Common, SentResponse, Session};
@@ -37,6 +38,8 @@ pub(crate) struct SotwSession {
     watch: Option<Watch>,
     /// Unserved types, with whether an (empty) answer is due.
     unserved: BTreeMap<String, bool>,
+    /// Clusters for mirror targets.
+    cds: SotwCds,
 }
 
 fn subscription(names: &[String]) -> Option<BTreeSet<String>> {
@@ -159,10 +162,15 @@ impl Session for SotwSession {
             common,
             watch: None,
             unserved: BTreeMap::new(),
+            cds: SotwCds::default(),
         }
     }
 
     fn on_request(&mut self, req: DiscoveryRequest, snapshot: &Snapshot) {
+        if is_cds(&req.type_url) {
+            self.cds.on_request(&mut self.common, req, snapshot);
+            return;
+        }
         if req.type_url != TYPED_EXTENSION_CONFIG {
             self.common.unserved_type(&req.type_url);
             if req.response_nonce.is_empty() {
@@ -201,10 +209,16 @@ impl Session for SotwSession {
     }
 
     fn has_pending(&mut self, snapshot: &Snapshot) -> bool {
-        self.unserved.values().any(|due| *due) || self.watch_due(snapshot)
+        self.cds.is_due(&self.common, snapshot)
+            || self.unserved.values().any(|due| *due)
+            || self.watch_due(snapshot)
     }
 
     fn next_response(&mut self, snapshot: &Snapshot) -> Option<DiscoveryResponse> {
+        // Clusters first: a filter configuration may send copies to a new one.
+        if let Some(r) = self.cds.next_response(&mut self.common, snapshot) {
+            return Some(r);
+        }
         if self.watch_due(snapshot) {
             let (resources, version) = self.desired(snapshot)?;
             let nonce = self.common.next_nonce();
