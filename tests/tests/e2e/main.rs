@@ -2,4 +2,5 @@
 //! Each test starts its own processes on free loopback ports, so tests run in parallel.
 
 mod foundation;
+mod mirror;
 mod support;

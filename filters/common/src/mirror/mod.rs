@@ -3,6 +3,7 @@
 //! header rewriting, the body cap, the cross-worker rate cap, bounded per-worker buffers, and
 //! diff mode (comparing each mirror's response with the primary's).
 
+pub mod answer;
 pub mod body;
 pub mod diff;
 pub mod duration;
