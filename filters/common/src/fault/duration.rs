@@ -64,6 +64,11 @@ fn parse(s: &str) -> Result<u64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("{s:?} has no unit; write it like 250ms, 1.5s, 2m or 1h"))?;
     let (number, unit) = t.split_at(split);
+    if number.is_empty() {
+        return Err(format!(
+            "{s:?} is not a duration; write it like 250ms, 1.5s, 2m or 1h"
+        ));
+    }
     let scale: u64 = match unit {
         "ms" => 1,
         "s" => 1000,

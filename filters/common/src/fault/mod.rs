@@ -13,7 +13,7 @@ pub mod select;
 pub mod spec;
 pub mod timestamp;
 
-pub use delay_queue::DelayQueue;
+pub use delay_queue::{DelayQueue, TickClock};
 pub use duration::DurationSpec;
 pub use grpc::GrpcCode;
 pub use guard::GuardWindow;
