@@ -8,7 +8,7 @@ ENVOY_VERSION := 1.40.0
 VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 FILTERS := trace fault mirror ratelimit
-WASM_DIR := target/wasm
+WASM_DIR := target/filters
 CARGO ?= cargo
 # Envoy-based tests wait on processes more than they compute; run a few at once.
 TEST_THREADS ?= 4

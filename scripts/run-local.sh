@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 BIN=target/debug
 ENVOY=${MESHWARDEN_ENVOY:-.venv/bin/envoy}
-WASM_DIR=${MESHWARDEN_WASM_DIR:-target/wasm}
+WASM_DIR=${MESHWARDEN_WASM_DIR:-target/filters}
 RUN=.run
 GRPC=127.0.0.1:18000 HTTP=127.0.0.1:18001 UPSTREAM=127.0.0.1:18080
 LISTEN_PORT=10000 ADMIN_PORT=9901

@@ -11,7 +11,11 @@ const TEMPLATE: &str = include_str!("../../envoy/bootstrap.yaml.tmpl");
 
 /// Envoy `stats_config` that turns `meshwarden_<filter>_<metric>.policy.<name>` wasm stats
 /// into `meshwarden_<filter>_<metric>{policy="<name>"}` in Prometheus output.
-pub const STATS_TAGS: &str = "  stats_tags: []";
+/// (The filters name stats `meshwarden_<filter>_<metric>[_total].policy.<name>`; see
+/// `meshwarden_filter_runtime::metrics`.)
+pub const STATS_TAGS: &str = r"  stats_tags:
+  - tag_name: policy
+    regex: '^wasmcustom\.meshwarden_[a-z0-9_]+(\.policy\.([a-z0-9.-]+))$'";
 
 /// Everything a bootstrap needs to know.
 #[derive(Debug, Clone)]

@@ -31,9 +31,9 @@ pub fn meshwarden_bin() -> PathBuf {
     profile_dir.join("meshwarden")
 }
 
-/// The directory of built filter modules: `$MESHWARDEN_WASM_DIR`, else `target/wasm`.
+/// The directory of built filter modules: `$MESHWARDEN_WASM_DIR`, else `target/filters`.
 pub fn wasm_dir() -> PathBuf {
     std::env::var_os("MESHWARDEN_WASM_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/wasm"))
+        .unwrap_or_else(|| repo_root().join("target/filters"))
 }

@@ -175,8 +175,10 @@ async fn rejected_config_shows_as_nack_is_not_resent_and_traffic_keeps_flowing()
     // The control plane serves modules from a private copy that the test can break.
     let modules = tempfile::tempdir()?;
     for entry in std::fs::read_dir(meshwarden_e2e::paths::wasm_dir())? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), modules.path().join(entry.file_name()))?;
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "wasm") {
+            std::fs::copy(&path, modules.path().join(path.file_name().unwrap()))?;
+        }
     }
     let cp = ControlPlane::start_with_wasm_dir(modules.path().to_path_buf()).await?;
     let s = stack(cp, EnvoyOptions { node_id: "nack-proxy".into(), ..Default::default() }).await?;
