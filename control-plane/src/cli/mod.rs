@@ -18,7 +18,7 @@ use std::path::PathBuf;
 pub use serve::ServeArgs;
 
 /// Default `--wasm-dir`: where `make wasm` puts the packaged modules.
-pub const DEFAULT_WASM_DIR: &str = "target/wasm";
+pub const DEFAULT_WASM_DIR: &str = "target/filters";
 
 /// meshwarden: traffic policies for Envoy, pushed live over xDS.
 #[derive(Debug, Parser)]
