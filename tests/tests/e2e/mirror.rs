@@ -269,7 +269,11 @@ addHeaders: {{x-echo-status: "503", x-shadow: "yes"}}"#,
     .await?;
     assert!(errors >= 1);
     assert!(s.mirror_stat("mirrored", "orders-shadow").await? >= 2);
-    Ok(())
+
+    // Deleting the policy removes the generated cluster again (state-of-the-world ADS).
+    let cluster = format!("meshwarden_mirror_127.0.0.1_{}", shadow.addr.port());
+    assert!(has_cluster(&s.envoy, &cluster).await?);
+    delete_and_wait_for_cluster_removal(&s, "orders-shadow", &cluster).await
 }
 
 #[tokio::test]
@@ -757,5 +761,63 @@ async fn max_per_second_caps_copies_across_workers() -> anyhow::Result<()> {
     assert!(copies >= 1);
     let capped = s.mirror_stat("skipped_rate_capped", "capped").await?;
     assert!(capped as usize >= 300 - copies, "rate_capped {capped}");
+    Ok(())
+}
+
+/// Whether Envoy currently has a cluster named `name` (admin `/clusters`).
+async fn has_cluster(envoy: &Envoy, name: &str) -> anyhow::Result<bool> {
+    let text = envoy
+        .client()
+        .get(envoy.admin_url("/clusters"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text.lines().any(|l| l.starts_with(&format!("{name}::"))))
+}
+
+#[tokio::test]
+async fn delta_ads_delivers_and_removes_the_cluster_of_a_host_target() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let primary = EchoUpstream::start().await?;
+    let shadow = EchoUpstream::start().await?;
+    let opts = EnvoyOptions {
+        node_id: "delta-proxy".into(),
+        delta: true,
+        ..Default::default()
+    };
+    let s = Stack {
+        envoy: Envoy::start(&cp, primary.addr.port(), opts).await?,
+        primary,
+        cp,
+    };
+    let cluster = format!("meshwarden_mirror_127.0.0.1_{}", shadow.addr.port());
+    assert!(!has_cluster(&s.envoy, &cluster).await?);
+    s.apply(&mirror_policy(
+        "shadow-all",
+        &format!("mirror: {{host: \"127.0.0.1:{}\"}}", shadow.addr.port()),
+    ));
+    s.wait_for_copies("/delta", |p| count_prefix(&shadow, p) > 0)
+        .await?;
+    assert!(has_cluster(&s.envoy, &cluster).await?);
+    delete_and_wait_for_cluster_removal(&s, "shadow-all", &cluster).await
+}
+
+/// Deletes a policy and waits until its target's cluster is gone; the proxy keeps serving.
+async fn delete_and_wait_for_cluster_removal(
+    s: &Stack,
+    policy: &str,
+    cluster: &str,
+) -> anyhow::Result<()> {
+    let out = s.cp.cli().run(&["delete", "mirror", policy]);
+    assert!(out.success, "{}", out.stderr);
+    wait_until(Duration::from_secs(10), "cluster removed", || async {
+        (!has_cluster(&s.envoy, cluster).await.unwrap_or(true)).then_some(())
+    })
+    .await?;
+    assert_eq!(
+        s.envoy.get("/after-delete", &[]).await?.status().as_u16(),
+        200
+    );
     Ok(())
 }
