@@ -163,6 +163,9 @@ async fn run(
                 _ = sleep_until(deadline) => break,
             }
         }
+        // The version advertised must describe the module Envoy will read from disk now,
+        // not the one seen at the last poll.
+        refresh_modules(&mut catalog, &mut last_error).await;
         let set: Arc<PolicySet> = policies.borrow_and_update().clone();
         tracing::debug!(
             snapshot = next_id,
