@@ -16,7 +16,7 @@ TEST_THREADS ?= 4
 export MESHWARDEN_ENVOY := $(abspath $(ENVOY))
 export MESHWARDEN_WASM_DIR := $(abspath $(WASM_DIR))
 
-.PHONY: all deps toolchain envoy wasm build test unit e2e run bench lint fmt clean
+.PHONY: all deps toolchain envoy wasm build test unit e2e run bench bench-smoke lint fmt clean
 
 all: build
 
@@ -44,6 +44,18 @@ test: deps build
 
 run: deps build
 	scripts/run-local.sh
+
+# Benchmarks: data path in Envoy, control-plane push, module sizes (bench/bench.py).
+# Results go to docs/benchmarks.md, bench/results.json and bench/latency.svg.
+bench: deps build
+	$(CARGO) build --release -p meshwarden-control-plane -p meshwarden-push-bench
+	python3 bench/bench.py --attribute-sizes
+
+# A few seconds of every benchmark with no timing assertions (results in a temp dir).
+bench-smoke: deps build
+	$(CARGO) build -p meshwarden-control-plane -p meshwarden-e2e -p meshwarden-push-bench --bins
+	python3 bench/bench.py --smoke --meshwarden target/debug/meshwarden \
+	  --push-bench target/debug/meshwarden-push-bench
 
 lint: toolchain
 	$(CARGO) fmt --all -- --check

@@ -1,0 +1,1 @@
+"""meshwarden benchmark driver modules (Python standard library only)."""

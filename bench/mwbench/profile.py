@@ -1,0 +1,78 @@
+"""Where a proxy's CPU goes: a `perf record` of the proxy under closed-loop load, broken
+down by where the sampled code lives. Envoy's release binary is stripped, so samples are
+grouped by object, not symbol: the envoy binary (C++ filters, the proxy-wasm host functions
+and the V8 runtime), anonymous executable memory (code V8 compiled from the Wasm modules),
+the kernel and libc."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from .load import run_wrk
+
+
+def available() -> bool:
+    if shutil.which("perf") is None:
+        return False
+    try:
+        out = subprocess.run(["perf", "stat", "-e", "cpu-clock", "true"], capture_output=True,
+                             timeout=20)
+        return out.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _group(dso: str) -> str:
+    d = dso.strip()
+    if d.startswith("[kernel") or d == "[vdso]":
+        return "kernel"
+    if d == "envoy" or d.endswith("/envoy"):
+        return "envoy binary (C++, host functions, V8 runtime)"
+    if d.startswith("libc") or d.startswith("libm") or d.startswith("ld-linux") or \
+            d.startswith("libpthread"):
+        return "libc"
+    if d in ("[unknown]", "//anon") or d.startswith("[JIT]") or d.startswith("[anon") or \
+            d.startswith("perf-") or d.startswith("memfd:"):
+        return "V8-compiled Wasm code (anonymous memory)"
+    return "other"
+
+
+def profile(pid: int, url: str, seconds: int, connections: int, cpu: int | None) -> dict:
+    """Samples `pid` at 1999 Hz while wrk loads `url`; returns the share of samples per
+    group (percent) and the number of samples."""
+    with tempfile.TemporaryDirectory(prefix="mwbench-perf-") as tmp:
+        data = Path(tmp) / "perf.data"
+        rec = subprocess.Popen(
+            ["perf", "record", "-e", "cpu-clock", "-F", "1999", "-p", str(pid), "-o", str(data),
+             "--", "sleep", str(seconds)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        load = threading.Thread(target=run_wrk, args=(url, seconds + 1, connections, cpu))
+        load.start()
+        try:
+            rec.wait(timeout=seconds + 30)
+        finally:
+            load.join(timeout=seconds + 60)
+        out = subprocess.run(
+            ["perf", "report", "-i", str(data), "--stdio", "--sort", "dso", "--no-children"],
+            capture_output=True, text=True, timeout=120)
+    shares: dict[str, float] = {}
+    raw: dict[str, float] = {}
+    samples = 0
+    for line in out.stdout.splitlines():
+        m = re.match(r"#\s*Samples:\s*(\d+)([KM]?)", line)
+        if m:
+            samples = int(m.group(1)) * {"": 1, "K": 1000, "M": 1000000}[m.group(2)]
+            continue
+        m = re.match(r"\s*([\d.]+)%\s+(.+)$", line)
+        if m:
+            raw[m.group(2).strip()] = float(m.group(1))
+            g = _group(m.group(2))
+            shares[g] = shares.get(g, 0.0) + float(m.group(1))
+    top = sorted(raw.items(), key=lambda kv: -kv[1])[:12]
+    return {"samples": samples, "percent": {k: round(v, 2) for k, v in shares.items()},
+            "by_object": dict(top)}

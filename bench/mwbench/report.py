@@ -1,0 +1,262 @@
+"""docs/benchmarks.md and the latency chart, written from the results."""
+
+from __future__ import annotations
+
+import html
+import math
+
+from .targets import finite
+
+
+def _n(v, digits: int = 0) -> str:
+    if not finite(v):
+        return "–"
+    return f"{v:,.{digits}f}"
+
+
+def _ratio(a, b) -> str:
+    if not (finite(a) and finite(b)) or b == 0:
+        return "–"
+    return f"{a / b:.2f}"
+
+
+def _status(met) -> str:
+    return {True: "met", False: "**missed**", None: "not measured"}[met]
+
+
+# ---- chart -----------------------------------------------------------------------------
+
+def latency_svg(datapath: dict) -> str:
+    """Horizontal bars of p50/p90/p99 latency at the fixed rate, one group per config."""
+    rows = [c for c in datapath.get("configs", []) if c.get("median")]
+    colors = {"p50_us": "#4c78a8", "p90_us": "#f58518", "p99_us": "#e45756"}
+    label_w, bar_h, gap, width = 190, 9, 10, 900
+    plot_w = width - label_w - 90
+    top = 50
+    height = top + len(rows) * (3 * bar_h + gap) + 40
+    vmax = max([c["median"].get("p99_us", 0) for c in rows] + [1])
+    scale = plot_w / vmax
+    rate = datapath.get("fixed_rate_rps", 0)
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="10" y="20" font-size="15" font-weight="bold">Latency per configuration at '
+        f'{rate:,.0f} req/s (fixed rate), microseconds</text>',
+    ]
+    x = label_w
+    for i, (k, col) in enumerate(colors.items()):
+        out.append(f'<rect x="{x + i * 70}" y="30" width="10" height="10" fill="{col}"/>'
+                   f'<text x="{x + i * 70 + 14}" y="39">{k[:3]}</text>')
+    y = top
+    for c in rows:
+        m = c["median"]
+        out.append(f'<text x="{label_w - 8}" y="{y + 2 * bar_h}" text-anchor="end">'
+                   f'{html.escape(c["label"])}</text>')
+        for j, (k, col) in enumerate(colors.items()):
+            v = m.get(k, 0)
+            w = max(v * scale, 1) if finite(v) else 0
+            by = y + j * bar_h
+            out.append(f'<rect x="{label_w}" y="{by}" width="{w:.1f}" height="{bar_h - 1}" '
+                       f'fill="{col}"/>')
+            out.append(f'<text x="{label_w + w + 4:.1f}" y="{by + bar_h - 1}" font-size="9">'
+                       f'{_n(v)}</text>')
+        y += 3 * bar_h + gap
+    out.append(f'<line x1="{label_w}" y1="{top - 4}" x2="{label_w}" y2="{y}" stroke="#333"/>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+# ---- markdown ----------------------------------------------------------------------------
+
+def _datapath_section(dp: dict) -> list[str]:
+    configs = {c["name"]: c for c in dp.get("configs", [])}
+    bare = (configs.get("bare") or {}).get("median") or {}
+    lines = [
+        "## 1. Data path: meshwarden filters vs bare Envoy vs Envoy's native filters",
+        "",
+        f"One Envoy worker (`--concurrency 1`, pinned to CPU 0) proxies HTTP/1.1 to a loopback "
+        f"upstream (a second Envoy answering with `direct_response`, pinned to CPU 1 with the "
+        f"load generator). {dp.get('rounds', 0)} interleaved rounds per configuration; each "
+        f"figure is the median of the rounds. Closed loop (maximum throughput): "
+        f"`wrk -t1 -c{dp.get('connections')} -d{dp.get('closed_seconds')}s`. Fixed rate "
+        f"(latency): `h2load --h1 -c{dp.get('connections')} --rps=<rate/{dp.get('connections')}> "
+        f"-D{dp.get('open_seconds')}` at {_n(dp.get('fixed_rate_rps'))} req/s "
+        f"= {dp.get('fixed_rate_fraction_of_bare_max', 0.5):.0%} of bare Envoy's maximum in the "
+        f"first round, latency of every request from h2load's log. CPU per request = the proxy "
+        f"process's CPU time (all threads, `/proc/<pid>/task/*/schedstat`) during the run "
+        f"divided by the requests served.",
+        "",
+        "| configuration | max req/s | vs bare | vs native | CPU µs/req at max | CPU µs/req at fixed rate | added CPU µs/req vs bare | p50 µs | p90 µs | p99 µs | p99 vs bare | other load (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in dp.get("configs", []):
+        m = c.get("median") or {}
+        if c.get("failed") and not m:
+            lines.append(f"| {c['label']} | failed: {c['failed'].splitlines()[0][:120]} |"
+                         + " |" * 10)
+            continue
+        nat = (configs.get(c.get("native") or "") or {}).get("median") or {}
+        vs_native = _ratio(m.get("max_rps"), nat.get("max_rps")) if nat else "–"
+        added = (m.get("cpu_us_per_req_fixed", math.nan) - bare.get("cpu_us_per_req_fixed", math.nan))
+        lines.append(
+            f"| {c['label']}{' ⚠' if c.get('notes') or c.get('failed') else ''} "
+            f"| {_n(m.get('max_rps'))} | {_ratio(m.get('max_rps'), bare.get('max_rps'))} "
+            f"| {vs_native} | {_n(m.get('cpu_us_per_req_max'), 1)} "
+            f"| {_n(m.get('cpu_us_per_req_fixed'), 1)} "
+            f"| {'–' if c['name'] == 'bare' else _n(added, 1)} "
+            f"| {_n(m.get('p50_us'))} | {_n(m.get('p90_us'))} | {_n(m.get('p99_us'))} "
+            f"| {_ratio(m.get('p99_us'), bare.get('p99_us'))} "
+            f"| {_n(m.get('other_load_cores'), 2)} |")
+    notes = [(c["label"], n) for c in dp.get("configs", []) for n in c.get("notes", [])]
+    notes += [(c["label"], "FAILED: " + c["failed"].splitlines()[0])
+              for c in dp.get("configs", []) if c.get("failed")]
+    if notes:
+        lines += ["", "⚠ Notes:", ""]
+        lines += [f"- {label}: {n}" for label, n in notes]
+    lines += ["", "![latency per configuration](../bench/latency.svg)", ""]
+    lines += ["Native equivalents and meshwarden policies used:", "",
+              "| filter | Envoy native stand-in | meshwarden policy (`spec`) |", "|---|---|---|"]
+    native = {
+        "trace": "`header_mutation` adding `traceparent` and `x-request-id` from `%UNIQUE_ID%` when absent",
+        "ratelimit": "`local_ratelimit`, token bucket 1,000,000/s, enabled and enforced",
+        "fault": "`fault` with delay 250 ms and abort 503, both at 0 %",
+        "mirror": "route `request_mirror_policies` to a second cluster, 1 %",
+    }
+    import json as _json
+    for k, spec in (dp.get("policies") or {}).items():
+        lines.append(f"| {k} | {native.get(k, '')} | `{_json.dumps(spec, separators=(',', ':'))}` |")
+    return lines
+
+
+def _profile_section(dp: dict) -> list[str]:
+    prof = dp.get("profiles") or {}
+    if not prof:
+        return []
+    configs = {c["name"]: c for c in dp.get("configs", [])}
+    groups = sorted({g for p in prof.values() for g in p.get("percent", {})})
+    lines = [
+        "### Where the proxy's CPU goes",
+        "",
+        "`perf record -e cpu-clock -F 1999 -p <proxy>` during a closed-loop run. Envoy's "
+        "release binary is stripped, so samples are grouped by where the code lives, converted "
+        "to µs per request with the CPU-per-request figure at maximum load.",
+        "",
+        "| configuration | samples | " + " | ".join(groups) + " |",
+        "|---|---:|" + "---:|" * len(groups),
+    ]
+    for name, p in prof.items():
+        cpu = ((configs.get(name) or {}).get("median") or {}).get("cpu_us_per_req_max", math.nan)
+        cells = []
+        for g in groups:
+            pct = p.get("percent", {}).get(g, 0.0)
+            cells.append(f"{pct:.1f} % ({_n(pct / 100 * cpu, 1)} µs)")
+        lines.append(f"| {configs.get(name, {}).get('label', name)} | {p.get('samples', 0):,} | "
+                     + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _push_section(push: dict) -> list[str]:
+    lines = [
+        "## 2. Control plane: time for a policy change to reach N proxies",
+        "",
+        "`meshwarden-push-bench` (crate `bench/push`) starts a fresh release `meshwarden serve` "
+        "per N, applies a TracePolicy, connects N simulated proxies over ADS (state of the "
+        f"world; {push.get('streams_per_connection', 100)} streams per HTTP/2 connection), each "
+        "subscribing to the four `meshwarden.*` ECDS resources and ACKing every response. It "
+        f"then changes the policy {push.get('pushes', 0)} times through the gRPC policy API and "
+        "measures, from the moment the Apply call is made, when each proxy has received the new "
+        "version and sent its ACK. Memory = control-plane VmRSS after all N connected minus "
+        "before, divided by N. The simulated proxies run on the same 2 cores as the control "
+        "plane.",
+        "",
+        "| proxies | connections | all connected in | change: p50 | p90 | p99 | max (all N) | apply RPC | CP CPU per change | CP RSS idle → connected | per proxy |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in push.get("runs", []):
+        a = r["push"]["acked"]
+        applies = [p["apply_ms"] for p in r["push"].get("per_push", []) if p.get("apply_ms")]
+        apply_ms = sorted(applies)[len(applies) // 2] if applies else math.nan
+        lines.append(
+            f"| {r['proxies']:,} | {r['connections']} | {_n(r['connect']['acked']['max_ms'], 0)} ms "
+            f"| {_n(a['p50_ms'], 1)} ms | {_n(a['p90_ms'], 1)} ms | {_n(a['p99_ms'], 1)} ms "
+            f"| {_n(a['max_ms'], 1)} ms | {_n(apply_ms, 1)} ms "
+            f"| {_n(r['push']['cp_cpu_ms_median'], 0)} ms "
+            f"| {r['cp_rss_idle_bytes'] / 1048576:.1f} → {r['cp_rss_connected_bytes'] / 1048576:.1f} MiB "
+            f"| {r['cp_rss_per_proxy_bytes'] / 1000:.1f} KB |")
+    if push.get("error"):
+        lines += ["", f"⚠ The push benchmark failed: {push['error']}"]
+    return lines + [""]
+
+
+def _sizes_section(sizes: dict) -> list[str]:
+    lines = [
+        "## 3. Module sizes",
+        "",
+        "Built with `cargo build --profile wasm --target wasm32-wasip1` (opt-level s, LTO, one "
+        "codegen unit, panic=abort, strip) in `target/wasm32-wasip1/wasm/`, then "
+        "`wasm-opt -Oz` by `scripts/package-wasm.sh` into `target/filters/`.",
+        "",
+        "| module | before wasm-opt | after wasm-opt | saved | gzip -9 | code section | data section | functions |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in sizes.get("modules", []):
+        u, o = m.get("unoptimised_bytes"), m.get("optimised_bytes")
+        sec = m.get("sections", {})
+        saved = f"{(1 - o / u) * 100:.0f} %" if u and o else "–"
+        lines.append(
+            f"| meshwarden_{m['filter']}.wasm | {_n(u)} B | {_n(o)} B | {saved} "
+            f"| {_n(m.get('optimised_gzip_bytes'))} B | {_n(sec.get('code'))} B "
+            f"| {_n(sec.get('data'))} B | {_n(m.get('functions'))} |")
+    attr = sizes.get("attribution") or {}
+    if attr:
+        lines += [
+            "",
+            "Code bytes per crate (unstripped build of the same sources, before wasm-opt; "
+            "function names from the Wasm `name` section):",
+            "",
+        ]
+        for f, rows in attr.items():
+            total = sum(b for _, b in rows) or 1
+            top = ", ".join(f"{c} {b / 1000:.0f} KB" for c, b in rows[:8])
+            lines.append(f"- {f}: {top}")
+    return lines + [""]
+
+
+def markdown(results: dict) -> str:
+    m = results.get("machine", {})
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (`bench/bench.py`); raw figures in "
+        "[`bench/results.json`](../bench/results.json). Do not edit by hand: rerun `make bench`.",
+        "",
+        f"- Date: {results.get('generated')}",
+        f"- Commit: `{results.get('git_commit', '?')}`"
+        + (" (with uncommitted changes in the work tree)" if results.get("git_dirty") else ""),
+        f"- Machine: {m.get('cpus')} CPUs ({m.get('cpu_model')}), {m.get('memory_gib')} GiB, "
+        f"Linux {m.get('kernel')}",
+        f"- Envoy: {results.get('envoy_version')} (V8 Wasm runtime)",
+        f"- Load average before / after: {m.get('loadavg_start')} / {m.get('loadavg_end')}",
+        "",
+    ]
+    noise = results.get("noise_note")
+    if noise:
+        lines += [f"**Noise:** {noise}", ""]
+    lines += ["## Targets", "", "| target | figure | status | detail |", "|---|---|---|---|"]
+    for t in results.get("targets", []):
+        lines.append(f"| {t['target']} | {t['figure']} | {_status(t['met'])} | {t['detail']} |")
+    lines.append("")
+    analysis = results.get("analysis") or []
+    if analysis:
+        lines += ["### What dominates the cost", ""] + [f"- {a}" for a in analysis] + [""]
+    dp = results.get("datapath") or {}
+    if dp:
+        lines += _datapath_section(dp) + [""] + _profile_section(dp)
+    if results.get("push"):
+        lines += _push_section(results["push"])
+    if results.get("sizes"):
+        lines += _sizes_section(results["sizes"])
+    lines += ["## Method notes and caveats", ""] + [f"- {c}" for c in results.get("caveats", [])]
+    lines += ["", "## Commands", "", "```sh"] + results.get("commands", []) + ["```", ""]
+    return "\n".join(lines)
