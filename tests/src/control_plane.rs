@@ -65,7 +65,12 @@ impl ControlPlane {
         let client = reqwest::Client::new();
         let ready = wait_until(Duration::from_secs(20), "control plane /readyz", || {
             let req = client.get(&url).timeout(Duration::from_secs(1)).send();
-            async move { req.await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+            async move {
+                req.await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ())
+            }
         })
         .await;
         if let Err(e) = ready {

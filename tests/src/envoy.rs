@@ -46,7 +46,11 @@ pub struct Envoy {
 impl Envoy {
     /// Starts Envoy routing to `upstream_port`, with ADS from `cp`, and waits until it is
     /// live (listener warmed with the filters' first configuration).
-    pub async fn start(cp: &ControlPlane, upstream_port: u16, opts: EnvoyOptions) -> anyhow::Result<Self> {
+    pub async fn start(
+        cp: &ControlPlane,
+        upstream_port: u16,
+        opts: EnvoyOptions,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let admin_port = free_port();
         let listen_port = free_port();
@@ -82,9 +86,11 @@ impl Envoy {
             listen_port,
             dir,
             child,
-            client: reqwest::Client::builder().pool_max_idle_per_host(8).build()?,
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(8)
+                .build()?,
         };
-        let ready = wait_until(Duration::from_secs(30), "envoy /ready", || {
+        let ready = wait_until(Duration::from_secs(60), "envoy /ready", || {
             let req = envoy.client.get(envoy.admin_url("/ready")).send();
             async move {
                 let r = req.await.ok()?;
@@ -124,8 +130,15 @@ impl Envoy {
     }
 
     /// GET `path` through the proxy with extra headers.
-    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<reqwest::Response> {
-        let mut req = self.client.get(self.url(path)).timeout(Duration::from_secs(10));
+    pub async fn get(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut req = self
+            .client
+            .get(self.url(path))
+            .timeout(Duration::from_secs(10));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -134,7 +147,13 @@ impl Envoy {
 
     /// Every stat as `name -> value` (counters and gauges).
     pub async fn stats(&self) -> anyhow::Result<BTreeMap<String, i64>> {
-        let text = self.client.get(self.admin_url("/stats")).send().await?.text().await?;
+        let text = self
+            .client
+            .get(self.admin_url("/stats"))
+            .send()
+            .await?
+            .text()
+            .await?;
         Ok(text
             .lines()
             .filter_map(|l| {

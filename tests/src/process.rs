@@ -1,7 +1,7 @@
 //! Child processes that are killed when the test lets go of them.
 
-use std::process::{Child, Command, Stdio};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 
 /// A child process killed (SIGKILL) on drop.
 #[derive(Debug)]
@@ -12,7 +12,10 @@ pub struct ChildGuard {
 impl ChildGuard {
     /// Spawns `cmd` with stdout and stderr appended to `log`.
     pub fn spawn(cmd: &mut Command, log: &Path) -> anyhow::Result<Self> {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
         let err = out.try_clone()?;
         let child = cmd
             .stdin(Stdio::null())

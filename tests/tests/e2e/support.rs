@@ -4,7 +4,11 @@
 /// returns its (trace id, parent id, flags).
 pub fn parse_traceparent(v: &str) -> Option<(String, String, String)> {
     let parts: Vec<&str> = v.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
     let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
     match parts.as_slice() {
         ["00", t, p, f] if hex(t, 32) && hex(p, 16) && hex(f, 2) && nonzero(t) && nonzero(p) => {
