@@ -8,7 +8,7 @@ BIN=target/debug
 ENVOY=${MESHWARDEN_ENVOY:-.venv/bin/envoy}
 WASM_DIR=${MESHWARDEN_WASM_DIR:-target/filters}
 RUN=.run
-GRPC=127.0.0.1:18000 HTTP=127.0.0.1:18001 UPSTREAM=127.0.0.1:18080
+GRPC=127.0.0.1:18000 HTTP=127.0.0.1:18001 UPSTREAM=127.0.0.1:18080 CANDIDATE=127.0.0.1:18081
 LISTEN_PORT=10000 ADMIN_PORT=9901
 mkdir -p "$RUN"
 
@@ -29,6 +29,9 @@ wait_http() { # URL WHAT
   --data-dir .meshwarden --wasm-dir "$WASM_DIR" >"$RUN/meshwarden.log" 2>&1 &
 pids+=($!)
 "$BIN/demo-upstream" "$UPSTREAM" >"$RUN/upstream.log" 2>&1 &
+pids+=($!)
+# A second echo server: the mirror target of examples/mirror.yaml ("candidate build").
+"$BIN/demo-upstream" "$CANDIDATE" >"$RUN/candidate.log" 2>&1 &
 pids+=($!)
 wait_http "http://$HTTP/readyz" "control plane"
 
