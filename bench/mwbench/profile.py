@@ -76,3 +76,47 @@ def profile(pid: int, url: str, seconds: int, connections: int, cpu: int | None)
     top = sorted(raw.items(), key=lambda kv: -kv[1])[:12]
     return {"samples": samples, "percent": {k: round(v, 2) for k, v in shares.items()},
             "by_object": dict(top)}
+
+
+def _crate(symbol: str) -> str:
+    """Rough owner of a demangled symbol: the first path segment, `<T as Trait>` -> T."""
+    s = symbol.strip()
+    if s.startswith("[k]"):
+        return "kernel"
+    s = s.removeprefix("[.]").strip().lstrip("<&*_ ")
+    for prefix in ("mut ", "dyn "):
+        s = s.removeprefix(prefix)
+    m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)(::)?", s)
+    if not m:
+        return "other"
+    if not m.group(2):
+        if re.match(r"_*(mem|str|int_malloc|int_free|int_realloc|malloc|free|cfree|realloc|"
+                    r"calloc|unlink_chunk|malloc_consolidate)", s):
+            return "libc (allocator, memcmp/memmove)"
+        return "other (unresolved)"
+    return m.group(1)
+
+
+def symbols(data: Path, top: int = 15) -> dict:
+    """Flat profile of a perf.data file: the top symbols and the share per crate."""
+    out = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",
+                          "--sort", "symbol"], capture_output=True, text=True, timeout=300)
+    rows: list[tuple[str, float]] = []
+    samples = 0
+    for line in out.stdout.splitlines():
+        m = re.match(r"#\s*Samples:\s*(\d+)([KM]?)", line)
+        if m:
+            samples = int(m.group(1)) * {"": 1, "K": 1000, "M": 1000000}[m.group(2)]
+            continue
+        m = re.match(r"\s*([\d.]+)%\s+(\[[.k]\].*)$", line)
+        if m:
+            rows.append((m.group(2).strip(), float(m.group(1))))
+    crates: dict[str, float] = {}
+    for sym, pct in rows:
+        c = _crate(sym)
+        crates[c] = crates.get(c, 0.0) + pct
+    return {
+        "samples": samples,
+        "top_symbols": [[s[:140], p] for s, p in rows[:top]],
+        "by_crate": sorted(([c, round(p, 2)] for c, p in crates.items()), key=lambda x: -x[1])[:12],
+    }

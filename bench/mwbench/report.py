@@ -170,20 +170,37 @@ def _push_section(push: dict) -> list[str]:
         "before, divided by N. The simulated proxies run on the same 2 cores as the control "
         "plane.",
         "",
-        "| proxies | connections | all connected in | change: p50 | p90 | p99 | max (all N) | apply RPC | CP CPU per change | CP RSS idle → connected | per proxy |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| proxies | connections | all connected in | change: first proxy | p50 | p90 | p99 | max (all N) | apply RPC | CPU per change: CP / simulated proxies | CP RSS idle → connected | per proxy |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in push.get("runs", []):
         a = r["push"]["acked"]
         applies = [p["apply_ms"] for p in r["push"].get("per_push", []) if p.get("apply_ms")]
         apply_ms = sorted(applies)[len(applies) // 2] if applies else math.nan
+        firsts = sorted(p["acked"].get("min_ms") or math.nan for p in r["push"].get("per_push", []))
+        first = firsts[len(firsts) // 2] if firsts else math.nan
         lines.append(
             f"| {r['proxies']:,} | {r['connections']} | {_n(r['connect']['acked']['max_ms'], 0)} ms "
-            f"| {_n(a['p50_ms'], 1)} ms | {_n(a['p90_ms'], 1)} ms | {_n(a['p99_ms'], 1)} ms "
+            f"| {_n(first, 1)} ms | {_n(a['p50_ms'], 1)} ms | {_n(a['p90_ms'], 1)} ms | {_n(a['p99_ms'], 1)} ms "
             f"| {_n(a['max_ms'], 1)} ms | {_n(apply_ms, 1)} ms "
-            f"| {_n(r['push']['cp_cpu_ms_median'], 0)} ms "
+            f"| {_n(r['push']['cp_cpu_ms_median'], 0)} / "
+            f"{_n(r['push'].get('client_cpu_ms_median', math.nan), 0)} ms "
             f"| {r['cp_rss_idle_bytes'] / 1048576:.1f} → {r['cp_rss_connected_bytes'] / 1048576:.1f} MiB "
             f"| {r['cp_rss_per_proxy_bytes'] / 1000:.1f} KB |")
+    prof = push.get("cp_profile")
+    if prof:
+        n = max((r["proxies"] for r in push.get("runs", [])), default=0)
+        lines += [
+            "",
+            f"Control-plane CPU during the {n:,}-proxy changes (`perf record -e cpu-clock -F 999 "
+            f"-p <meshwarden serve>`, {prof.get('samples', 0):,} samples), by owner: "
+            + ", ".join(f"{c} {p:.1f} %" for c, p in prof.get("by_crate", [])[:10]) + ".",
+            "",
+            "| top symbols | % |",
+            "|---|---:|",
+        ]
+        lines += [f"| `{s.removeprefix('[.] ').strip()}` | {p:.1f} |"
+                  for s, p in prof.get("top_symbols", [])[:12]]
     if push.get("error"):
         lines += ["", f"⚠ The push benchmark failed: {push['error']}"]
     return lines + [""]

@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 
 /// How long the control plane gets to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Linux reports process CPU time in ticks of 1/USER_HZ seconds; USER_HZ is 100.
+/// `/proc/<pid>/stat` reports CPU time in ticks of 1/USER_HZ seconds; USER_HZ is 100.
 const TICK_MS: f64 = 10.0;
 
 /// Name of the policy the benchmark creates and then changes.
@@ -118,29 +118,12 @@ impl ControlPlane {
 
     /// Current resident memory and CPU time of the process.
     pub fn usage(&self) -> anyhow::Result<Usage> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        let rss_kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .context("no VmRSS in /proc/<pid>/status")?;
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
-        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        let rest = stat.rsplit_once(')').context("odd /proc/<pid>/stat")?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| -> anyhow::Result<f64> {
-            Ok(fields
-                .get(i)
-                .context("short /proc/<pid>/stat")?
-                .parse::<f64>()?)
-        };
-        // `rest` starts at field 3 (state), so field n is at index n - 3.
-        let cpu_ticks = ticks(14 - 3)? + ticks(15 - 3)?;
-        Ok(Usage {
-            rss_bytes: rss_kb * 1024,
-            cpu_ms: cpu_ticks * TICK_MS,
-        })
+        usage_of(self.pid)
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// The last lines of the control plane's log.
@@ -163,6 +146,51 @@ impl ControlPlane {
             let _ = self.child.kill().await;
         }
     }
+}
+
+/// Current resident memory and CPU time of process `pid`.
+pub fn usage_of(pid: u32) -> anyhow::Result<Usage> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid))?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS in /proc/<pid>/status")?;
+    if let Some(cpu_ms) = schedstat_cpu_ms(pid) {
+        return Ok(Usage {
+            rss_bytes: rss_kb * 1024,
+            cpu_ms,
+        });
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid))?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').context("odd /proc/<pid>/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/<pid>/stat")?
+            .parse::<f64>()?)
+    };
+    // `rest` starts at field 3 (state), so field n is at index n - 3.
+    let cpu_ticks = ticks(14 - 3)? + ticks(15 - 3)?;
+    Ok(Usage {
+        rss_bytes: rss_kb * 1024,
+        cpu_ms: cpu_ticks * TICK_MS,
+    })
+}
+
+/// CPU time of every thread in nanosecond resolution (`/proc/<pid>/task/*/schedstat`),
+/// when the kernel provides it.
+fn schedstat_cpu_ms(pid: u32) -> Option<f64> {
+    let mut ns: u64 = 0;
+    for task in std::fs::read_dir(format!("/proc/{}/task", pid)).ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        let text = std::fs::read_to_string(path).ok()?;
+        ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 / 1e6)
 }
 
 /// The policy API, used to make the change whose propagation is measured.

@@ -8,11 +8,12 @@
 
 mod control_plane;
 mod fleet;
+mod profiler;
 mod stats;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use control_plane::{ControlPlane, Usage};
+use control_plane::{usage_of, ControlPlane, Usage};
 use fleet::{Event, Fleet, RESOURCES};
 use serde_json::{json, Value};
 use stats::{round3, Summary};
@@ -48,6 +49,10 @@ struct Args {
     /// Write the results here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Record a perf profile of the control plane during the changes pushed to the largest
+    /// fleet into this file (needs `perf`).
+    #[arg(long)]
+    perf_data: Option<PathBuf>,
 }
 
 /// Latencies (since a start instant) of one event per proxy.
@@ -155,20 +160,27 @@ async fn measure(args: &Args, cp: &ControlPlane, proxies: usize) -> anyhow::Resu
         per_proxy / 1000.0
     );
 
+    let largest = args.proxies.iter().copied().max() == Some(proxies);
+    let profiler = match &args.perf_data {
+        Some(path) if largest => profiler::Profiler::start(cp.pid(), path),
+        _ => None,
+    };
     let mut all_received = Vec::new();
     let mut all_acked = Vec::new();
     let mut per_push = Vec::new();
     for push in 1..=args.pushes {
         tokio::time::sleep(Duration::from_millis(args.pause_ms)).await;
         let before: Usage = cp.usage()?;
+        let client_before = usage_of(std::process::id())?;
         let t0 = Instant::now();
         api.apply_push(push).await?;
         let apply_ms = t0.elapsed().as_secs_f64() * 1e3;
         let arrivals = wait_for_push(&mut events, proxies, push, t0, timeout).await?;
         let after = cp.usage()?;
+        let client_cpu_ms = usage_of(std::process::id())?.cpu_ms - client_before.cpu_ms;
         let s = Summary::of(&arrivals.acked);
         println!(
-            "N={proxies} change {push}: apply {apply_ms:.1} ms, ACKed p50 {:.1} p99 {:.1} max {:.1} ms, CP CPU {:.0} ms",
+            "N={proxies} change {push}: apply {apply_ms:.1} ms, ACKed p50 {:.1} p99 {:.1} max {:.1} ms; CPU: control plane {:.0} ms, simulated proxies {client_cpu_ms:.0} ms",
             s.p50,
             s.p99,
             s.max,
@@ -179,9 +191,13 @@ async fn measure(args: &Args, cp: &ControlPlane, proxies: usize) -> anyhow::Resu
             "apply_ms": round3(apply_ms),
             "acked": s.to_json(),
             "cp_cpu_ms": round3(after.cpu_ms - before.cpu_ms),
+            "client_cpu_ms": round3(client_cpu_ms),
         }));
         all_received.extend(arrivals.received);
         all_acked.extend(arrivals.acked);
+    }
+    if let Some(p) = profiler {
+        p.stop();
     }
     let end = cp.usage()?;
     let connections = fleet.connections;
@@ -191,10 +207,9 @@ async fn measure(args: &Args, cp: &ControlPlane, proxies: usize) -> anyhow::Resu
         .iter()
         .filter_map(|p| p["acked"]["max_ms"].as_f64())
         .collect();
-    let cpu: Vec<f64> = per_push
-        .iter()
-        .filter_map(|p| p["cp_cpu_ms"].as_f64())
-        .collect();
+    let field =
+        |name: &str| -> Vec<f64> { per_push.iter().filter_map(|p| p[name].as_f64()).collect() };
+    let (cpu, client_cpu) = (field("cp_cpu_ms"), field("client_cpu_ms"));
     Ok(json!({
         "proxies": proxies,
         "connections": connections,
@@ -211,6 +226,7 @@ async fn measure(args: &Args, cp: &ControlPlane, proxies: usize) -> anyhow::Resu
             "received": Summary::of(&all_received).to_json(),
             "all_acked_ms_median": round3(median(maxima)),
             "cp_cpu_ms_median": round3(median(cpu)),
+            "client_cpu_ms_median": round3(median(client_cpu)),
             "per_push": per_push,
         },
     }))

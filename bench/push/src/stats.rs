@@ -7,6 +7,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Summary {
     pub count: usize,
+    pub min: f64,
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
@@ -29,6 +30,7 @@ impl Summary {
         ms.sort_by(f64::total_cmp);
         Self {
             count: ms.len(),
+            min: ms.first().copied().unwrap_or(f64::NAN),
             p50: quantile(&ms, 0.50),
             p90: quantile(&ms, 0.90),
             p99: quantile(&ms, 0.99),
@@ -40,6 +42,7 @@ impl Summary {
     pub fn to_json(self) -> Value {
         json!({
             "count": self.count,
+            "min_ms": round3(self.min),
             "p50_ms": round3(self.p50),
             "p90_ms": round3(self.p90),
             "p99_ms": round3(self.p99),
