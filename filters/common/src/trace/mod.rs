@@ -1,6 +1,17 @@
-//! Trace-header injection and propagation: the `TracePolicy` spec and the Trace Context,
-//! B3 and x-request-id rules the trace filter applies.
+//! Trace-header injection and propagation: the `TracePolicy` spec and the Trace Context
+//! (W3C Level 2), B3 and x-request-id rules the trace filter applies. Pure functions of the
+//! request headers, the spec and a source of random bytes.
 
+pub mod b3;
+pub mod decision;
+pub mod ids;
+pub mod request_id;
 mod spec;
+pub mod traceparent;
+pub mod tracestate;
 
+pub use decision::{decide, HeaderOp, Outcome, RandomSource, TracePlan};
+pub use ids::{SpanId, TraceId};
 pub use spec::{SpanMode, TraceFormat, TraceSpec};
+pub use traceparent::TraceParent;
+pub use tracestate::TraceState;

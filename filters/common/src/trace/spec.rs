@@ -67,7 +67,10 @@ impl Default for TraceSpec {
 impl KindSpec for TraceSpec {
     fn validate(&self) -> Result<(), ValidationError> {
         if self.formats.is_empty() {
-            return Err(ValidationError::new("formats", "must list at least one format"));
+            return Err(ValidationError::new(
+                "formats",
+                "must list at least one format",
+            ));
         }
         for (i, f) in self.formats.iter().enumerate() {
             if self.formats[..i].contains(f) {

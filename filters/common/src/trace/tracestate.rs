@@ -1,0 +1,245 @@
+//! The W3C `tracestate` header: vendor entries kept alongside a valid `traceparent`.
+
+use super::traceparent::trim_ows;
+
+/// Header name.
+pub const TRACESTATE: &str = "tracestate";
+/// Most entries propagated; extra entries are dropped from the right.
+pub const MAX_ENTRIES: usize = 32;
+/// Longest key and longest value.
+const MAX_KEY_LEN: usize = 256;
+const MAX_VALUE_LEN: usize = 256;
+/// Multi-tenant keys: `tenant@system`, tenant at most 241 and system at most 14 characters.
+const MAX_TENANT_LEN: usize = 241;
+const MAX_SYSTEM_LEN: usize = 14;
+
+/// The valid entries of a request's `tracestate` headers, in order, without duplicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceState {
+    entries: Vec<(String, String)>,
+}
+
+/// A cleaned `tracestate` and how many members were dropped on the way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParsedTraceState {
+    pub state: TraceState,
+    /// Members dropped as malformed, as duplicate keys, or beyond [`MAX_ENTRIES`].
+    pub dropped: usize,
+}
+
+impl TraceState {
+    /// Combines every `tracestate` header value (in order, as if joined with `,`), drops bad
+    /// members one by one, keeps the first of duplicate keys and at most [`MAX_ENTRIES`]
+    /// entries. Empty members are ignored.
+    pub fn parse<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> ParsedTraceState {
+        let mut entries: Vec<(String, String)> = Vec::new();
+        let mut dropped = 0;
+        for member in values.into_iter().flat_map(|v| v.split(|b| *b == b',')) {
+            let member = trim_ows(member);
+            if member.is_empty() {
+                continue;
+            }
+            match parse_member(member) {
+                Some((k, _)) if entries.iter().any(|(seen, _)| seen == k) => dropped += 1,
+                Some(_) if entries.len() == MAX_ENTRIES => dropped += 1,
+                Some((k, v)) => entries.push((k.to_string(), v.to_string())),
+                None => dropped += 1,
+            }
+        }
+        ParsedTraceState {
+            state: Self { entries },
+            dropped,
+        }
+    }
+
+    /// Whether no entry is left.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The value of `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The header value: `key=value` entries joined with `,`.
+    pub fn header_value(&self) -> String {
+        let mut out = String::new();
+        for (i, (k, v)) in self.entries.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push('=');
+            out.push_str(v);
+        }
+        out
+    }
+}
+
+/// Splits `key=value` and checks both; `None` if either is malformed.
+fn parse_member(member: &[u8]) -> Option<(&str, &str)> {
+    let eq = member.iter().position(|b| *b == b'=')?;
+    let (key, value) = (&member[..eq], &member[eq + 1..]);
+    if !valid_key(key) || !valid_value(value) {
+        return None;
+    }
+    // Both parts are ASCII once validated.
+    Some((
+        std::str::from_utf8(key).ok()?,
+        std::str::from_utf8(value).ok()?,
+    ))
+}
+
+/// `simple-key` or `tenant-id@system-id`.
+fn valid_key(key: &[u8]) -> bool {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return false;
+    }
+    let rest_ok = |s: &[u8]| s.iter().all(|c| key_char(*c));
+    match key.iter().position(|b| *b == b'@') {
+        None => key[0].is_ascii_lowercase() && rest_ok(&key[1..]),
+        Some(at) => {
+            let (tenant, system) = (&key[..at], &key[at + 1..]);
+            !tenant.is_empty()
+                && tenant.len() <= MAX_TENANT_LEN
+                && (tenant[0].is_ascii_lowercase() || tenant[0].is_ascii_digit())
+                && rest_ok(&tenant[1..])
+                && !system.is_empty()
+                && system.len() <= MAX_SYSTEM_LEN
+                && system[0].is_ascii_lowercase()
+                && rest_ok(&system[1..])
+        }
+    }
+}
+
+/// Characters allowed after the first one of a key (or key part).
+fn key_char(c: u8) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'*' | b'/')
+}
+
+/// 1 to 256 printable ASCII characters other than `,` and `=`, not ending in a space.
+fn valid_value(value: &[u8]) -> bool {
+    let printable = |c: &u8| (0x20..=0x7e).contains(c) && *c != b',' && *c != b'=';
+    !value.is_empty()
+        && value.len() <= MAX_VALUE_LEN
+        && value.iter().all(printable)
+        && value.last() != Some(&b' ')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(values: &[&str]) -> ParsedTraceState {
+        TraceState::parse(values.iter().map(|v| v.as_bytes()))
+    }
+
+    #[test]
+    fn combines_headers_and_trims_ows() {
+        let p = parse(&["foo=1, bar=2 ", "\tbaz=3,,", " "]);
+        assert_eq!(p.state.header_value(), "foo=1,bar=2,baz=3");
+        assert_eq!(p.dropped, 0);
+        assert_eq!(p.state.get("bar"), Some("2"));
+    }
+
+    #[test]
+    fn empty_header_is_empty_state() {
+        let p = parse(&[""]);
+        assert!(p.state.is_empty());
+        assert_eq!(p.dropped, 0);
+    }
+
+    #[test]
+    fn duplicates_keep_the_first() {
+        let p = parse(&["foo=1,bar=2", "foo=3"]);
+        assert_eq!(p.state.header_value(), "foo=1,bar=2");
+        assert_eq!(p.dropped, 1);
+    }
+
+    #[test]
+    fn at_most_32_entries_dropping_from_the_right() {
+        let members: Vec<String> = (0..40).map(|i| format!("k{i}=v{i}")).collect();
+        let header = members.join(",");
+        let p = parse(&[&header]);
+        assert_eq!(p.state.len(), MAX_ENTRIES);
+        assert_eq!(p.dropped, 8);
+        assert_eq!(p.state.get("k31"), Some("v31"));
+        assert_eq!(p.state.get("k32"), None);
+        // Exactly 32 is fine.
+        let p = parse(&[&members[..32].join(",")]);
+        assert_eq!((p.state.len(), p.dropped), (32, 0));
+    }
+
+    #[test]
+    fn bad_members_are_dropped_one_by_one() {
+        let long_key = format!("a{}", "b".repeat(256));
+        let long_value = "v".repeat(257);
+        let bad = [
+            "Foo=1",               // uppercase key
+            "1foo=1",              // simple key starting with a digit
+            "foo",                 // no '='
+            "=1",                  // empty key
+            "foo=",                // empty value
+            "foo=a=b",             // '=' in value
+            "foo=bar ",            // trailing space inside the member is trimmed as OWS...
+            "fo o=1",              // space in key
+            "foo@=1",              // empty system
+            "@sys=1",              // empty tenant
+            "foo@Sys=1",           // uppercase system
+            "t@s12345678901234=1", // system longer than 14
+            "foo=\u{7f}",          // DEL
+            "foo=é",               // non-ASCII
+            &long_key,
+            &format!("k={long_value}"),
+        ];
+        for b in bad {
+            let p = parse(&[&format!("ok=1,{b},ok2=2")]);
+            if b == "foo=bar " {
+                // ...so this one is actually fine.
+                assert_eq!(p.dropped, 0);
+                continue;
+            }
+            assert_eq!(p.dropped, 1, "{b:?}");
+            assert_eq!(p.state.header_value(), "ok=1,ok2=2", "{b:?}");
+        }
+    }
+
+    #[test]
+    fn grammar_edges_that_are_valid() {
+        let key256 = format!("a{}", "b".repeat(255));
+        let value256 = format!("{}x", " ".repeat(255));
+        for good in [
+            "a=1",
+            "a1_-*/=1",
+            "1tenant@sys=1",
+            "t@s_-*/123456789=x",
+            "foo=a b",
+            "foo=!\"#$%&'()*+-./:;<>?@[\\]^_`{|}~",
+            &format!("{key256}=1"),
+            &format!("k={value256}"),
+        ] {
+            let p = parse(&[good]);
+            assert_eq!((p.state.len(), p.dropped), (1, 0), "{good:?}");
+        }
+        let tenant241 = format!("t{}@s=1", "a".repeat(240));
+        assert_eq!(parse(&[&tenant241]).dropped, 0);
+        let tenant242 = format!("t{}@s=1", "a".repeat(241));
+        assert_eq!(parse(&[&tenant242]).dropped, 1);
+    }
+
+    #[test]
+    fn non_utf8_member_is_dropped() {
+        let p = TraceState::parse([&b"a=1,b=\xff\xfe,c=3"[..]]);
+        assert_eq!(p.state.header_value(), "a=1,c=3");
+        assert_eq!(p.dropped, 1);
+    }
+}
