@@ -1,0 +1,171 @@
+//! Per-policy metrics, named so Envoy's Prometheus endpoint shows
+//! `meshwarden_<filter>_<metric>{policy="<name>"}`.
+//!
+//! # Naming scheme
+//!
+//! A Wasm module can only give Envoy a flat stat name (no tags), and Envoy files it under
+//! the `wasmcustom` namespace. Each metric is therefore defined as
+//!
+//! ```text
+//! meshwarden_<filter>_<metric>[_total].policy.<policy name>
+//! ```
+//!
+//! (`_total` is appended to counters). Envoy shows it in `/stats` as
+//! `meshwarden_trace_started_total.policy.checkout.v2: 7`. With the bootstrap's
+//! `stats_config.stats_tags` entry [`STATS_TAGS_YAML`], the `.policy.<name>` suffix becomes
+//! a `policy` tag, so `/stats/prometheus` shows
+//! `meshwarden_trace_started_total{policy="checkout.v2"} 7` (custom namespaces get no
+//! `envoy_` prefix). Policy names are DNS-1123 subdomains (`[a-z0-9.-]`), so the suffix is
+//! unambiguous even with dots. Without the tag rule the metric still appears, as
+//! `meshwarden_trace_started_total_policy_checkout_v2`.
+//!
+//! Ids are defined lazily per VM (each Envoy worker has its own) and cached by name;
+//! defining the same name again in another VM or after a reconfiguration yields the same
+//! Envoy stat.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// First part of every meshwarden stat name.
+pub const PREFIX: &str = "meshwarden_";
+/// Separator and tag name between a metric and its policy.
+pub const POLICY_SUFFIX: &str = ".policy.";
+/// Envoy tag name carrying the policy.
+pub const POLICY_TAG: &str = "policy";
+/// Regex for Envoy's `stats_config.stats_tags`: the first group (removed from the name) is
+/// `.policy.<name>`, the second (the tag value) is the policy name.
+pub const POLICY_TAG_REGEX: &str = r"^wasmcustom\.meshwarden_[a-z0-9_]+(\.policy\.([a-z0-9.-]+))$";
+/// The `stats_config` body for an Envoy bootstrap (indented for a top-level
+/// `stats_config:` key), turning `.policy.<name>` into a `policy` label.
+pub const STATS_TAGS_YAML: &str = r"  stats_tags:
+  - tag_name: policy
+    regex: '^wasmcustom\.meshwarden_[a-z0-9_]+(\.policy\.([a-z0-9.-]+))$'";
+
+/// Kind of a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Monotonic; `_total` is appended to the name.
+    Counter,
+    /// Summed across workers (Envoy `Accumulate` mode).
+    Gauge,
+    Histogram,
+}
+
+thread_local! {
+    static IDS: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+}
+
+/// Metrics of one filter, labelled by policy.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyMetrics {
+    filter: &'static str,
+}
+
+impl PolicyMetrics {
+    /// Metrics of filter `filter` (`trace`, `fault`, ...).
+    pub const fn new(filter: &'static str) -> Self {
+        Self { filter }
+    }
+
+    /// The Envoy stat name of `metric` for `policy`.
+    pub fn stat_name(&self, metric: &str, kind: MetricKind, policy: &str) -> String {
+        stat_name(self.filter, metric, kind, policy)
+    }
+
+    /// Defines (once per VM) and returns the id of a metric; `None` if the host refuses.
+    pub fn id(&self, metric: &str, kind: MetricKind, policy: &str) -> Option<u32> {
+        let name = self.stat_name(metric, kind, policy);
+        IDS.with(|ids| {
+            if let Some(id) = ids.borrow().get(&name) {
+                return Some(*id);
+            }
+            let host_kind = match kind {
+                MetricKind::Counter => MetricType::Counter,
+                MetricKind::Gauge => MetricType::Gauge,
+                MetricKind::Histogram => MetricType::Histogram,
+            };
+            match hostcalls::define_metric(host_kind, &name) {
+                Ok(id) => {
+                    ids.borrow_mut().insert(name, id);
+                    Some(id)
+                }
+                Err(status) => {
+                    log::warn!("cannot define metric {name}: {status:?}");
+                    None
+                }
+            }
+        })
+    }
+
+    /// Defines every `(metric, kind)` for every policy, so they show up (as 0) before the
+    /// first event.
+    pub fn define_all<'a>(
+        &self,
+        policies: impl IntoIterator<Item = &'a str>,
+        metrics: &[(&str, MetricKind)],
+    ) {
+        for policy in policies {
+            for (metric, kind) in metrics {
+                let _ = self.id(metric, *kind, policy);
+            }
+        }
+    }
+
+    /// Adds 1 to counter `metric` of `policy`.
+    pub fn increment(&self, metric: &str, policy: &str) {
+        self.add(metric, policy, 1);
+    }
+
+    /// Adds `n` to counter `metric` of `policy`.
+    pub fn add(&self, metric: &str, policy: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if let Some(id) = self.id(metric, MetricKind::Counter, policy) {
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            report(hostcalls::increment_metric(id, n));
+        }
+    }
+
+    /// Adds `delta` (may be negative) to gauge `metric` of `policy`.
+    pub fn gauge_add(&self, metric: &str, policy: &str, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        if let Some(id) = self.id(metric, MetricKind::Gauge, policy) {
+            report(hostcalls::increment_metric(id, delta));
+        }
+    }
+
+    /// Sets gauge `metric` of `policy` (last writer wins across workers).
+    pub fn gauge_set(&self, metric: &str, policy: &str, value: u64) {
+        if let Some(id) = self.id(metric, MetricKind::Gauge, policy) {
+            report(hostcalls::record_metric(id, value));
+        }
+    }
+
+    /// Records `value` in histogram `metric` of `policy`.
+    pub fn record(&self, metric: &str, policy: &str, value: u64) {
+        if let Some(id) = self.id(metric, MetricKind::Histogram, policy) {
+            report(hostcalls::record_metric(id, value));
+        }
+    }
+}
+
+/// `meshwarden_<filter>_<metric>[_total].policy.<policy>`.
+pub fn stat_name(filter: &str, metric: &str, kind: MetricKind, policy: &str) -> String {
+    let total = if kind == MetricKind::Counter {
+        "_total"
+    } else {
+        ""
+    };
+    format!("{PREFIX}{filter}_{metric}{total}{POLICY_SUFFIX}{policy}")
+}
+
+fn report(result: Result<(), proxy_wasm::types::Status>) {
+    if let Err(status) = result {
+        log::debug!("metric update failed: {status:?}");
+    }
+}

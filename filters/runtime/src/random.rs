@@ -1,0 +1,68 @@
+//! Random bytes for ids and sampling: WASI `random_get` (the host's CSPRNG), falling back
+//! to a time-seeded SplitMix64 stream if the host ever refuses. Never panics.
+
+use meshwarden_common::fault::Entropy;
+use meshwarden_common::trace::RandomSource;
+use std::cell::Cell;
+
+thread_local! {
+    static FALLBACK: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Fills `buf` with random bytes.
+pub fn fill(buf: &mut [u8]) {
+    if getrandom::getrandom(buf).is_ok() {
+        return;
+    }
+    FALLBACK.with(|state| {
+        let mut s = state.get();
+        if s == 0 {
+            s = seed();
+        }
+        for chunk in buf.chunks_mut(8) {
+            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let v = mix(s).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        state.set(s);
+    });
+}
+
+/// A uniformly distributed `u64`.
+pub fn next_u64() -> u64 {
+    let mut b = [0u8; 8];
+    fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// The host's random generator as a [`RandomSource`] / [`Entropy`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HostRandom;
+
+impl RandomSource for HostRandom {
+    fn fill(&mut self, buf: &mut [u8]) {
+        fill(buf);
+    }
+}
+
+impl Entropy for HostRandom {
+    fn next_u64(&mut self) -> u64 {
+        next_u64()
+    }
+}
+
+fn seed() -> u64 {
+    let nanos = proxy_wasm::hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    // Mix in a stack address so two VMs started in the same nanosecond still differ.
+    let local = 0u8;
+    (nanos ^ (&local as *const u8 as u64).rotate_left(32)) | 1
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
