@@ -159,8 +159,12 @@ def analysis(results: dict) -> list[str]:
             if mw and nat:
                 parts.append(f"{k}: meshwarden {mw['median']['cpu_us_per_req_fixed'] - b:+.1f} µs, "
                              f"native {nat['median']['cpu_us_per_req_fixed'] - b:+.1f} µs")
+        spread = [x["cpu_us_per_req_fixed"] for x in cfg["bare"].get("samples", [])]
+        noise = (f" Round-to-round, bare Envoy's own figure ranged {min(spread):.1f}–"
+                 f"{max(spread):.1f} µs: differences smaller than that spread are noise."
+                 if len(spread) > 1 else "")
         out.append(f"Proxy CPU per request at the fixed rate, added to bare Envoy's {b:.1f} µs: "
-                   + "; ".join(parts) + ".")
+                   + "; ".join(parts) + "." + noise)
         cores = bare.get("proxy_cores_max", 0)
         if cores < 0.9:
             out.append(f"At maximum load the bare proxy used only {cores:.2f} of its core: the "

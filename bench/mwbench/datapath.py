@@ -231,10 +231,12 @@ def run(s: Settings, log: Callable[[str], None]) -> dict:
         fixed: dict[str, float] = {}
 
         def fixed_rate_for(name: str) -> Callable[[float], float]:
+            """The fixed rate: set by the first bare run (which comes first in every round)."""
             def f(max_rps: float) -> float:
+                if "rate" not in fixed and name == "bare":
+                    fixed["rate"] = FIXED_RATE_FRACTION * max_rps
                 if "rate" not in fixed:
-                    # The first bare run sets the rate for everything.
-                    fixed["rate"] = FIXED_RATE_FRACTION * (max_rps if name == "bare" else 0)
+                    raise RuntimeError("bare Envoy was not measured; no fixed rate")
                 return fixed["rate"]
             return f
 

@@ -87,27 +87,40 @@ def _datapath_section(dp: dict) -> list[str]:
         f"process's CPU time (all threads, `/proc/<pid>/task/*/schedstat`) during the run "
         f"divided by the requests served.",
         "",
-        "| configuration | max req/s | vs bare | vs native | CPU µs/req at max | CPU µs/req at fixed rate | added CPU µs/req vs bare | p50 µs | p90 µs | p99 µs | p99 vs bare | other load (cores) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| configuration | max req/s | CPU µs/req at max | CPU µs/req at fixed rate | added CPU µs/req vs bare | p50 µs | p90 µs | p99 µs | fixed rate achieved | other load (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    ratio_rows = []
     for c in dp.get("configs", []):
         m = c.get("median") or {}
         if c.get("failed") and not m:
             lines.append(f"| {c['label']} | failed: {c['failed'].splitlines()[0][:120]} |"
-                         + " |" * 10)
+                         + " |" * 8)
             continue
         nat = (configs.get(c.get("native") or "") or {}).get("median") or {}
-        vs_native = _ratio(m.get("max_rps"), nat.get("max_rps")) if nat else "–"
         added = (m.get("cpu_us_per_req_fixed", math.nan) - bare.get("cpu_us_per_req_fixed", math.nan))
+        flag = " ⚠" if c.get("notes") or c.get("failed") else ""
         lines.append(
-            f"| {c['label']}{' ⚠' if c.get('notes') or c.get('failed') else ''} "
-            f"| {_n(m.get('max_rps'))} | {_ratio(m.get('max_rps'), bare.get('max_rps'))} "
-            f"| {vs_native} | {_n(m.get('cpu_us_per_req_max'), 1)} "
-            f"| {_n(m.get('cpu_us_per_req_fixed'), 1)} "
+            f"| {c['label']}{flag} | {_n(m.get('max_rps'))} "
+            f"| {_n(m.get('cpu_us_per_req_max'), 1)} | {_n(m.get('cpu_us_per_req_fixed'), 1)} "
             f"| {'–' if c['name'] == 'bare' else _n(added, 1)} "
             f"| {_n(m.get('p50_us'))} | {_n(m.get('p90_us'))} | {_n(m.get('p99_us'))} "
-            f"| {_ratio(m.get('p99_us'), bare.get('p99_us'))} "
-            f"| {_n(m.get('other_load_cores'), 2)} |")
+            f"| {_n(m.get('fixed_rps_achieved'))} | {_n(m.get('other_load_cores'), 2)} |")
+        if c["name"] == "bare":
+            continue
+        cells = []
+        for key in ("max_rps", "cpu_us_per_req_fixed", "p50_us", "p99_us"):
+            cells.append(_ratio(m.get(key), bare.get(key)))
+            cells.append(_ratio(m.get(key), nat.get(key)) if nat else "–")
+        ratio_rows.append(f"| {c['label']}{flag} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Ratios (configuration ÷ bare, and meshwarden ÷ its native counterpart; for req/s "
+        "higher is better, for CPU and latency lower is better):",
+        "",
+        "| configuration | req/s ÷ bare | req/s ÷ native | CPU/req ÷ bare | CPU/req ÷ native | p50 ÷ bare | p50 ÷ native | p99 ÷ bare | p99 ÷ native |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ] + ratio_rows
     notes = [(c["label"], n) for c in dp.get("configs", []) for n in c.get("notes", [])]
     notes += [(c["label"], "FAILED: " + c["failed"].splitlines()[0])
               for c in dp.get("configs", []) if c.get("failed")]
