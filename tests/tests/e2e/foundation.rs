@@ -133,6 +133,26 @@ async fn trace_policy_takes_effect_within_a_second_and_keeps_incoming_traces() -
     assert!(parse_traceparent(&tps[0]).is_some());
     assert!(!tps[0].contains("4bf92f3577b34da6a3ce929d0e0e4736"));
     assert!(seen.header_all("tracestate").is_empty());
+
+    // Every action shows in Envoy's Prometheus output, labelled by policy.
+    let prom = s.envoy.prometheus().await?;
+    for metric in ["started", "propagated", "repaired"] {
+        let series = format!("meshwarden_trace_{metric}_total{{policy=\"everything\"}} ");
+        let value: u64 = prom
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in Envoy's Prometheus output"));
+        assert!(value >= 1, "{series}{value}");
+    }
+
+    // And the control plane reports itself.
+    let (code, _) = s.cp.http_get("/healthz").await?;
+    assert_eq!(code, 200);
+    let (code, _) = s.cp.http_get("/readyz").await?;
+    assert_eq!(code, 200);
+    let (_, metrics) = s.cp.http_get("/metrics").await?;
+    assert!(metrics.contains("meshwarden_"), "{metrics}");
     Ok(())
 }
 
