@@ -41,6 +41,7 @@ build: wasm
 
 test: deps build
 	$(CARGO) test -- --test-threads $(TEST_THREADS)
+	$(MAKE) --no-print-directory bench-smoke
 
 run: deps build
 	scripts/run-local.sh
