@@ -1,0 +1,56 @@
+//! The configuration a worker runs: the validated policies plus what the filter derives for
+//! each (metrics, shared-data keys, when the proxy first saw it).
+
+use crate::metrics::FaultMetrics;
+use crate::shared::{self, PolicyKeys};
+use meshwarden_common::fault::FaultSpec;
+use meshwarden_common::{CompiledMatch, FilterConfig, RequestHeaders};
+
+/// One policy, ready to run.
+pub struct ActivePolicy {
+    pub matcher: CompiledMatch,
+    pub spec: FaultSpec,
+    /// Unix ms when this proxy first saw this version (the start of `ttl`).
+    pub first_seen_ms: i64,
+    pub metrics: FaultMetrics,
+    pub keys: PolicyKeys,
+}
+
+/// The policies of one configuration, in evaluation order.
+#[derive(Default)]
+pub struct ActiveConfig {
+    pub policies: Vec<ActivePolicy>,
+}
+
+impl ActiveConfig {
+    /// Prepares each policy of a validated configuration received at `now_ms`.
+    pub fn new(config: FilterConfig<FaultSpec>, now_ms: i64) -> Self {
+        let policies = config
+            .policies
+            .into_iter()
+            .map(|p| {
+                let name = p.name.to_string();
+                let keys = PolicyKeys::new(&name);
+                shared::init(&keys);
+                ActivePolicy {
+                    first_seen_ms: shared::first_seen(&name, &p.version, now_ms),
+                    metrics: FaultMetrics::new(&name),
+                    matcher: p.matcher,
+                    spec: p.spec,
+                    keys,
+                }
+            })
+            .collect();
+        Self { policies }
+    }
+
+    /// The first policy that applies to the request at `now_ms`: its match and source
+    /// select the request and it has not expired.
+    pub fn select(&self, headers: &RequestHeaders, now_ms: i64) -> Option<usize> {
+        self.policies.iter().position(|p| {
+            p.matcher.matches(headers)
+                && p.spec.source_matches(headers)
+                && !p.spec.expired(p.first_seen_ms, now_ms)
+        })
+    }
+}
