@@ -1,0 +1,565 @@
+//! The rate-limit filter's decision for a request: every matching policy's token bucket,
+//! then every matching policy's concurrency limit, against the proxy's shared data.
+//!
+//! Order of evaluation:
+//! 1. Each matching policy with a `rate` takes a token from the request's bucket. If any
+//!    enforcing policy has none, the request is answered 429 (every policy that matched
+//!    has already taken its token: like Envoy's own limiters, a rejected request still
+//!    counts against the limits it passed).
+//! 2. Each matching policy with `maxConcurrent` counts the request in. If an enforcing
+//!    policy is full, the ones already entered are released and the request is answered
+//!    503.
+//! 3. Otherwise the request goes upstream; the policies it entered are released when its
+//!    stream ends, whatever the outcome ([`Limiter::release`]).
+//!
+//! Dry-run policies take part in both steps, count what they would have rejected, and
+//! never reject.
+
+use super::bucket::Take;
+use super::concurrency;
+use super::descriptor::Descriptor;
+use super::key::BucketKey;
+use super::rate::Limit;
+use super::response::{
+    legacy_fields, ratelimit_fields, Problem, QuotaItem, CONCURRENT_SUFFIX,
+    GRPC_RESOURCE_EXHAUSTED, GRPC_UNAVAILABLE, PROBLEM_JSON, QUOTA_EXCEEDED, QUOTA_EXCEEDED_TITLE,
+    REDUCED_CAPACITY_TITLE, TEMPORARY_REDUCED_CAPACITY,
+};
+use super::slots::{take_at, take_keyed, KeyedTake, Keyspace};
+use super::spec::{FailureMode, RateLimitSpec};
+use super::store::{ensure_exists, Contended, SharedStore};
+use crate::filter_config::FilterConfig;
+use crate::matcher::CompiledMatch;
+use crate::names::PolicyName;
+use crate::request::RequestHeaders;
+
+/// `Retry-After` of a 503 from a concurrency limit, and of a contended-state denial.
+pub const BUSY_RETRY_AFTER_SECONDS: u64 = 1;
+
+/// Prefix of every shared-data key the limiter uses.
+pub const KEY_PREFIX: &str = "meshwarden.ratelimit";
+
+/// An override, compiled: (descriptor index, exact value) pairs that must all match, and
+/// the limit they select.
+type CompiledOverride = (Vec<(usize, Vec<u8>)>, Limit);
+
+/// One policy, ready to decide.
+#[derive(Debug, Clone)]
+pub struct CompiledLimit {
+    pub name: PolicyName,
+    matcher: CompiledMatch,
+    limit: Option<Limit>,
+    descriptors: Vec<Descriptor>,
+    overrides: Vec<CompiledOverride>,
+    max_concurrent: Option<u64>,
+    dry_run: bool,
+    response_headers: bool,
+    legacy_headers: bool,
+    failure_mode: FailureMode,
+    space: Keyspace,
+}
+
+impl CompiledLimit {
+    fn new(name: PolicyName, matcher: CompiledMatch, spec: &RateLimitSpec) -> Self {
+        let overrides = spec
+            .overrides
+            .iter()
+            .map(|o| {
+                let entries = o
+                    .descriptor_match
+                    .iter()
+                    .filter_map(|(name, value)| {
+                        let i = spec.descriptors.iter().position(|d| d.name() == name)?;
+                        Some((i, value.as_bytes().to_vec()))
+                    })
+                    .collect();
+                (entries, Limit::new(o.rate, o.burst))
+            })
+            .collect();
+        let space = Keyspace::new(format!("{KEY_PREFIX}/{name}"), spec.key_slots());
+        Self {
+            name,
+            matcher,
+            limit: spec.limit(),
+            descriptors: spec.descriptors.clone(),
+            overrides,
+            max_concurrent: spec.max_concurrent,
+            dry_run: spec.dry_run,
+            response_headers: spec.response_headers,
+            legacy_headers: spec.legacy_headers,
+            failure_mode: spec.failure_mode,
+            space,
+        }
+    }
+
+    /// The request's descriptor values, its bucket key and the limit that applies to it
+    /// (the first matching override's, else the policy's).
+    fn bucket(&self, base: Limit, req: &Request<'_>) -> (BucketKey, Limit) {
+        let values: Vec<&[u8]> = self
+            .descriptors
+            .iter()
+            .map(|d| d.value(req.headers, req.peer))
+            .collect();
+        let limit = self
+            .overrides
+            .iter()
+            .find(|(entries, _)| entries.iter().all(|(i, v)| values[*i] == v.as_slice()))
+            .map_or(base, |(_, l)| *l);
+        (BucketKey::from_values(values.iter().copied()), limit)
+    }
+
+    fn take<S: SharedStore + ?Sized>(
+        &self,
+        store: &S,
+        req: &Request<'_>,
+        base: Limit,
+        now_ns: u64,
+    ) -> (Limit, Result<KeyedTake, Contended>) {
+        let (key, limit) = self.bucket(base, req);
+        let result = if self.descriptors.is_empty() {
+            take_at(store, &self.space.single(), &[], &limit, now_ns).map(|take| KeyedTake {
+                take,
+                overflow: false,
+            })
+        } else {
+            take_keyed(store, &self.space, &key, &limit, now_ns)
+        };
+        (limit, result)
+    }
+
+    fn shows_headers(&self) -> bool {
+        self.response_headers || self.dry_run
+    }
+
+    fn concurrent_name(&self) -> String {
+        format!("{}{CONCURRENT_SUFFIX}", self.name)
+    }
+}
+
+/// A request as the limiter needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub headers: &'a RequestHeaders,
+    /// The downstream peer address (`source.address`), for `clientAddress` descriptors.
+    pub peer: Option<&'a [u8]>,
+}
+
+/// What one policy did with a request, for its metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyEvents {
+    pub policy: String,
+    /// The request went upstream.
+    pub allowed: bool,
+    /// This policy answered 429.
+    pub limited: bool,
+    /// This policy answered 503 (concurrency).
+    pub concurrency_limited: bool,
+    /// Dry run: this policy would have rejected the request.
+    pub shadow_limited: bool,
+    /// The request's key found no bucket of its own and used the overflow bucket.
+    pub overflow: bool,
+    /// Shared data stayed contended; `failureMode` decided.
+    pub failure: bool,
+    /// The request was counted in flight (and stays counted until released).
+    pub entered: bool,
+}
+
+/// A policy's in-flight count that a request holds until its stream ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub policy: String,
+    key: String,
+}
+
+/// A local answer instead of forwarding the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// 429 or 503.
+    pub status: u16,
+    /// For gRPC requests: `RESOURCE_EXHAUSTED` (8) or `UNAVAILABLE` (14).
+    pub grpc_status: u32,
+    /// Response headers (without `content-type`).
+    pub headers: Vec<(String, String)>,
+    /// The problem body.
+    pub problem: Problem,
+}
+
+impl Rejection {
+    /// The HTTP response headers: [`Rejection::headers`] plus `content-type`.
+    pub fn http_headers(&self) -> Vec<(String, String)> {
+        let mut h = vec![("content-type".to_string(), PROBLEM_JSON.to_string())];
+        h.extend(self.headers.iter().cloned());
+        h
+    }
+
+    /// The HTTP body.
+    pub fn body(&self) -> String {
+        self.problem.to_json()
+    }
+
+    /// The `grpc-message` of a gRPC answer.
+    pub fn grpc_message(&self) -> &str {
+        &self.problem.detail
+    }
+}
+
+/// Forward (adding these headers to the response) or answer locally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow {
+        response_headers: Vec<(String, String)>,
+    },
+    Reject(Rejection),
+}
+
+/// The limiter's answer for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub decision: Decision,
+    /// One entry per matching policy, in configuration order.
+    pub events: Vec<PolicyEvents>,
+    /// In-flight counts to release when the stream ends.
+    pub held: Vec<Held>,
+}
+
+/// Every RateLimitPolicy of a filter configuration, ready to decide.
+#[derive(Debug, Clone, Default)]
+pub struct Limiter {
+    policies: Vec<CompiledLimit>,
+}
+
+struct RateOutcome {
+    policy: usize,
+    item: Option<QuotaItem>,
+    violated: bool,
+    detail: String,
+}
+
+impl Limiter {
+    /// Compiles a validated configuration.
+    pub fn new(config: &FilterConfig<RateLimitSpec>) -> Self {
+        let policies = config
+            .policies
+            .iter()
+            .map(|p| CompiledLimit::new(p.name.clone(), p.matcher.clone(), &p.spec))
+            .collect();
+        Self { policies }
+    }
+
+    /// The compiled policies.
+    pub fn policies(&self) -> &[CompiledLimit] {
+        &self.policies
+    }
+
+    /// No policy: the filter passes everything through.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// Whether any policy keys by client address (the filter then reads the peer).
+    pub fn needs_peer(&self) -> bool {
+        self.policies
+            .iter()
+            .any(|p| p.descriptors.iter().any(Descriptor::needs_peer))
+    }
+
+    /// Creates every shared-data key the policies use, so that every later write is a
+    /// true compare-and-swap. Call on each configuration; keys that exist are left alone.
+    pub fn prepare<S: SharedStore + ?Sized>(&self, store: &S) {
+        for p in &self.policies {
+            if p.limit.is_some() {
+                for key in p.space.bucket_keys() {
+                    ensure_exists(store, &key);
+                }
+            }
+            if p.max_concurrent.is_some() {
+                ensure_exists(store, &p.space.in_flight());
+            }
+        }
+    }
+
+    /// Decides for one request at `now_ns` (the proxy's clock).
+    pub fn check<S: SharedStore + ?Sized>(
+        &self,
+        store: &S,
+        req: &Request<'_>,
+        now_ns: u64,
+    ) -> Verdict {
+        let matched: Vec<usize> = (0..self.policies.len())
+            .filter(|i| self.policies[*i].matcher.matches(req.headers))
+            .collect();
+        let mut events: Vec<PolicyEvents> = matched
+            .iter()
+            .map(|i| PolicyEvents {
+                policy: self.policies[*i].name.to_string(),
+                ..Default::default()
+            })
+            .collect();
+
+        // 1. Token buckets.
+        let mut rates = Vec::new();
+        for (e, &i) in events.iter_mut().zip(&matched) {
+            if let Some(outcome) = self.rate_phase(store, i, req, now_ns, e) {
+                rates.push(outcome);
+            }
+        }
+        if rates.iter().any(|r| r.violated) {
+            let rejection = self.rate_rejection(&rates);
+            for (e, &i) in events.iter_mut().zip(&matched) {
+                e.limited = rates.iter().any(|r| r.policy == i && r.violated);
+            }
+            return Verdict {
+                decision: Decision::Reject(rejection),
+                events,
+                held: Vec::new(),
+            };
+        }
+
+        // 2. Concurrency limits.
+        let mut held = Vec::new();
+        let mut conc_items = Vec::new();
+        let mut busy: Option<usize> = None;
+        for (e, &i) in events.iter_mut().zip(&matched) {
+            let p = &self.policies[i];
+            let Some(max) = p.max_concurrent else {
+                continue;
+            };
+            let key = p.space.in_flight();
+            match concurrency::acquire(store, &key, max, !p.dry_run) {
+                Ok(a) => {
+                    if a.entered {
+                        e.entered = true;
+                        held.push(Held {
+                            policy: p.name.to_string(),
+                            key,
+                        });
+                    }
+                    if a.over_limit && p.dry_run {
+                        e.shadow_limited = true;
+                    }
+                    if !a.entered {
+                        e.concurrency_limited = true;
+                        busy = Some(i);
+                        break;
+                    }
+                    if p.shows_headers() {
+                        conc_items.push((i, concurrency_item(p, max, a.in_flight)));
+                    }
+                }
+                Err(Contended) => {
+                    e.failure = true;
+                    if p.failure_mode == FailureMode::Deny && !p.dry_run {
+                        e.concurrency_limited = true;
+                        busy = Some(i);
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(i) = busy {
+            self.release(store, &held);
+            for e in &mut events {
+                e.entered = false;
+            }
+            return Verdict {
+                decision: Decision::Reject(self.busy_rejection(i)),
+                events,
+                held: Vec::new(),
+            };
+        }
+
+        // 3. Forward.
+        for e in &mut events {
+            e.allowed = true;
+        }
+        Verdict {
+            decision: Decision::Allow {
+                response_headers: self.allowed_headers(&rates, &conc_items),
+            },
+            events,
+            held,
+        }
+    }
+
+    /// Counts a finished request out of the in-flight counts it held. Returns, per held
+    /// count, the policy and whether the release went through.
+    pub fn release<S: SharedStore + ?Sized>(
+        &self,
+        store: &S,
+        held: &[Held],
+    ) -> Vec<(String, bool)> {
+        release_all(store, held)
+    }
+
+    fn rate_phase<S: SharedStore + ?Sized>(
+        &self,
+        store: &S,
+        i: usize,
+        req: &Request<'_>,
+        now_ns: u64,
+        e: &mut PolicyEvents,
+    ) -> Option<RateOutcome> {
+        let p = &self.policies[i];
+        let base = p.limit?;
+        let (limit, result) = p.take(store, req, base, now_ns);
+        match result {
+            Ok(kt) => {
+                e.overflow = kt.overflow;
+                let denied = !kt.take.allowed;
+                e.shadow_limited = denied && p.dry_run;
+                Some(RateOutcome {
+                    policy: i,
+                    item: Some(rate_item(p, &limit, &kt.take)),
+                    violated: denied && !p.dry_run,
+                    detail: format!(
+                        "Too many requests for policy {}: the limit is {}; retry after {} s.",
+                        p.name,
+                        limit.describe(),
+                        kt.take.reset_seconds()
+                    ),
+                })
+            }
+            Err(Contended) => {
+                e.failure = true;
+                let deny = p.failure_mode == FailureMode::Deny && !p.dry_run;
+                Some(RateOutcome {
+                    policy: i,
+                    item: deny.then(|| QuotaItem {
+                        remaining: 0,
+                        reset_seconds: Some(BUSY_RETRY_AFTER_SECONDS),
+                        ..rate_item(p, &limit, &Take { allowed: false, remaining: 0, next_token_ns: 0 })
+                    }),
+                    violated: deny,
+                    detail: format!(
+                        "The rate-limit state of policy {} is contended; retry after {BUSY_RETRY_AFTER_SECONDS} s.",
+                        p.name
+                    ),
+                })
+            }
+        }
+    }
+
+    fn rate_rejection(&self, rates: &[RateOutcome]) -> Rejection {
+        let violated: Vec<&RateOutcome> = rates.iter().filter(|r| r.violated).collect();
+        let items: Vec<QuotaItem> = violated.iter().filter_map(|r| r.item.clone()).collect();
+        let retry_after = items
+            .iter()
+            .filter_map(|i| i.reset_seconds)
+            .max()
+            .unwrap_or(BUSY_RETRY_AFTER_SECONDS)
+            .max(1);
+        let first = &self.policies[violated[0].policy];
+        let mut headers = vec![("retry-after".to_string(), retry_after.to_string())];
+        headers.extend(ratelimit_fields(&items));
+        if first.legacy_headers {
+            if let Some(item) = items.first() {
+                headers.extend(legacy_fields(item));
+            }
+        }
+        Rejection {
+            status: 429,
+            grpc_status: GRPC_RESOURCE_EXHAUSTED,
+            headers,
+            problem: Problem {
+                problem_type: QUOTA_EXCEEDED,
+                title: QUOTA_EXCEEDED_TITLE,
+                status: 429,
+                detail: violated[0].detail.clone(),
+                policy: first.name.to_string(),
+                violated_policies: violated
+                    .iter()
+                    .map(|r| self.policies[r.policy].name.to_string())
+                    .collect(),
+            },
+        }
+    }
+
+    fn busy_rejection(&self, i: usize) -> Rejection {
+        let p = &self.policies[i];
+        let max = p.max_concurrent.unwrap_or_default();
+        let item = concurrency_item(p, max, max);
+        let mut headers = vec![(
+            "retry-after".to_string(),
+            BUSY_RETRY_AFTER_SECONDS.to_string(),
+        )];
+        headers.extend(ratelimit_fields(std::slice::from_ref(&item)));
+        if p.legacy_headers {
+            headers.extend(legacy_fields(&item));
+        }
+        Rejection {
+            status: 503,
+            grpc_status: GRPC_UNAVAILABLE,
+            headers,
+            problem: Problem {
+                problem_type: TEMPORARY_REDUCED_CAPACITY,
+                title: REDUCED_CAPACITY_TITLE,
+                status: 503,
+                detail: format!(
+                    "Too many requests in flight for policy {}: the limit is {max} at once; retry after {BUSY_RETRY_AFTER_SECONDS} s.",
+                    p.name
+                ),
+                policy: p.name.to_string(),
+                violated_policies: vec![p.concurrent_name()],
+            },
+        }
+    }
+
+    fn allowed_headers(
+        &self,
+        rates: &[RateOutcome],
+        conc: &[(usize, QuotaItem)],
+    ) -> Vec<(String, String)> {
+        let mut items: Vec<(usize, QuotaItem)> = rates
+            .iter()
+            .filter(|r| self.policies[r.policy].shows_headers())
+            .filter_map(|r| Some((r.policy, r.item.clone()?)))
+            .collect();
+        items.extend(conc.iter().cloned());
+        items.sort_by_key(|(i, _)| *i);
+        let mut headers =
+            ratelimit_fields(&items.iter().map(|(_, it)| it.clone()).collect::<Vec<_>>());
+        let tightest = items
+            .iter()
+            .filter(|(i, _)| self.policies[*i].legacy_headers)
+            .min_by_key(|(_, it)| it.remaining);
+        if let Some((_, item)) = tightest {
+            headers.extend(legacy_fields(item));
+        }
+        headers
+    }
+}
+
+/// Releases held in-flight counts (see [`Limiter::release`]); usable after the limiter
+/// that admitted the request was replaced by a new configuration.
+pub fn release_all<S: SharedStore + ?Sized>(store: &S, held: &[Held]) -> Vec<(String, bool)> {
+    held.iter()
+        .map(|h| {
+            (
+                h.policy.clone(),
+                concurrency::release(store, &h.key).is_ok(),
+            )
+        })
+        .collect()
+}
+
+fn rate_item(p: &CompiledLimit, limit: &Limit, take: &Take) -> QuotaItem {
+    QuotaItem {
+        name: p.name.to_string(),
+        quota: limit.rate.requests,
+        window_seconds: Some(limit.rate.unit.seconds()),
+        concurrent: false,
+        remaining: take.remaining,
+        reset_seconds: Some(take.reset_seconds()),
+    }
+}
+
+fn concurrency_item(p: &CompiledLimit, max: u64, in_flight: u64) -> QuotaItem {
+    QuotaItem {
+        name: p.concurrent_name(),
+        quota: max,
+        window_seconds: None,
+        concurrent: true,
+        remaining: max.saturating_sub(in_flight),
+        reset_seconds: None,
+    }
+}

@@ -1,0 +1,339 @@
+//! Tests of whole decisions: policies, headers, bodies, dry run, concurrency.
+
+use super::limiter::{Decision, Limiter, Request, Verdict};
+use super::spec::RateLimitSpec;
+use super::store::MemoryStore;
+use crate::filter_config::FilterConfig;
+use crate::request::RequestHeaders;
+use serde_json::{json, Value};
+
+const S: u64 = 1_000_000_000;
+const T0: u64 = 1_700_000_000 * S;
+
+fn limiter(policies: Value) -> (Limiter, MemoryStore) {
+    let cfg =
+        FilterConfig::<RateLimitSpec>::parse(json!({"policies": policies}).to_string().as_bytes())
+            .expect("valid config");
+    let l = Limiter::new(&cfg);
+    let store = MemoryStore::new();
+    l.prepare(&store);
+    (l, store)
+}
+
+fn policy(name: &str, spec: Value) -> Value {
+    json!({"name": name, "spec": spec})
+}
+
+fn headers(pairs: &[(&str, &str)]) -> RequestHeaders {
+    let mut all = vec![
+        (":path".to_string(), b"/".to_vec()),
+        (":method".to_string(), b"GET".to_vec()),
+    ];
+    all.extend(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())),
+    );
+    RequestHeaders::new(all)
+}
+
+fn check(l: &Limiter, s: &MemoryStore, h: &RequestHeaders, now: u64) -> Verdict {
+    l.check(
+        s,
+        &Request {
+            headers: h,
+            peer: Some(b"10.0.0.1:5000"),
+        },
+        now,
+    )
+}
+
+fn allowed(v: &Verdict) -> bool {
+    matches!(v.decision, Decision::Allow { .. })
+}
+
+fn header<'a>(hs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    hs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn rejection_is_exactly_as_documented() {
+    let (l, s) = limiter(json!([policy(
+        "api",
+        json!({"rate": {"requests": 2, "unit": "minute"}, "legacyHeaders": true})
+    )]));
+    let h = headers(&[]);
+    assert!(allowed(&check(&l, &s, &h, T0)));
+    assert!(allowed(&check(&l, &s, &h, T0)));
+    let v = check(&l, &s, &h, T0 + 10 * S);
+    let Decision::Reject(r) = &v.decision else {
+        panic!("expected a rejection")
+    };
+    assert_eq!(r.status, 429);
+    assert_eq!(r.grpc_status, 8);
+    assert_eq!(
+        r.http_headers(),
+        [
+            ("content-type", "application/problem+json"),
+            ("retry-after", "20"),
+            ("ratelimit-policy", "\"api\";q=2;w=60"),
+            ("ratelimit", "\"api\";r=0;t=20"),
+            ("x-ratelimit-limit", "2"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "20"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+    );
+    assert_eq!(
+        r.body(),
+        r#"{"type":"https://iana.org/assignments/http-problem-types#quota-exceeded","title":"Request cannot be satisfied as assigned quota has been exceeded","status":429,"detail":"Too many requests for policy api: the limit is 2 requests per minute (burst 2); retry after 20 s.","policy":"api","violated-policies":["api"]}"#
+    );
+    assert_eq!(r.grpc_message(), "Too many requests for policy api: the limit is 2 requests per minute (burst 2); retry after 20 s.");
+    assert!(v.events[0].limited && !v.events[0].allowed);
+}
+
+#[test]
+fn descriptors_key_buckets_and_overrides_apply() {
+    let (l, s) = limiter(json!([policy(
+        "tenants",
+        json!({
+            "rate": {"requests": 1, "unit": "hour"},
+            "descriptors": [{"header": "x-tenant"}],
+            "overrides": [{"match": {"x-tenant": "gold"}, "rate": {"requests": 3, "unit": "hour"}}],
+        })
+    )]));
+    let count = |tenant: &str| {
+        let h = headers(&[("x-tenant", tenant)]);
+        (0..10).filter(|_| allowed(&check(&l, &s, &h, T0))).count()
+    };
+    assert_eq!(count("a"), 1);
+    assert_eq!(count("b"), 1, "another tenant has its own bucket");
+    assert_eq!(count("gold"), 3, "the override applies");
+    assert_eq!(count(""), 1);
+    let h = headers(&[]);
+    assert!(
+        !allowed(&check(&l, &s, &h, T0)),
+        "no header shares the empty value's bucket"
+    );
+}
+
+#[test]
+fn combined_descriptors_and_client_address() {
+    let (l, s) = limiter(json!([policy(
+        "combo",
+        json!({
+            "rate": {"requests": 1, "unit": "hour"},
+            "descriptors": [{"header": "x-tenant"}, {"clientAddress": {}}],
+        })
+    )]));
+    let h1 = headers(&[("x-tenant", "a"), ("x-forwarded-for", "192.0.2.1")]);
+    let h2 = headers(&[("x-tenant", "a"), ("x-forwarded-for", "192.0.2.2")]);
+    let h3 = headers(&[("x-tenant", "a")]); // peer address 10.0.0.1
+    for h in [&h1, &h2, &h3] {
+        assert!(allowed(&check(&l, &s, h, T0)));
+        assert!(!allowed(&check(&l, &s, h, T0)));
+    }
+}
+
+#[test]
+fn cap_on_keys_overflows_into_one_shared_bucket() {
+    let (l, s) = limiter(json!([policy(
+        "capped",
+        json!({
+            "rate": {"requests": 1, "unit": "hour"},
+            "descriptors": [{"header": "x-key"}],
+            "maxKeys": 10,
+        })
+    )]));
+    let keys_before = s.len();
+    let mut overflowed = 0;
+    let mut admitted = 0;
+    for i in 0..2_000 {
+        let v = check(&l, &s, &headers(&[("x-key", &format!("k{i}"))]), T0 + i);
+        overflowed += usize::from(v.events[0].overflow);
+        admitted += usize::from(allowed(&v));
+    }
+    assert_eq!(s.len(), keys_before, "shared data did not grow");
+    assert_eq!(overflowed, 2_000 - 10);
+    assert_eq!(admitted, 10 + 1);
+}
+
+#[test]
+fn allowed_responses_carry_headers_when_asked() {
+    let (l, s) = limiter(json!([
+        policy("quiet", json!({"rate": {"requests": 10, "unit": "second"}})),
+        policy(
+            "loud",
+            json!({"rate": {"requests": 100, "unit": "minute"}, "burst": 5, "responseHeaders": true, "legacyHeaders": true, "maxConcurrent": 4})
+        ),
+    ]));
+    let v = check(&l, &s, &headers(&[]), T0);
+    let Decision::Allow { response_headers } = &v.decision else {
+        panic!()
+    };
+    assert_eq!(
+        header(response_headers, "ratelimit-policy"),
+        Some("\"loud\";q=100;w=60, \"loud/concurrent\";q=4;qu=\"concurrent-requests\"")
+    );
+    assert_eq!(
+        header(response_headers, "ratelimit"),
+        Some("\"loud\";r=4;t=1, \"loud/concurrent\";r=3")
+    );
+    assert_eq!(
+        header(response_headers, "x-ratelimit-remaining"),
+        Some("3"),
+        "the tightest item"
+    );
+    assert_eq!(v.held.len(), 1);
+    assert_eq!(v.events.len(), 2);
+    assert!(v.events.iter().all(|e| e.allowed));
+}
+
+#[test]
+fn dry_run_never_rejects_and_counts() {
+    let (l, s) = limiter(json!([policy(
+        "shadow",
+        json!({"rate": {"requests": 5, "unit": "hour"}, "maxConcurrent": 2, "dryRun": true})
+    )]));
+    let mut shadow = 0;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let v = check(&l, &s, &headers(&[]), T0);
+        assert!(allowed(&v));
+        shadow += usize::from(v.events[0].shadow_limited);
+        held.extend(v.held);
+    }
+    assert_eq!(
+        shadow,
+        20 - 2,
+        "rate: 15 over; concurrency: 18 over (shadow once per request)"
+    );
+    assert_eq!(held.len(), 20, "dry run still counts requests in flight");
+    let v = check(&l, &s, &headers(&[]), T0);
+    let Decision::Allow { response_headers } = &v.decision else {
+        panic!()
+    };
+    assert_eq!(
+        header(response_headers, "ratelimit"),
+        Some("\"shadow\";r=0;t=720, \"shadow/concurrent\";r=0")
+    );
+}
+
+#[test]
+fn concurrency_limit_rejects_above_the_limit_and_recovers() {
+    let (l, s) = limiter(json!([policy("pool", json!({"maxConcurrent": 3}))]));
+    let h = headers(&[]);
+    let verdicts: Vec<Verdict> = (0..5).map(|_| check(&l, &s, &h, T0)).collect();
+    assert_eq!(verdicts.iter().filter(|v| allowed(v)).count(), 3);
+    let Decision::Reject(r) = &verdicts[4].decision else {
+        panic!()
+    };
+    assert_eq!(r.status, 503);
+    assert_eq!(r.grpc_status, 14);
+    assert_eq!(header(&r.headers, "retry-after"), Some("1"));
+    assert_eq!(
+        header(&r.headers, "ratelimit-policy"),
+        Some("\"pool/concurrent\";q=3;qu=\"concurrent-requests\"")
+    );
+    assert_eq!(
+        header(&r.headers, "ratelimit"),
+        Some("\"pool/concurrent\";r=0")
+    );
+    assert_eq!(
+        r.body(),
+        r#"{"type":"https://iana.org/assignments/http-problem-types#temporary-reduced-capacity","title":"Request cannot be satisfied due to temporary server capacity constraints","status":503,"detail":"Too many requests in flight for policy pool: the limit is 3 at once; retry after 1 s.","policy":"pool","violated-policies":["pool/concurrent"]}"#
+    );
+    assert!(verdicts[4].events[0].concurrency_limited);
+    // Requests finish: room again.
+    for v in &verdicts[..3] {
+        assert!(l.release(&s, &v.held).iter().all(|(_, ok)| *ok));
+    }
+    assert!(allowed(&check(&l, &s, &h, T0)));
+}
+
+#[test]
+fn a_rejection_by_one_policy_releases_what_others_took() {
+    let (l, s) = limiter(json!([
+        policy("wide", json!({"maxConcurrent": 100})),
+        policy("narrow", json!({"maxConcurrent": 1})),
+    ]));
+    let first = check(&l, &s, &headers(&[]), T0);
+    assert!(allowed(&first));
+    let second = check(&l, &s, &headers(&[]), T0);
+    assert!(!allowed(&second));
+    assert!(second.held.is_empty());
+    l.release(&s, &first.held);
+    // Nothing leaked: "wide" is back to 0 in flight, so 100 fit again alongside.
+    let again = check(&l, &s, &headers(&[]), T0);
+    let Decision::Allow { .. } = again.decision else {
+        panic!()
+    };
+    assert_eq!(again.held.len(), 2);
+}
+
+#[test]
+fn rate_rejections_take_no_concurrency_slot() {
+    let (l, s) = limiter(json!([policy(
+        "both",
+        json!({"rate": {"requests": 1, "unit": "hour"}, "maxConcurrent": 5})
+    )]));
+    let first = check(&l, &s, &headers(&[]), T0);
+    assert_eq!(first.held.len(), 1);
+    for _ in 0..10 {
+        let v = check(&l, &s, &headers(&[]), T0);
+        assert!(v.held.is_empty());
+        let Decision::Reject(r) = v.decision else {
+            panic!()
+        };
+        assert_eq!(r.status, 429);
+    }
+}
+
+#[test]
+fn only_matching_policies_apply() {
+    let (l, s) = limiter(json!([
+        {"name": "admin", "match": {"path": {"prefix": "/admin"}}, "spec": {"rate": {"requests": 1, "unit": "hour"}}},
+    ]));
+    for _ in 0..5 {
+        let v = check(&l, &s, &headers(&[]), T0);
+        assert!(allowed(&v) && v.events.is_empty());
+    }
+    let admin = RequestHeaders::new(vec![(":path".into(), b"/admin/x".to_vec())]);
+    assert!(allowed(&check(&l, &s, &admin, T0)));
+    assert!(!allowed(&check(&l, &s, &admin, T0)));
+}
+
+#[test]
+fn workers_sharing_the_store_admit_rate_times_duration_plus_burst() {
+    let (l, s) = limiter(json!([policy(
+        "api",
+        json!({"rate": {"requests": 10000, "unit": "second"}, "burst": 50})
+    )]));
+    // Four threads as Envoy workers, each reading the real clock just before deciding, as
+    // a worker does, offering as much as they can for 300 ms (far above 10000/s).
+    let start = std::time::Instant::now();
+    let run = std::time::Duration::from_millis(300);
+    let admitted = std::sync::atomic::AtomicU64::new(0);
+    let clock = |start: std::time::Instant| T0 + start.elapsed().as_nanos() as u64;
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            let (l, s, admitted) = (&l, &s, &admitted);
+            scope.spawn(move || {
+                let h = headers(&[]);
+                while start.elapsed() < run {
+                    if allowed(&check(l, s, &h, clock(start))) {
+                        admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let n = admitted.into_inner() as f64;
+    let expected = 50.0 + 10_000.0 * elapsed;
+    assert!(n <= expected + 1.0, "admitted {n}, at most {expected}");
+    assert!(
+        n >= expected * 0.98,
+        "admitted {n}, expected about {expected}"
+    );
+}

@@ -1,0 +1,36 @@
+//! Rate limiting and load shedding: the `RateLimitPolicy` spec and everything the
+//! rate-limit filter decides with it.
+//!
+//! - [`spec`]: fields, defaults, validation.
+//! - [`rate`], [`bucket`]: token-bucket arithmetic, exact in fixed point.
+//! - [`descriptor`], [`key`]: which bucket a request belongs to.
+//! - [`store`], [`slots`], [`concurrency`]: buckets and in-flight counters in the proxy's
+//!   shared data, updated with compare-and-swap so every worker sees one limit, in a fixed
+//!   set of keys so shared data never grows with traffic.
+//! - [`response`]: `RateLimit-Policy`/`RateLimit` fields, legacy headers, problem bodies.
+//! - [`limiter`]: the decision for one request.
+//!
+//! Nothing here touches the proxy: the filter supplies the clock, the headers and a
+//! [`store::SharedStore`] over `get_shared_data`/`set_shared_data`.
+
+pub mod bucket;
+pub mod concurrency;
+pub mod descriptor;
+pub mod key;
+pub mod limiter;
+pub mod rate;
+pub mod response;
+pub mod slots;
+pub mod spec;
+pub mod store;
+
+#[cfg(test)]
+mod limiter_tests;
+
+pub use descriptor::{ClientAddressSpec, Descriptor};
+pub use limiter::{
+    release_all, Decision, Held, Limiter, PolicyEvents, Rejection, Request, Verdict,
+};
+pub use rate::{Limit, Rate, Unit};
+pub use spec::{FailureMode, Override, RateLimitSpec};
+pub use store::{CasMismatch, MemoryStore, SharedStore};

@@ -1,0 +1,365 @@
+//! `RateLimitPolicy.spec`: the fields, their defaults and their validation.
+
+use super::descriptor::Descriptor;
+use super::rate::{Limit, Rate, MAX_REQUESTS};
+use crate::error::ValidationError;
+use crate::spec::KindSpec;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Default `maxKeys`.
+pub const DEFAULT_MAX_KEYS: u32 = 10_000;
+/// Largest `maxKeys` (each key is a fixed shared-data entry of the proxy).
+pub const MAX_MAX_KEYS: u32 = 100_000;
+/// Largest `maxConcurrent`.
+pub const MAX_CONCURRENT: u64 = 1_000_000;
+/// Most descriptors per policy.
+pub const MAX_DESCRIPTORS: usize = 8;
+/// Most overrides per policy.
+pub const MAX_OVERRIDES: usize = 100;
+/// Longest value an override can match.
+pub const MAX_MATCH_VALUE: usize = 256;
+
+/// What to do when shared data stays contended past the retry budget (many workers
+/// updating one bucket at the very same moment, 64 times in a row).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// Let the request through (counted in the `failures` metric).
+    #[default]
+    Allow,
+    /// Reject it as if it were over the limit.
+    Deny,
+}
+
+/// A per-descriptor limit: requests whose descriptor values equal every entry of `match`
+/// get this rate and burst instead of the policy's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Override {
+    /// Descriptor name -> exact value (`x-tenant: gold`, `method: POST`).
+    #[serde(rename = "match")]
+    pub descriptor_match: BTreeMap<String, String>,
+    pub rate: Rate,
+    /// Bucket capacity (default: `rate.requests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// `spec` of a `RateLimitPolicy` (besides `selector` and `match`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Token refill rate; each request takes one token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+    /// Bucket capacity: requests allowed at once after a quiet period (default:
+    /// `rate.requests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// One bucket per distinct combination of these values (none: one bucket).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub descriptors: Vec<Descriptor>,
+    /// Different limits for some descriptor values; the first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<Override>,
+    /// Most distinct keys with their own bucket (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_keys: Option<u32>,
+    /// Most requests in flight at once for this policy, across all workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u64>,
+    /// Count and add headers, never reject.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dry_run: bool,
+    /// Add `RateLimit-Policy`/`RateLimit` to allowed responses too.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub response_headers: bool,
+    /// Also send `X-RateLimit-Limit`/`-Remaining`/`-Reset`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub legacy_headers: bool,
+    /// Behaviour when shared data stays contended (default `allow`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub failure_mode: FailureMode,
+}
+
+impl RateLimitSpec {
+    /// The policy's own limit, if it has a rate.
+    pub fn limit(&self) -> Option<Limit> {
+        self.rate.map(|r| Limit::new(r, self.burst))
+    }
+
+    /// Slots for per-key buckets: `maxKeys` with descriptors, none without.
+    pub fn key_slots(&self) -> u32 {
+        if self.descriptors.is_empty() {
+            0
+        } else {
+            self.max_keys.unwrap_or(DEFAULT_MAX_KEYS)
+        }
+    }
+}
+
+fn check_burst(field: &str, burst: Option<u64>) -> Result<(), ValidationError> {
+    match burst {
+        Some(b) if b == 0 || b > MAX_REQUESTS => Err(ValidationError::new(
+            field,
+            format!("must be from 1 to {MAX_REQUESTS}, got {b}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_rate(field: &str, rate: &Rate) -> Result<(), ValidationError> {
+    rate.check()
+        .map_err(|(sub, msg)| ValidationError::new(format!("{field}.{sub}"), msg))
+}
+
+impl KindSpec for RateLimitSpec {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.rate.is_none() && self.max_concurrent.is_none() {
+            return Err(ValidationError::new(
+                "",
+                "set `rate` (a token bucket), `maxConcurrent` (a concurrency limit), or both",
+            ));
+        }
+        if let Some(rate) = &self.rate {
+            check_rate("rate", rate)?;
+        }
+        check_burst("burst", self.burst)?;
+        let needs_rate = [
+            ("burst", self.burst.is_some()),
+            ("descriptors", !self.descriptors.is_empty()),
+            ("overrides", !self.overrides.is_empty()),
+        ];
+        for (field, set) in needs_rate {
+            if set && self.rate.is_none() {
+                return Err(ValidationError::new(field, "needs `rate`"));
+            }
+        }
+        if let Some(n) = self.max_concurrent {
+            if n == 0 || n > MAX_CONCURRENT {
+                return Err(ValidationError::new(
+                    "maxConcurrent",
+                    format!("must be from 1 to {MAX_CONCURRENT}, got {n}"),
+                ));
+            }
+        }
+        if let Some(n) = self.max_keys {
+            if self.descriptors.is_empty() {
+                return Err(ValidationError::new(
+                    "maxKeys",
+                    "needs `descriptors` (without them the policy has a single bucket)",
+                ));
+            }
+            if n == 0 || n > MAX_MAX_KEYS {
+                return Err(ValidationError::new(
+                    "maxKeys",
+                    format!("must be from 1 to {MAX_MAX_KEYS}, got {n}"),
+                ));
+            }
+        }
+        self.validate_descriptors()?;
+        self.validate_overrides()
+    }
+}
+
+impl RateLimitSpec {
+    fn validate_descriptors(&self) -> Result<(), ValidationError> {
+        if self.descriptors.len() > MAX_DESCRIPTORS {
+            return Err(ValidationError::new(
+                "descriptors",
+                format!(
+                    "at most {MAX_DESCRIPTORS} descriptors, got {}",
+                    self.descriptors.len()
+                ),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, d) in self.descriptors.iter().enumerate() {
+            if !seen.insert(d.name()) {
+                return Err(ValidationError::new(
+                    format!("descriptors[{i}]"),
+                    format!("{:?} is already a descriptor", d.name()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_overrides(&self) -> Result<(), ValidationError> {
+        if self.overrides.len() > MAX_OVERRIDES {
+            return Err(ValidationError::new(
+                "overrides",
+                format!(
+                    "at most {MAX_OVERRIDES} overrides, got {}",
+                    self.overrides.len()
+                ),
+            ));
+        }
+        let names: Vec<&str> = self.descriptors.iter().map(Descriptor::name).collect();
+        for (i, o) in self.overrides.iter().enumerate() {
+            let at = format!("overrides[{i}]");
+            if o.descriptor_match.is_empty() {
+                return Err(ValidationError::new(
+                    format!("{at}.match"),
+                    "must name at least one descriptor",
+                ));
+            }
+            for (name, value) in &o.descriptor_match {
+                if !names.contains(&name.as_str()) {
+                    return Err(ValidationError::new(
+                        format!("{at}.match.{name}"),
+                        format!(
+                            "{name:?} is not a descriptor of this policy; descriptors: {}",
+                            if names.is_empty() {
+                                "none".to_string()
+                            } else {
+                                names.join(", ")
+                            }
+                        ),
+                    ));
+                }
+                if value.len() > MAX_MATCH_VALUE {
+                    return Err(ValidationError::new(
+                        format!("{at}.match.{name}"),
+                        format!("at most {MAX_MATCH_VALUE} bytes, got {}", value.len()),
+                    ));
+                }
+            }
+            check_rate(&format!("{at}.rate"), &o.rate)?;
+            check_burst(&format!("{at}.burst"), o.burst)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ratelimit::rate::Unit;
+    use crate::spec::from_value;
+    use serde_json::{json, Value};
+
+    fn parse(v: Value) -> Result<RateLimitSpec, ValidationError> {
+        let s: RateLimitSpec = from_value("spec", &v)?;
+        s.validate().map_err(|e| e.within("spec"))?;
+        Ok(s)
+    }
+
+    fn err(v: Value) -> String {
+        parse(v).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn full_policy_parses_with_defaults_and_round_trips() {
+        let s = parse(json!({
+            "rate": {"requests": 100, "unit": "second"},
+            "burst": 50,
+            "descriptors": [{"header": "x-tenant"}, {"clientAddress": {}}],
+            "overrides": [{"match": {"x-tenant": "gold"}, "rate": {"requests": 1000, "unit": "minute"}}],
+            "maxConcurrent": 20,
+            "dryRun": true,
+            "responseHeaders": true,
+            "legacyHeaders": true,
+            "failureMode": "deny"
+        }))
+        .unwrap();
+        assert_eq!(s.limit().unwrap().burst, 50);
+        assert_eq!(s.key_slots(), DEFAULT_MAX_KEYS);
+        assert_eq!(s.overrides[0].rate.unit, Unit::Minute);
+        let again = parse(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(again, s);
+        let minimal = parse(json!({"rate": {"requests": 5, "unit": "day"}})).unwrap();
+        assert_eq!(minimal.limit().unwrap().burst, 5);
+        assert_eq!(minimal.key_slots(), 0);
+        assert_eq!(minimal.failure_mode, FailureMode::Allow);
+        assert_eq!(
+            serde_json::to_value(&minimal).unwrap(),
+            json!({"rate": {"requests": 5, "unit": "day"}})
+        );
+        assert!(parse(json!({"maxConcurrent": 3})).is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(
+            err(json!({})),
+            "spec: set `rate` (a token bucket), `maxConcurrent` (a concurrency limit), or both"
+        );
+        assert_eq!(
+            err(json!({"rate": {"requests": 0, "unit": "second"}})),
+            "spec.rate.requests: must be from 1 to 1000000000, got 0"
+        );
+        assert!(err(json!({"rate": {"requests": 1, "unit": "week"}}))
+            .starts_with("spec.rate.unit: unknown variant `week`"));
+        assert!(err(json!({"rate": {"requests": -1, "unit": "second"}}))
+            .starts_with("spec.rate.requests: invalid value"));
+        assert_eq!(
+            err(json!({"rate": {"requests": 1, "unit": "second"}, "burst": 0})),
+            "spec.burst: must be from 1 to 1000000000, got 0"
+        );
+        assert_eq!(
+            err(json!({"maxConcurrent": 3, "burst": 2})),
+            "spec.burst: needs `rate`"
+        );
+        assert_eq!(
+            err(json!({"maxConcurrent": 0})),
+            "spec.maxConcurrent: must be from 1 to 1000000, got 0"
+        );
+        assert_eq!(
+            err(json!({"rate": {"requests": 1, "unit": "second"}, "maxKeys": 10})),
+            "spec.maxKeys: needs `descriptors` (without them the policy has a single bucket)"
+        );
+        assert_eq!(
+            err(
+                json!({"rate": {"requests": 1, "unit": "second"}, "descriptors": [{"path": {}}], "maxKeys": 100001})
+            ),
+            "spec.maxKeys: must be from 1 to 100000, got 100001"
+        );
+        assert_eq!(
+            err(
+                json!({"rate": {"requests": 1, "unit": "second"}, "descriptors": [{"path": {}}, {"path": {}}]})
+            ),
+            "spec.descriptors[1]: \"path\" is already a descriptor"
+        );
+        assert!(err(json!({"rate": {"requests": 1, "unit": "second"}, "descriptors": [{"header": "bad header"}]}))
+            .starts_with("spec.descriptors[0].header: header name"));
+        assert_eq!(
+            err(json!({"rate": {"requests": 1, "unit": "second"}, "descriptors": [{"method": {}}],
+                "overrides": [{"match": {"x-tenant": "gold"}, "rate": {"requests": 2, "unit": "second"}}]})),
+            "spec.overrides[0].match.x-tenant: \"x-tenant\" is not a descriptor of this policy; descriptors: method"
+        );
+        assert_eq!(
+            err(
+                json!({"rate": {"requests": 1, "unit": "second"}, "descriptors": [{"method": {}}],
+                "overrides": [{"match": {}, "rate": {"requests": 2, "unit": "second"}}]})
+            ),
+            "spec.overrides[0].match: must name at least one descriptor"
+        );
+        assert_eq!(
+            err(
+                json!({"rate": {"requests": 1, "unit": "second"}, "descriptors": [{"method": {}}],
+                "overrides": [{"match": {"method": "GET"}, "rate": {"requests": 2, "unit": "second"}, "burst": 0}]})
+            ),
+            "spec.overrides[0].burst: must be from 1 to 1000000000, got 0"
+        );
+        assert!(
+            err(json!({"rate": {"requests": 1, "unit": "second"}, "failureMode": "maybe"}))
+                .starts_with("spec.failureMode: unknown variant `maybe`")
+        );
+        assert!(
+            err(json!({"rate": {"requests": 1, "unit": "second"}, "burts": 3}))
+                .starts_with("spec.burts: unknown field `burts`"),
+            "{}",
+            err(json!({"burts": 3}))
+        );
+    }
+}
