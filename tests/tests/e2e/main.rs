@@ -4,4 +4,5 @@
 mod fault;
 mod foundation;
 mod mirror;
+mod ratelimit;
 mod support;

@@ -1,0 +1,65 @@
+//! Per-policy metrics of the rate-limit filter (`meshwarden_ratelimit_<metric>{policy}`):
+//!
+//! | metric | kind | meaning |
+//! |---|---|---|
+//! | `allowed_total` | counter | requests the policy matched that went upstream |
+//! | `limited_total` | counter | requests the policy answered 429 |
+//! | `concurrency_limited_total` | counter | requests the policy answered 503 |
+//! | `shadow_limited_total` | counter | dry run: requests the policy would have rejected |
+//! | `overflow_total` | counter | requests whose key found no bucket of its own (`maxKeys`) |
+//! | `failures_total` | counter | shared data stayed contended; `failureMode` decided |
+//! | `in_flight` | gauge | requests in flight under the policy's `maxConcurrent` |
+
+use meshwarden_common::ratelimit::{Limiter, PolicyEvents};
+use meshwarden_filter_runtime::{MetricKind, PolicyMetrics};
+
+const METRICS: PolicyMetrics = PolicyMetrics::new("ratelimit");
+
+const ALL: [(&str, MetricKind); 7] = [
+    ("allowed", MetricKind::Counter),
+    ("limited", MetricKind::Counter),
+    ("concurrency_limited", MetricKind::Counter),
+    ("shadow_limited", MetricKind::Counter),
+    ("overflow", MetricKind::Counter),
+    ("failures", MetricKind::Counter),
+    ("in_flight", MetricKind::Gauge),
+];
+
+/// Defines every metric of every policy, so they show (as 0) before traffic.
+pub fn define(limiter: &Limiter) {
+    METRICS.define_all(limiter.policies().iter().map(|p| p.name.as_str()), &ALL);
+}
+
+/// Counts one request's outcome for each policy that matched it.
+pub fn record(events: &[PolicyEvents]) {
+    for e in events {
+        let p = e.policy.as_str();
+        let flags = [
+            ("allowed", e.allowed),
+            ("limited", e.limited),
+            ("concurrency_limited", e.concurrency_limited),
+            ("shadow_limited", e.shadow_limited),
+            ("overflow", e.overflow),
+            ("failures", e.failure),
+        ];
+        for (metric, set) in flags {
+            if set {
+                METRICS.increment(metric, p);
+            }
+        }
+        if e.entered {
+            METRICS.gauge_add("in_flight", p, 1);
+        }
+    }
+}
+
+/// A request left a policy's in-flight count (`released == false`: the shared counter
+/// stayed contended and could not be lowered).
+pub fn left(policy: &str, released: bool) {
+    if released {
+        METRICS.gauge_add("in_flight", policy, -1);
+    } else {
+        METRICS.increment("failures", policy);
+        log::warn!("ratelimit filter: could not release an in-flight count of policy {policy}");
+    }
+}
