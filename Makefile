@@ -8,7 +8,9 @@ ENVOY_VERSION := 1.40.0
 VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 FILTERS := trace fault mirror ratelimit
-WASM_DIR := target/filters
+# Honour CARGO_TARGET_DIR like cargo does.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+WASM_DIR := $(TARGET_DIR)/filters
 CARGO ?= cargo
 # Envoy-based tests wait on processes more than they compute; run a few at once.
 TEST_THREADS ?= 4
@@ -34,7 +36,7 @@ $(ENVOY):
 
 wasm: toolchain
 	$(CARGO) build --profile wasm --target wasm32-wasip1 $(FILTERS:%=-p meshwarden-%)
-	scripts/package-wasm.sh target/wasm32-wasip1/wasm $(WASM_DIR) $(FILTERS)
+	scripts/package-wasm.sh $(TARGET_DIR)/wasm32-wasip1/wasm $(WASM_DIR) $(FILTERS)
 
 build: wasm
 	$(CARGO) build -p meshwarden-control-plane -p meshwarden-e2e --bins
@@ -55,8 +57,8 @@ bench: deps build
 # A few seconds of every benchmark with no timing assertions (results in a temp dir).
 bench-smoke: deps build
 	$(CARGO) build -p meshwarden-control-plane -p meshwarden-e2e -p meshwarden-push-bench --bins
-	python3 bench/bench.py --smoke --meshwarden target/debug/meshwarden \
-	  --push-bench target/debug/meshwarden-push-bench
+	python3 bench/bench.py --smoke --wasm-dir $(WASM_DIR) --meshwarden $(TARGET_DIR)/debug/meshwarden \
+	  --push-bench $(TARGET_DIR)/debug/meshwarden-push-bench
 
 lint: toolchain
 	$(CARGO) fmt --all -- --check

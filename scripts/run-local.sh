@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BIN=target/debug
+BIN=${CARGO_TARGET_DIR:-target}/debug
 ENVOY=${MESHWARDEN_ENVOY:-.venv/bin/envoy}
-WASM_DIR=${MESHWARDEN_WASM_DIR:-target/filters}
+WASM_DIR=${MESHWARDEN_WASM_DIR:-${CARGO_TARGET_DIR:-target}/filters}
 RUN=.run
 GRPC=127.0.0.1:18000 HTTP=127.0.0.1:18001 UPSTREAM=127.0.0.1:18080 CANDIDATE=127.0.0.1:18081
 LISTEN_PORT=10000 ADMIN_PORT=9901
