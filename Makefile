@@ -57,7 +57,7 @@ bench: deps build
 # A few seconds of every benchmark with no timing assertions (results in a temp dir).
 bench-smoke: deps build
 	$(CARGO) build -p meshwarden-control-plane -p meshwarden-e2e -p meshwarden-push-bench --bins
-	python3 bench/bench.py --smoke --wasm-dir $(WASM_DIR) --meshwarden $(TARGET_DIR)/debug/meshwarden \
+	python3 bench/bench.py --smoke --wasm-dir $(WASM_DIR) --build-dir $(TARGET_DIR)/wasm32-wasip1/wasm --meshwarden $(TARGET_DIR)/debug/meshwarden \
 	  --push-bench $(TARGET_DIR)/debug/meshwarden-push-bench
 
 lint: toolchain
