@@ -309,26 +309,31 @@ fn workers_sharing_the_store_admit_rate_times_duration_plus_burst() {
         "api",
         json!({"rate": {"requests": 10000, "unit": "second"}, "burst": 50})
     )]));
-    // Four threads as Envoy workers, each reading the real clock just before deciding, as
-    // a worker does, offering as much as they can for 300 ms (far above 10000/s).
-    let start = std::time::Instant::now();
-    let run = std::time::Duration::from_millis(300);
+    // Four threads as Envoy workers racing on one store. Time is virtual so the result does
+    // not depend on how fast this machine is: each check takes the next 10 µs tick (100,000
+    // checks/s offered, 10x the limit) for 300 ms of virtual time.
+    const TICK_NS: u64 = 10_000;
+    const CHECKS: u64 = 30_000;
+    let ticks = std::sync::atomic::AtomicU64::new(0);
     let admitted = std::sync::atomic::AtomicU64::new(0);
-    let clock = |start: std::time::Instant| T0 + start.elapsed().as_nanos() as u64;
     std::thread::scope(|scope| {
         for _ in 0..4 {
-            let (l, s, admitted) = (&l, &s, &admitted);
+            let (l, s, admitted, ticks) = (&l, &s, &admitted, &ticks);
             scope.spawn(move || {
                 let h = headers(&[]);
-                while start.elapsed() < run {
-                    if allowed(&check(l, s, &h, clock(start))) {
+                loop {
+                    let tick = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if tick >= CHECKS {
+                        break;
+                    }
+                    if allowed(&check(l, s, &h, T0 + tick * TICK_NS)) {
                         admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             });
         }
     });
-    let elapsed = start.elapsed().as_secs_f64();
+    let elapsed = (CHECKS * TICK_NS) as f64 / 1e9;
     let n = admitted.into_inner() as f64;
     let expected = 50.0 + 10_000.0 * elapsed;
     assert!(n <= expected + 1.0, "admitted {n}, at most {expected}");
