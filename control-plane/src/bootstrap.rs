@@ -58,9 +58,15 @@ pub fn render(p: &BootstrapParams) -> String {
     let vars: [(&str, String); 13] = [
         ("node_id", json(&p.node_id)),
         ("node_cluster", json(&p.node_cluster)),
-        ("node_metadata", serde_json::to_string(&p.labels).expect("map serializes")),
+        (
+            "node_metadata",
+            serde_json::to_string(&p.labels).expect("map serializes"),
+        ),
         ("admin_port", p.admin_port.to_string()),
-        ("ads_api_type", if p.delta { "DELTA_GRPC" } else { "GRPC" }.into()),
+        (
+            "ads_api_type",
+            if p.delta { "DELTA_GRPC" } else { "GRPC" }.into(),
+        ),
         ("stats_tags", STATS_TAGS.into()),
         ("listen_address", p.listen_address.clone()),
         ("listen_port", p.listen_port.to_string()),

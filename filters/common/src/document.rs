@@ -142,7 +142,9 @@ impl PolicyDocument {
         };
         let selector: Selector = take(&mut spec, "selector")?;
         let request_match: RequestMatch = take(&mut spec, "match")?;
-        request_match.compile().map_err(|e| e.within("spec.match"))?;
+        request_match
+            .compile()
+            .map_err(|e| e.within("spec.match"))?;
         let rest = Value::Object(spec);
         let body = match kind {
             Kind::TracePolicy => KindBody::Trace(parse_body(&rest)?),
@@ -192,10 +194,16 @@ impl PolicyDocument {
             _ => Map::new(),
         };
         if self.selector != Selector::default() {
-            spec.insert("selector".into(), serde_json::to_value(&self.selector).expect("serializable"));
+            spec.insert(
+                "selector".into(),
+                serde_json::to_value(&self.selector).expect("serializable"),
+            );
         }
         if self.request_match != RequestMatch::default() {
-            spec.insert("match".into(), serde_json::to_value(&self.request_match).expect("serializable"));
+            spec.insert(
+                "match".into(),
+                serde_json::to_value(&self.request_match).expect("serializable"),
+            );
         }
         serde_json::json!({
             "apiVersion": API_VERSION,
@@ -243,21 +251,31 @@ mod tests {
     fn envelope_errors_name_the_field() {
         let mut v = doc("TracePolicy", json!({}));
         v["apiVersion"] = json!("v1");
-        assert_eq!(PolicyDocument::from_value(&v).unwrap_err().field, "apiVersion");
+        assert_eq!(
+            PolicyDocument::from_value(&v).unwrap_err().field,
+            "apiVersion"
+        );
         let e = PolicyDocument::from_value(&doc("Nope", json!({}))).unwrap_err();
         assert_eq!(e.field, "kind");
         let mut v = doc("TracePolicy", json!({}));
         v["metadata"]["name"] = json!("Bad_Name");
-        assert_eq!(PolicyDocument::from_value(&v).unwrap_err().field, "metadata.name");
+        assert_eq!(
+            PolicyDocument::from_value(&v).unwrap_err().field,
+            "metadata.name"
+        );
         let mut v = doc("TracePolicy", json!({}));
         v["extra"] = json!(1);
-        assert!(PolicyDocument::from_value(&v).unwrap_err().message.contains("extra"));
+        assert!(PolicyDocument::from_value(&v)
+            .unwrap_err()
+            .message
+            .contains("extra"));
     }
 
     #[test]
     fn selector_and_match_errors_are_prefixed() {
-        let e = PolicyDocument::from_value(&doc("TracePolicy", json!({"selector": {"nodeIds": "x"}})))
-            .unwrap_err();
+        let e =
+            PolicyDocument::from_value(&doc("TracePolicy", json!({"selector": {"nodeIds": "x"}})))
+                .unwrap_err();
         assert_eq!(e.field, "spec.selector.nodeIds");
         let e = PolicyDocument::from_value(&doc(
             "TracePolicy",

@@ -48,7 +48,9 @@ pub struct FilterConfig<S> {
 
 impl<S> Default for FilterConfig<S> {
     fn default() -> Self {
-        Self { policies: Vec::new() }
+        Self {
+            policies: Vec::new(),
+        }
     }
 }
 
@@ -73,7 +75,8 @@ impl<S: KindSpec> FilterConfig<S> {
                     .compile()
                     .map_err(|e| e.within(&format!("{at}.match")))?;
                 let spec: S = from_value(&format!("{at}.spec"), &p.spec)?;
-                spec.validate().map_err(|e| e.within(&format!("{at}.spec")))?;
+                spec.validate()
+                    .map_err(|e| e.within(&format!("{at}.spec")))?;
                 Ok(CompiledPolicy {
                     name: p.name,
                     version: p.version,

@@ -4,14 +4,14 @@
 //! accepts.
 
 pub mod document;
-pub mod fault;
-pub mod mirror;
-pub mod ratelimit;
 pub mod error;
+pub mod fault;
 pub mod filter_config;
 pub mod matcher;
+pub mod mirror;
 pub mod names;
 pub mod percentage;
+pub mod ratelimit;
 pub mod request;
 pub mod selector;
 pub mod spec;

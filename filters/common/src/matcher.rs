@@ -70,7 +70,9 @@ impl RequestMatch {
             .map(|a| a.compile().map_err(|e| e.within("authority")))
             .transpose()?;
         for (i, m) in self.methods.iter().enumerate() {
-            let valid = !m.is_empty() && m.len() <= 32 && m.bytes().all(|b| b.is_ascii_uppercase() || b == b'-');
+            let valid = !m.is_empty()
+                && m.len() <= 32
+                && m.bytes().all(|b| b.is_ascii_uppercase() || b == b'-');
             if !valid {
                 return Err(ValidationError::new(
                     format!("methods[{i}]"),
@@ -153,12 +155,18 @@ mod tests {
             (":method".to_string(), method.as_bytes().to_vec()),
             (":authority".to_string(), b"shop.local".to_vec()),
         ];
-        pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())));
+        pairs.extend(
+            extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())),
+        );
         RequestHeaders::new(pairs)
     }
 
     fn compile(json: &str) -> Result<CompiledMatch, ValidationError> {
-        serde_json::from_str::<RequestMatch>(json).unwrap().compile()
+        serde_json::from_str::<RequestMatch>(json)
+            .unwrap()
+            .compile()
     }
 
     #[test]

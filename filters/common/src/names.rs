@@ -25,13 +25,15 @@ impl TryFrom<String> for PolicyName {
         if s.len() > 253 {
             return Err(format!("must be at most 253 characters, got {}", s.len()));
         }
-        let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+        let ok_char =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
         if let Some(bad) = s.chars().find(|c| !ok_char(*c)) {
             return Err(format!(
                 "{s:?} contains {bad:?}; use lowercase letters, digits, '-' and '.'"
             ));
         }
-        let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        let alnum =
+            |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         if !alnum(s.chars().next()) || !alnum(s.chars().last()) {
             return Err(format!("{s:?} must start and end with a letter or digit"));
         }
@@ -73,7 +75,9 @@ impl TryFrom<String> for HeaderName {
         }
         let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
         if let Some(bad) = body.chars().find(|c| !token(*c)) {
-            return Err(format!("header name {s:?} contains {bad:?}, which is not allowed"));
+            return Err(format!(
+                "header name {s:?} contains {bad:?}, which is not allowed"
+            ));
         }
         Ok(Self(s.to_ascii_lowercase()))
     }

@@ -49,7 +49,10 @@ mod tests {
         NodeInfo {
             id: id.into(),
             cluster: cluster.into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 

@@ -97,8 +97,14 @@ mod tests {
 
     #[test]
     fn prefix_and_exact_work_on_bytes() {
-        assert!(spec(None, Some("/a"), None).compile().unwrap().matches(b"/abc"));
+        assert!(spec(None, Some("/a"), None)
+            .compile()
+            .unwrap()
+            .matches(b"/abc"));
         assert!(spec(Some("x"), None, None).compile().unwrap().matches(b"x"));
-        assert!(!spec(Some("x"), None, None).compile().unwrap().matches(b"xy"));
+        assert!(!spec(Some("x"), None, None)
+            .compile()
+            .unwrap()
+            .matches(b"xy"));
     }
 }
