@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import shutil
@@ -243,13 +244,17 @@ CAVEATS = [
     "configurations and medians reported, so drifts hit all configurations alike.",
     "CPU per request is the most robust cost figure: it counts only the proxy's own threads. "
     "Maximum req/s depends on the other core too (upstream + load generator share CPU 1).",
-    "Latency is measured at a fixed rate with `h2load --rps` over HTTP/1.1 (wrk2 is not in "
-    "Debian; oha would pull a large build). Each connection has one request in flight, so a "
-    "slow response delays the requests due behind it and h2load times them from when they "
-    "were sent, not when they were due: coordinated omission, which under-reports tail "
-    "latency during stalls. At half of bare Envoy's maximum over 16 connections each "
-    "connection is idle most of the time, which keeps the effect small; the achieved rate "
-    "is recorded per run in results.json.",
+    "Latency is measured open loop with `meshwarden-load` (in `bench/push`): request i is "
+    "due at i/rate, spread round-robin over 16 keep-alive connections with one thread each; "
+    "a connection whose previous response is late sends late, and latency is counted from "
+    "the due time, so stalls are not hidden (coordinated omission corrected, as wrk2 and "
+    "oha --latency-correction do). wrk2 is not in Debian and oha would pull a large build; "
+    "h2load --rps was tried first but releases each connection's due requests on a ~10 ms "
+    "timer, i.e. in bursts of back-to-back requests, which measured its own queueing (p50 "
+    "~650 µs even straight to the upstream, against ~55 µs with meshwarden-load). The "
+    "generator's own lateness (`send delay p99`: sleep overshoot and scheduling on the "
+    "shared CPU) is reported; it is included in the corrected figures, and `service p99` "
+    "(from the moment the request was written) is shown beside them.",
     "Closed-loop (wrk) figures are at saturation and show capacity, not latency.",
     "Native stand-ins are not feature-identical: header_mutation only writes formatter "
     "values (no parsing of incoming trace context, no sampling decision); local_ratelimit is "
@@ -270,12 +275,23 @@ def commands(a: argparse.Namespace) -> list[str]:
         "# data path, per configuration (proxy pinned to CPU 0, upstream + load generator to CPU 1):",
         "taskset -c 0 envoy -c <config>.json --concurrency 1 --disable-hot-restart",
         "taskset -c 1 wrk -t1 -c16 -d<s>s http://127.0.0.1:<port>/bench",
-        "taskset -c 1 h2load --h1 -t1 -c16 --rps=<rate/16> -D<s> --log-file=<tsv> http://127.0.0.1:<port>/bench",
+        "taskset -c 1 target/release/meshwarden-load --url http://127.0.0.1:<port>/bench --rate <rate> --duration <s> --connections 16",
         "# control plane:",
         "target/release/meshwarden-push-bench --meshwarden target/release/meshwarden --wasm-dir target/filters --proxies 100,1000,5000 --pushes 5",
         "# sizes:",
         "scripts/package-wasm.sh target/wasm32-wasip1/wasm target/filters trace fault mirror ratelimit",
     ]
+
+
+def _finite(v):
+    """NaN and infinities become null, so results.json is strict JSON."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    return v
 
 
 # ---- main ----------------------------------------------------------------------------------
@@ -289,6 +305,9 @@ def main() -> int:
     p.add_argument("--build-dir", default=str(ROOT / "target/wasm32-wasip1/wasm"))
     p.add_argument("--meshwarden", default=str(ROOT / "target/release/meshwarden"))
     p.add_argument("--push-bench", default=str(ROOT / "target/release/meshwarden-push-bench"))
+    p.add_argument("--load-bin", default="",
+                   help="open-loop generator (default: meshwarden-load next to --push-bench; "
+                        "h2load --rps if missing)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=3, help="length of each load run")
     p.add_argument("--proxies", default="100,1000,5000")
@@ -350,10 +369,15 @@ def main() -> int:
                 failures.append("modules not built: " + ", ".join(missing) + " (make wasm)")
         if "datapath" in parts and not failures:
             log(f"data path: {a.rounds} round(s) of {a.seconds}s runs")
+            load_bin = Path(a.load_bin or Path(a.push_bench).parent / "meshwarden-load")
+            if not load_bin.is_file():
+                log(f"warning: {load_bin} not found; latency falls back to h2load --rps "
+                    f"(bursty, not corrected for coordinated omission)")
             s = datapath.Settings(envoy=a.envoy, wasm_dir=Path(a.wasm_dir), workdir=work / "dp",
                                   rounds=a.rounds, closed_seconds=a.seconds,
                                   open_seconds=a.seconds, warmup_seconds=warmup, only=only,
-                                  profile_seconds=profile_seconds)
+                                  profile_seconds=profile_seconds,
+                                  load_bin=str(load_bin) if load_bin.is_file() else None)
             if a.smoke:
                 s.profile = ["mw-all"]
             try:
@@ -381,7 +405,7 @@ def main() -> int:
     results["commands"] = commands(a)
     results["failures"] = failures
     results["elapsed_seconds"] = round(time.monotonic() - started, 1)
-    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    json_path.write_text(json.dumps(_finite(results), indent=1) + "\n")
     if results.get("datapath"):
         svg_path.write_text(report.latency_svg(results["datapath"]))
     md_path.write_text(report.markdown(results))

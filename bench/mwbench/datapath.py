@@ -13,7 +13,7 @@ from typing import Callable
 
 from . import configs as C
 from . import profile as P
-from .load import LoadError, percentile, run_fixed_rate, run_wrk
+from .load import LoadError, run_fixed_rate, run_open_loop, run_wrk
 from .procs import Envoy, children_cpu_seconds, free_port, system_busy_seconds
 
 # CPU layout on a 2-core machine: the proxy under test alone on CPU 0; the upstream and the
@@ -37,6 +37,8 @@ class Settings:
     open_seconds: int = 3
     warmup_seconds: int = 1
     only: list[str] | None = None
+    # The open-loop generator (meshwarden-load); None falls back to h2load --rps.
+    load_bin: str | None = None
     # Configurations to profile with perf after the measurements (skipped without perf).
     profile: list[str] = field(default_factory=lambda: ["bare", "native-all", "mw-all"])
     profile_seconds: int = 3
@@ -54,6 +56,10 @@ class Sample:
     p50_us: float = 0.0
     p90_us: float = 0.0
     p99_us: float = 0.0
+    p999_us: float = 0.0
+    service_p50_us: float = 0.0
+    service_p99_us: float = 0.0
+    send_delay_p99_us: float = 0.0
     cpu_us_per_req_fixed: float = 0.0
     other_load_cores: float = 0.0
     errors: int = 0
@@ -163,11 +169,17 @@ def _measure(cfg: C.Config, s: Settings, upstream: Envoy, upstream_port: int, si
         out.requests += wrk.requests
         rate = fixed_rate(wrk.rps)
         with Meter(proxy, upstream) as m2:
-            fixed = run_fixed_rate(url, s.open_seconds, rate, CONNECTIONS, OTHER_CPU)
+            if s.load_bin:
+                fixed = run_open_loop(s.load_bin, url, s.open_seconds, rate, CONNECTIONS,
+                                      OTHER_CPU)
+            else:
+                fixed = run_fixed_rate(url, s.open_seconds, rate, CONNECTIONS, OTHER_CPU)
         out.fixed_rps_target = fixed.target_rps
         out.fixed_rps_achieved = fixed.achieved_rps
-        lat = fixed.latencies_us
-        out.p50_us, out.p90_us, out.p99_us = (percentile(lat, q) for q in (50, 90, 99))
+        out.p50_us, out.p90_us = fixed.corrected_p50, fixed.corrected_p90
+        out.p99_us, out.p999_us = fixed.corrected_p99, fixed.corrected_p999
+        out.service_p50_us, out.service_p99_us = fixed.service_p50, fixed.service_p99
+        out.send_delay_p99_us = fixed.send_delay_p99
         out.cpu_us_per_req_fixed = m2.proxy_cpu / max(fixed.requests, 1) * 1e6
         out.other_load_cores = (m.other_cores * m.elapsed + m2.other_cores * m2.elapsed) / (
             m.elapsed + m2.elapsed)
@@ -265,6 +277,7 @@ def run(s: Settings, log: Callable[[str], None]) -> dict:
     finally:
         upstream.stop()
     return {
+        "generator": "meshwarden-load" if s.load_bin else "h2load",
         "profiles": profiles,
         "fixed_rate_rps": fixed.get("rate", 0.0),
         "fixed_rate_fraction_of_bare_max": FIXED_RATE_FRACTION,

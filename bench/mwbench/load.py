@@ -1,8 +1,9 @@
-"""Load generators: wrk (closed loop, maximum throughput) and h2load --rps (fixed rate, per
-request latency from its log file)."""
+"""Load generators: wrk (closed loop, maximum throughput) and meshwarden-load (open loop at a
+fixed rate, latency corrected for coordinated omission), with h2load --rps as a fallback."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import tempfile
@@ -59,7 +60,16 @@ class RateResult:
     achieved_rps: float
     requests: int
     failed: int
-    latencies_us: list[int]  # sorted, successful requests only
+    # Latency in microseconds. `corrected_*` counts from when each request was due (open
+    # loop, coordinated omission corrected); `service_*` from when it was written.
+    corrected_p50: float
+    corrected_p90: float
+    corrected_p99: float
+    corrected_p999: float
+    service_p50: float
+    service_p99: float
+    # How late the generator wrote requests (its own scheduling noise); NaN for h2load.
+    send_delay_p99: float
 
 
 def percentile(sorted_values: list, q: float) -> float:
@@ -70,10 +80,40 @@ def percentile(sorted_values: list, q: float) -> float:
     return float(sorted_values[rank - 1])
 
 
+def _num(v) -> float:
+    return float(v) if isinstance(v, (int, float)) else float("nan")
+
+
+def run_open_loop(load_bin: str, url: str, seconds: int, rps: float, connections: int,
+                  cpu: int | None) -> RateResult:
+    """Fixed rate with meshwarden-load: request i is due at i/rps whatever happened before
+    (open loop); latency is counted from the due time."""
+    with tempfile.TemporaryDirectory(prefix="mwbench-load-") as tmp:
+        out_path = Path(tmp) / "load.json"
+        cmd = pin(cpu) + [load_bin, "--url", url, "--rate", f"{rps:.3f}", "--duration",
+                          str(seconds), "--connections", str(connections), "--json",
+                          str(out_path)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+        if out.returncode != 0 or not out_path.is_file():
+            raise LoadError(f"meshwarden-load failed ({out.returncode}): {out.stderr.strip()}")
+        r = json.loads(out_path.read_text())
+    c, sv, sd = r["corrected_us"], r["service_us"], r["send_delay_us"]
+    return RateResult(
+        target_rps=r["target_rps"], achieved_rps=r["achieved_rps"], requests=r["completed"],
+        failed=r["failed"] + r["non_2xx"] + r["skipped"],
+        corrected_p50=_num(c["p50"]), corrected_p90=_num(c["p90"]),
+        corrected_p99=_num(c["p99"]), corrected_p999=_num(c["p999"]),
+        service_p50=_num(sv["p50"]), service_p99=_num(sv["p99"]),
+        send_delay_p99=_num(sd["p99"]),
+    )
+
+
 def run_fixed_rate(url: str, seconds: int, rps: float, connections: int,
                    cpu: int | None) -> RateResult:
-    """Fixed rate: h2load (HTTP/1.1) with `connections` clients each sending rps/connections
-    requests per second for `seconds`; latency of every request from h2load's log."""
+    """Fallback without meshwarden-load: h2load (HTTP/1.1) with `connections` clients each
+    sending rps/connections requests per second. h2load releases each client's due requests
+    on a ~10 ms timer, so requests leave in bursts: latency includes that queueing and is not
+    corrected for coordinated omission."""
     per_client = max(rps / connections, 1.0)
     with tempfile.TemporaryDirectory(prefix="mwbench-h2load-") as tmp:
         log = Path(tmp) / "requests.tsv"
@@ -104,10 +144,11 @@ def run_fixed_rate(url: str, seconds: int, rps: float, connections: int,
     requests = len(latencies) + failed
     span = (max(starts) - min(starts)) / 1e6 if len(starts) > 1 else float(seconds)
     latencies.sort()
+    p = [percentile(latencies, q) for q in (50, 90, 99, 99.9)]
     return RateResult(
         target_rps=per_client * connections,
         achieved_rps=requests / span if span > 0 else 0.0,
-        requests=requests,
-        failed=failed,
-        latencies_us=latencies,
+        requests=requests, failed=failed,
+        corrected_p50=p[0], corrected_p90=p[1], corrected_p99=p[2], corrected_p999=p[3],
+        service_p50=p[0], service_p99=p[2], send_delay_p99=float("nan"),
     )

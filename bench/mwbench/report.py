@@ -42,7 +42,7 @@ def latency_svg(datapath: dict) -> str:
         f'font-family="sans-serif" font-size="12">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<text x="10" y="20" font-size="15" font-weight="bold">Latency per configuration at '
-        f'{rate:,.0f} req/s (fixed rate), microseconds</text>',
+        f'{rate:,.0f} req/s (fixed rate, open loop), microseconds</text>',
     ]
     x = label_w
     for i, (k, col) in enumerate(colors.items()):
@@ -72,6 +72,8 @@ def latency_svg(datapath: dict) -> str:
 def _datapath_section(dp: dict) -> list[str]:
     configs = {c["name"]: c for c in dp.get("configs", [])}
     bare = (configs.get("bare") or {}).get("median") or {}
+    gen = ("`meshwarden-load --rate <rate>`" if dp.get("generator") == "meshwarden-load"
+           else "`h2load --h1 --rps` (fallback: bursty, uncorrected)")
     lines = [
         "## 1. Data path: meshwarden filters vs bare Envoy vs Envoy's native filters",
         "",
@@ -80,22 +82,23 @@ def _datapath_section(dp: dict) -> list[str]:
         f"load generator). {dp.get('rounds', 0)} interleaved rounds per configuration; each "
         f"figure is the median of the rounds. Closed loop (maximum throughput): "
         f"`wrk -t1 -c{dp.get('connections')} -d{dp.get('closed_seconds')}s`. Fixed rate "
-        f"(latency): `h2load --h1 -c{dp.get('connections')} --rps=<rate/{dp.get('connections')}> "
-        f"-D{dp.get('open_seconds')}` at {_n(dp.get('fixed_rate_rps'))} req/s "
+        f"(latency), open loop: {gen} with {dp.get('connections')} connections for "
+        f"{dp.get('open_seconds')} s at {_n(dp.get('fixed_rate_rps'))} req/s "
         f"= {dp.get('fixed_rate_fraction_of_bare_max', 0.5):.0%} of bare Envoy's maximum in the "
-        f"first round, latency of every request from h2load's log. CPU per request = the proxy "
+        f"first round; p50/p90/p99/p99.9 count from when each request was due (corrected for "
+        f"coordinated omission), `service p99` from when it was written. CPU per request = the proxy "
         f"process's CPU time (all threads, `/proc/<pid>/task/*/schedstat`) during the run "
         f"divided by the requests served.",
         "",
-        "| configuration | max req/s | CPU µs/req at max | CPU µs/req at fixed rate | added CPU µs/req vs bare | p50 µs | p90 µs | p99 µs | fixed rate achieved | other load (cores) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| configuration | max req/s | CPU µs/req at max | CPU µs/req at fixed rate | added CPU µs/req vs bare | p50 µs | p90 µs | p99 µs | p99.9 µs | service p99 µs | send delay p99 µs | rate achieved | other load (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ratio_rows = []
     for c in dp.get("configs", []):
         m = c.get("median") or {}
         if c.get("failed") and not m:
             lines.append(f"| {c['label']} | failed: {c['failed'].splitlines()[0][:120]} |"
-                         + " |" * 8)
+                         + " |" * 11)
             continue
         nat = (configs.get(c.get("native") or "") or {}).get("median") or {}
         added = (m.get("cpu_us_per_req_fixed", math.nan) - bare.get("cpu_us_per_req_fixed", math.nan))
@@ -105,6 +108,8 @@ def _datapath_section(dp: dict) -> list[str]:
             f"| {_n(m.get('cpu_us_per_req_max'), 1)} | {_n(m.get('cpu_us_per_req_fixed'), 1)} "
             f"| {'–' if c['name'] == 'bare' else _n(added, 1)} "
             f"| {_n(m.get('p50_us'))} | {_n(m.get('p90_us'))} | {_n(m.get('p99_us'))} "
+            f"| {_n(m.get('p999_us'))} | {_n(m.get('service_p99_us'))} "
+            f"| {_n(m.get('send_delay_p99_us'))} "
             f"| {_n(m.get('fixed_rps_achieved'))} | {_n(m.get('other_load_cores'), 2)} |")
         if c["name"] == "bare":
             continue
