@@ -225,12 +225,14 @@ def _push_section(push: dict) -> list[str]:
 
 
 def _sizes_section(sizes: dict) -> list[str]:
+    prof = sizes.get("profile") or {}
+    settings = ", ".join(f"{k} = {v}" for k, v in prof.items() if k != "inherits") or "see Cargo.toml"
     lines = [
         "## 3. Module sizes",
         "",
-        "Built with `cargo build --profile wasm --target wasm32-wasip1` (opt-level s, LTO, one "
-        "codegen unit, panic=abort, strip) in `target/wasm32-wasip1/wasm/`, then "
-        "`wasm-opt -Oz` by `scripts/package-wasm.sh` into `target/filters/`.",
+        f"Built with `cargo build --profile wasm --target wasm32-wasip1` ({settings}) in "
+        "`target/wasm32-wasip1/wasm/`, then `wasm-opt -Oz` by `scripts/package-wasm.sh` into "
+        "`target/filters/`.",
         "",
         "| module | before wasm-opt | after wasm-opt | saved | gzip -9 | code section | data section | functions |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
