@@ -52,7 +52,9 @@ run: deps build
 # Results go to docs/benchmarks.md, bench/results.json and bench/latency.svg.
 bench: deps build
 	$(CARGO) build --release -p meshwarden-control-plane -p meshwarden-push-bench
-	python3 bench/bench.py --attribute-sizes
+	python3 bench/bench.py --attribute-sizes --wasm-dir $(WASM_DIR) \
+	  --build-dir $(TARGET_DIR)/wasm32-wasip1/wasm --meshwarden $(TARGET_DIR)/release/meshwarden \
+	  --push-bench $(TARGET_DIR)/release/meshwarden-push-bench
 
 # A few seconds of every benchmark with no timing assertions (results in a temp dir).
 bench-smoke: deps build
