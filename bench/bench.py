@@ -355,9 +355,12 @@ def derive(results: dict, a: argparse.Namespace) -> None:
 
 
 def _finite(v):
-    """NaN and infinities become null, so results.json is strict JSON."""
+    """NaN and infinities become null, so results.json is strict JSON; paths inside the
+    repository become relative, so the file reads the same from any clone."""
     if isinstance(v, float) and not math.isfinite(v):
         return None
+    if isinstance(v, str):
+        return v.replace(str(ROOT) + "/", "")
     if isinstance(v, dict):
         return {k: _finite(x) for k, x in v.items()}
     if isinstance(v, list):
