@@ -486,6 +486,8 @@ def main() -> int:
         for f in failures:
             log("error: " + f)
         return 1
+    if a.smoke and not a.out_dir:
+        shutil.rmtree(json_path.parent, ignore_errors=True)  # keep smoke results only on failure
     return 0
 
 
