@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""meshwarden benchmarks: data path (Envoy + filters), control-plane push latency, module sizes.
+"""meshwarden benchmarks: data path (Envoy + filters), control-plane push latency, module sizes,
+rate-limit accuracy under overload (meshwarden vs Envoy's local_ratelimit).
 
     python3 bench/bench.py            full run; writes bench/results.json, bench/latency.svg
                                       and docs/benchmarks.md (`make bench`)
     python3 bench/bench.py --smoke    a few seconds of every benchmark, results to a temp dir,
                                       no timing assertions (`make bench-smoke`)
+    python3 bench/bench.py --parts accuracy --merge
+                                      rerun one part; the other parts' figures are kept from
+                                      the existing bench/results.json
 
 Exit status: 0 when every component started and every benchmark ran (whether or not the
 targets were met), 1 otherwise. Only loopback addresses are used; every run is bounded.
@@ -28,7 +32,7 @@ from pathlib import Path
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mwbench import datapath, profile, report, sizes, targets  # noqa: E402
+from mwbench import accuracy, datapath, profile, report, sizes, targets  # noqa: E402
 from mwbench.procs import envoy_version  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,6 +163,42 @@ def attribute_sizes() -> dict:
         module = target / "wasm32-wasip1" / "wasm" / f"meshwarden_{f}.wasm"
         if module.is_file():
             out[f] = sizes.attribute(module)
+    return out
+
+
+def run_accuracy(a: argparse.Namespace, work: Path) -> dict:
+    load_bin = Path(a.load_bin or Path(a.push_bench).parent / "meshwarden-load")
+    if not load_bin.is_file():
+        log(f"warning: {load_bin} not found; accuracy runs only the closed-loop (wrk) load")
+    if shutil.which("wrk") is None and not load_bin.is_file():
+        return {"error": "neither meshwarden-load nor wrk is available"}
+    s = accuracy.Settings(envoy=a.envoy, wasm_dir=Path(a.wasm_dir), workdir=work / "accuracy",
+                          seconds=a.accuracy_seconds,
+                          load_bin=str(load_bin) if load_bin.is_file() else None,
+                          saturate=shutil.which("wrk") is not None)
+    log(f"rate-limit accuracy: {a.accuracy_seconds}s per run, meshwarden and native")
+    try:
+        out = accuracy.run(s, log)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        return {"error": str(e)[-2000:]}
+    out["generated"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out["git_commit"] = git("rev-parse", "--short", "HEAD")
+    return out
+
+
+def merge(old: dict, new: dict, parts: set[str]) -> dict:
+    """The previous results with the parts just measured replaced. The header (date, commit,
+    machine) stays the previous run's; each rerun part carries its own date and commit."""
+    out = dict(old)
+    for part in ("datapath", "push", "sizes", "accuracy"):
+        if part in parts and part in new:
+            out[part] = new[part]
+    prefixes = {"datapath": ("data path", "wrk ", "h2load "), "push": ("push",),
+                "sizes": ("modules not built",), "accuracy": ("accuracy",)}
+    rerun = tuple(x for part in parts for x in prefixes.get(part, ()))
+    out["failures"] = [f for f in old.get("failures") or [] if not f.startswith(rerun)] \
+        + list(new.get("failures") or [])
+    out["merged_parts"] = sorted(set(old.get("merged_parts") or []) | (parts & set(new)))
     return out
 
 
@@ -326,6 +366,10 @@ def commands(a: argparse.Namespace) -> list[str]:
         "target/release/meshwarden-push-bench --meshwarden target/release/meshwarden --wasm-dir target/filters --proxies 100,1000,5000 --pushes 5",
         "# sizes:",
         "scripts/package-wasm.sh target/wasm32-wasip1/wasm target/filters trace fault mirror ratelimit",
+        "# rate-limit accuracy (each proxy: envoy --concurrency 2, 100/s burst 50):",
+        "target/release/meshwarden-load --url http://127.0.0.1:<port>/accuracy --rate 1000 --duration 10 --connections 64",
+        "wrk -t1 -c64 -d10s http://127.0.0.1:<port>/accuracy",
+        "python3 bench/bench.py --parts accuracy --merge   # this part alone, other figures kept",
     ]
 
 
@@ -373,7 +417,11 @@ def _finite(v):
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny run of every benchmark")
-    p.add_argument("--parts", default="datapath,push,sizes")
+    p.add_argument("--parts", default="datapath,push,sizes,accuracy")
+    p.add_argument("--accuracy-seconds", type=int, default=10,
+                   help="length of each rate-limit accuracy run (2 with --smoke)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the figures of parts not rerun from the existing results.json")
     p.add_argument("--envoy", default=str(ROOT / ".venv/bin/envoy"))
     p.add_argument("--wasm-dir", default=str(ROOT / "target/filters"))
     p.add_argument("--build-dir", default=str(ROOT / "target/wasm32-wasip1/wasm"))
@@ -403,6 +451,7 @@ def main() -> int:
     if a.smoke:
         a.rounds, a.seconds, a.proxies, a.pushes, warmup = 1, 1, "10", 2, 0
         a.push_timeout = min(a.push_timeout, 60)
+        a.accuracy_seconds = min(a.accuracy_seconds, 2)
         only = only or ["bare", "native-all", "mw-all"]
         profile_seconds = 1
     if a.out_dir:
@@ -426,7 +475,7 @@ def main() -> int:
     for tool in ("wrk", "h2load"):
         if "datapath" in parts and shutil.which(tool) is None:
             failures.append(f"{tool} not installed (apt-get install wrk nghttp2-client)")
-    if "datapath" in parts and not Path(a.envoy).exists():
+    if parts & {"datapath", "accuracy"} and not Path(a.envoy).exists():
         failures.append(f"Envoy not found at {a.envoy} (make envoy)")
     results: dict = {
         "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -472,16 +521,24 @@ def main() -> int:
             results["push"] = run_push(a, work)
             if results["push"].get("error"):
                 failures.append("push: " + results["push"]["error"])
+        if "accuracy" in parts:
+            results["accuracy"] = run_accuracy(a, work)
+            if results["accuracy"].get("error"):
+                failures.append("accuracy: " + results["accuracy"]["error"])
     results["machine"]["loadavg_end"] = loadavg()
     results["failures"] = failures
+    if a.merge and json_path.is_file():
+        results = merge(json.loads(json_path.read_text()), results, parts)
     derive(results, a)
-    results["elapsed_seconds"] = round(time.monotonic() - started, 1)
+    elapsed = round(time.monotonic() - started, 1)
+    if not a.merge:
+        results["elapsed_seconds"] = elapsed
     write_outputs(results, json_path, svg_path, md_path)
     log(f"wrote {json_path}, {md_path}" + (f", {svg_path}" if results.get("datapath") else ""))
     for t in [] if a.smoke else results["targets"]:
         log(f"  target {t['id']}: {t['figure']} -> "
             f"{ {True: 'met', False: 'MISSED', None: 'not measured'}[t['met']]}")
-    log(f"done in {results['elapsed_seconds']}s")
+    log(f"done in {elapsed}s")
     if failures:
         for f in failures:
             log("error: " + f)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import math
 
 from .targets import finite
@@ -260,6 +261,67 @@ def _sizes_section(sizes: dict) -> list[str]:
     return lines + [""]
 
 
+def _accuracy_section(acc: dict) -> list[str]:
+    if acc.get("error") and not acc.get("runs"):
+        return ["## 4. Rate-limit accuracy under overload", "",
+                f"⚠ The accuracy benchmark failed: {acc['error']}", ""]
+    tb = acc.get("native_token_bucket") or {}
+    tol = acc.get("tolerance_pct", 2.0)
+    lines = [
+        "## 4. Rate-limit accuracy under overload: meshwarden vs Envoy's local_ratelimit",
+        "",
+        f"Issue 4's acceptance figure. Target: **admitted within ±{tol:.0f} % of rate × duration "
+        f"+ burst**. In one run ({acc.get('generated', '?')}, commit "
+        f"`{acc.get('git_commit', '?')}`), two proxies in turn, each an Envoy with "
+        f"`--concurrency {acc.get('concurrency')}` in front of the loopback upstream, limited to "
+        f"{acc.get('rate_per_second')} requests/s with burst {acc.get('burst')}, one bucket for "
+        f"the whole proxy (both workers):",
+        "",
+        "- meshwarden: `meshwarden_ratelimit.wasm` loaded statically with the policy "
+        f"`{json.dumps(acc.get('meshwarden_policy'), separators=(',', ':'))}` (token bucket in "
+        f"proxy-wasm shared data, compare-and-swap across workers);",
+        f"- native: `envoy.filters.http.local_ratelimit`, `max_tokens` {tb.get('max_tokens')}, "
+        f"`tokens_per_fill` {tb.get('tokens_per_fill')} every {tb.get('fill_interval_s', 0) * 1000:.0f} ms "
+        f"(Envoy rejects a fill interval below 50 ms, so 1 token per 10 ms is not possible), "
+        f"`local_rate_limit_per_downstream_connection: false`, enabled and enforced 100 %.",
+        "",
+        f"Load over {acc.get('connections')} keep-alive connections for {acc.get('seconds')} s: "
+        f"**paced 10×**, `meshwarden-load` open loop at {acc.get('overload_target_x', 10)} × the "
+        f"rate (request i due at i / rate; the window is the last request's due time); "
+        f"**closed loop**, `wrk` sending as fast as answers come back (hundreds of times the "
+        f"rate; the window is wrk's run time). Admitted = Envoy's `downstream_rq_2xx`, limited "
+        f"= `downstream_rq_4xx` (all 429), deltas of the admin `/stats` over the run; the "
+        f"client's own 2xx count and the filter's own counters are shown beside them. Expected "
+        f"= rate × window + burst (the bucket starts full).",
+        "",
+        f"| proxy | load | offered req/s | × rate | window s | admitted (Envoy) | admitted (client) "
+        f"| admitted (filter) | limited | expected | error | within ±{tol:.0f} % |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in acc.get("runs", []):
+        lines.append(
+            f"| {r['proxy']} | {r['load']} | {_n(r['offered_rps'])} | {r['offered_x']:.0f}× "
+            f"| {r['window_s']:.3f} | {r['admitted']:,} | {r['client_2xx']:,} "
+            f"| {r['filter_allowed']:,} | {r['limited']:,} | {r['expected']:,.1f} "
+            f"| **{r['error_pct']:+.2f} %** | {'yes' if r['within_tolerance'] else '**no**'} |")
+    rate = acc.get("rate_per_second") or 0
+    lines += [
+        "",
+        f"How exact the figures can be: the window's edges are set by the client's clock, not "
+        f"the proxy's, so scheduling jitter of δ at either edge moves the expected count by "
+        f"± rate × δ (at {rate}/s, 10 ms of jitter is ±{rate * 0.01:.0f} request"
+        f"{'' if rate * 0.01 == 1 else 's'}); a bucket that refills in steps (native: "
+        f"{tb.get('tokens_per_fill')} tokens per {tb.get('fill_interval_s', 0) * 1000:.0f} ms) "
+        f"adds up to one step. In the closed-loop runs wrk stops reading while requests are "
+        f"still in flight, so Envoy's and the filter's counts can exceed the client's by one "
+        f"or two; the paced runs wait for every answer.",
+        "",
+    ]
+    if acc.get("error"):
+        lines += [f"⚠ The accuracy benchmark failed: {acc['error']}", ""]
+    return lines
+
+
 def markdown(results: dict) -> str:
     m = results.get("machine", {})
     lines = [
@@ -294,6 +356,8 @@ def markdown(results: dict) -> str:
         lines += _push_section(results["push"])
     if results.get("sizes"):
         lines += _sizes_section(results["sizes"])
+    if results.get("accuracy"):
+        lines += _accuracy_section(results["accuracy"])
     lines += ["## Method notes and caveats", ""] + [f"- {c}" for c in results.get("caveats", [])]
     lines += ["", "## Commands", "", "```sh"] + results.get("commands", []) + ["```", ""]
     return "\n".join(lines)

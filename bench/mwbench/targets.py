@@ -70,6 +70,7 @@ def evaluate(results: dict) -> list[dict]:
             f"{per / 1000:.1f} KB at {n:,} proxies", per < MEMORY_LIMIT_BYTES,
             "" if per < MEMORY_LIMIT_BYTES else
             f"missed by {(per - MEMORY_LIMIT_BYTES) / 1000:.1f} KB per proxy"))
+    out += _accuracy(results.get("accuracy") or {})
     mods = (results.get("sizes") or {}).get("modules", [])
     for m in mods:
         size = m.get("optimised_bytes")
@@ -83,6 +84,31 @@ def evaluate(results: dict) -> list[dict]:
             f"{size / 1000:.1f} KB", met,
             "" if met else f"missed by {(size - SIZE_LIMIT_BYTES) / 1000:.1f} KB "
             f"({size / SIZE_LIMIT_BYTES:.1f}x)"))
+    return out
+
+
+def _accuracy(acc: dict) -> list[dict]:
+    """Issue 4: under 10x overload, admitted within ±2 % of rate x duration + burst
+    (meshwarden; the native figure is shown beside it for comparison)."""
+    runs = acc.get("runs") or []
+    if not runs:
+        return []
+    tol = acc.get("tolerance_pct", 2.0)
+    text = (f"rate limit under overload: admitted within ±{tol:.0f} % of rate × duration + "
+            f"burst ({acc.get('rate_per_second')}/s, burst {acc.get('burst')}, "
+            f"--concurrency {acc.get('concurrency')})")
+    out = []
+    for r in runs:
+        if r["proxy"] != "meshwarden":
+            continue
+        native = next((n for n in runs if n["proxy"] == "native" and n["load"] == r["load"]), None)
+        out.append(_target(
+            f"ratelimit-accuracy-{r['load'].split()[0]}", f"{text}, {r['load']}",
+            f"{r['admitted']:,} admitted, expected {r['expected']:,.0f} "
+            f"({r['error_pct']:+.2f} %) at {r['offered_x']:.0f}× the rate",
+            bool(r["within_tolerance"]),
+            (f"native local_ratelimit in the same run: {n['admitted']:,} vs "
+             f"{n['expected']:,.0f} ({n['error_pct']:+.2f} %)" if (n := native) else "")))
     return out
 
 
