@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """meshwarden benchmarks: data path (Envoy + filters), control-plane push latency, module sizes,
-rate-limit accuracy under overload (meshwarden vs Envoy's local_ratelimit).
+rate-limit accuracy under overload (meshwarden vs Envoy's local_ratelimit), mirror safety
+(primary latency with a down, black-holed or slow mirror target vs no mirror).
 
     python3 bench/bench.py            full run; writes bench/results.json, bench/latency.svg
                                       and docs/benchmarks.md (`make bench`)
@@ -32,7 +33,7 @@ from pathlib import Path
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mwbench import accuracy, datapath, profile, report, sizes, targets  # noqa: E402
+from mwbench import accuracy, datapath, mirror_safety, profile, report, sizes, targets  # noqa: E402
 from mwbench.procs import envoy_version  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,15 +187,34 @@ def run_accuracy(a: argparse.Namespace, work: Path) -> dict:
     return out
 
 
+def run_mirror(a: argparse.Namespace, work: Path) -> dict:
+    load_bin = Path(a.load_bin or Path(a.push_bench).parent / "meshwarden-load")
+    if not load_bin.is_file():
+        return {"error": f"{load_bin} not found (cargo build --release -p meshwarden-push-bench)"}
+    s = mirror_safety.Settings(envoy=a.envoy, wasm_dir=Path(a.wasm_dir), workdir=work / "mirror",
+                               load_bin=str(load_bin), rounds=a.rounds, seconds=a.mirror_seconds,
+                               rate=a.mirror_rate, warmup_seconds=0 if a.smoke else 1)
+    log(f"mirror safety: {a.rounds} round(s) of {a.mirror_seconds}s at {a.mirror_rate} req/s, "
+        f"no mirror / healthy / down / black-holed / slow target")
+    try:
+        out = mirror_safety.run(s, log)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        return {"error": str(e)[-2000:]}
+    out["generated"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out["git_commit"] = git("rev-parse", "--short", "HEAD")
+    return out
+
+
 def merge(old: dict, new: dict, parts: set[str]) -> dict:
     """The previous results with the parts just measured replaced. The header (date, commit,
     machine) stays the previous run's; each rerun part carries its own date and commit."""
     out = dict(old)
-    for part in ("datapath", "push", "sizes", "accuracy"):
+    for part in ("datapath", "push", "sizes", "accuracy", "mirror"):
         if part in parts and part in new:
             out[part] = new[part]
     prefixes = {"datapath": ("data path", "wrk ", "h2load "), "push": ("push",),
-                "sizes": ("modules not built",), "accuracy": ("accuracy",)}
+                "sizes": ("modules not built",), "accuracy": ("accuracy",),
+                "mirror": ("mirror",)}
     rerun = tuple(x for part in parts for x in prefixes.get(part, ()))
     out["failures"] = [f for f in old.get("failures") or [] if not f.startswith(rerun)] \
         + list(new.get("failures") or [])
@@ -370,6 +390,9 @@ def commands(a: argparse.Namespace) -> list[str]:
         "target/release/meshwarden-load --url http://127.0.0.1:<port>/accuracy --rate 1000 --duration 10 --connections 64",
         "wrk -t1 -c64 -d10s http://127.0.0.1:<port>/accuracy",
         "python3 bench/bench.py --parts accuracy --merge   # this part alone, other figures kept",
+        "# mirror safety (each proxy: envoy --concurrency 2, mirror filter, 100 % to one target):",
+        "target/release/meshwarden-load --url http://127.0.0.1:<port>/mirror-safety --rate 200 --duration 5 --connections 16",
+        "python3 bench/bench.py --parts mirror --merge",
     ]
 
 
@@ -417,9 +440,13 @@ def _finite(v):
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny run of every benchmark")
-    p.add_argument("--parts", default="datapath,push,sizes,accuracy")
+    p.add_argument("--parts", default="datapath,push,sizes,accuracy,mirror")
     p.add_argument("--accuracy-seconds", type=int, default=10,
                    help="length of each rate-limit accuracy run (2 with --smoke)")
+    p.add_argument("--mirror-seconds", type=int, default=5,
+                   help="length of each mirror-safety load run (1 with --smoke)")
+    p.add_argument("--mirror-rate", type=int, default=mirror_safety.RATE,
+                   help="primary requests per second in the mirror-safety runs")
     p.add_argument("--merge", action="store_true",
                    help="keep the figures of parts not rerun from the existing results.json")
     p.add_argument("--envoy", default=str(ROOT / ".venv/bin/envoy"))
@@ -452,6 +479,7 @@ def main() -> int:
         a.rounds, a.seconds, a.proxies, a.pushes, warmup = 1, 1, "10", 2, 0
         a.push_timeout = min(a.push_timeout, 60)
         a.accuracy_seconds = min(a.accuracy_seconds, 2)
+        a.mirror_seconds = min(a.mirror_seconds, 1)
         only = only or ["bare", "native-all", "mw-all"]
         profile_seconds = 1
     if a.out_dir:
@@ -475,7 +503,7 @@ def main() -> int:
     for tool in ("wrk", "h2load"):
         if "datapath" in parts and shutil.which(tool) is None:
             failures.append(f"{tool} not installed (apt-get install wrk nghttp2-client)")
-    if parts & {"datapath", "accuracy"} and not Path(a.envoy).exists():
+    if parts & {"datapath", "accuracy", "mirror"} and not Path(a.envoy).exists():
         failures.append(f"Envoy not found at {a.envoy} (make envoy)")
     results: dict = {
         "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -525,6 +553,10 @@ def main() -> int:
             results["accuracy"] = run_accuracy(a, work)
             if results["accuracy"].get("error"):
                 failures.append("accuracy: " + results["accuracy"]["error"])
+        if "mirror" in parts:
+            results["mirror"] = run_mirror(a, work)
+            if results["mirror"].get("error"):
+                failures.append("mirror: " + results["mirror"]["error"])
     results["machine"]["loadavg_end"] = loadavg()
     results["failures"] = failures
     if a.merge and json_path.is_file():

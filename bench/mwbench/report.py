@@ -322,6 +322,69 @@ def _accuracy_section(acc: dict) -> list[str]:
     return lines
 
 
+def _mirror_section(mir: dict) -> list[str]:
+    if mir.get("error") and not mir.get("scenarios"):
+        return ["## 5. Mirror safety", "", f"⚠ The mirror-safety benchmark failed: {mir['error']}",
+                ""]
+    lim = mir.get("limits") or {}
+    lines = [
+        "## 5. Mirror safety: a bad mirror target never hurts the primary",
+        "",
+        f"Issue 5's claim: **with the mirror target down, black-holed or slow, every primary "
+        f"request still succeeds and its latency is unchanged against a no-mirror run**. In one "
+        f"run ({mir.get('generated', '?')}, commit `{mir.get('git_commit', '?')}`), five Envoys "
+        f"(`--concurrency {mir.get('concurrency')}`) with `meshwarden_mirror.wasm` loaded "
+        f"statically in front of the loopback upstream; the baseline has the same filter with "
+        f"an empty policy list, the others mirror 100 % of requests "
+        f"(`{json.dumps(mir.get('policy'), separators=(',', ':'))}`) to a static cluster that "
+        f"answers at once (**healthy**: the cost of mirroring itself, for reference) or is "
+        f"**down** (closed port), **black-holed** (a socket that accepts and reads but never "
+        f"answers: copies time out after {mir.get('copy_timeout')}) or **slow** (answers after "
+        f"{mir.get('slow_delay')}).",
+        "",
+        f"Load: `meshwarden-load` open loop at {mir.get('rate_rps')} req/s over "
+        f"{mir.get('connections')} keep-alive connections, {mir.get('seconds')} s per run, "
+        f"{mir.get('rounds')} round(s) interleaved across the proxies; latency counted from "
+        f"each request's due time (coordinated omission corrected), median over rounds; after "
+        f"each run the driver waits for the copies' timeout so no copy of one run is still "
+        f"pending in the next. Copies: the filter's own counters "
+        f"(`meshwarden_mirror_{{mirrored,errors,skipped_*}}_total`, admin `/stats`, deltas over "
+        f"the runs). \"Unchanged\" here means p50 within {lim.get('p50_ratio_max')}× and p99 "
+        f"within {lim.get('p99_ratio_max')}× of the baseline (noise allowance on a shared "
+        f"2-core machine) and no primary slower than {lim.get('max_primary_ms')} ms (one that "
+        f"waited for a copy would take {mir.get('slow_delay')} or {mir.get('copy_timeout')}).",
+        "",
+        "| mirror target | primary requests | failed | p50 µs | p90 µs | p99 µs | max ms "
+        "| p50 / no mirror | p99 / no mirror | copies sent | copy errors | copies skipped "
+        "| succeeded, latency unchanged |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in mir.get("scenarios", []):
+        m = s.get("mirror") or {}
+        skipped = sum(v for k, v in m.items() if k.startswith("skipped"))
+        ok = s.get("all_succeeded") and s.get("latency_unchanged", True)
+        verdict = {"no mirror": "baseline, ", "healthy": "reference, "}.get(s["scenario"], "") \
+            + ("yes" if ok else "**no**")
+        p50r, p99r = s.get("p50_ratio"), s.get("p99_ratio")
+        lines.append(
+            f"| {s['scenario']} | {s['requests']:,} | {s['failed']:,} | {_n(s['p50_us'])} "
+            f"| {_n(s['p90_us'])} | {_n(s['p99_us'])} | {_n(s['max_us'] / 1000, 1)} "
+            f"| {f'{p50r:.2f}' if finite(p50r) else '–'} | {f'{p99r:.2f}' if finite(p99r) else '–'} "
+            f"| {m.get('mirrored', 0):,} | {m.get('errors', 0):,} | {skipped:,} | {verdict} |")
+    verdict = "holds" if mir.get("claim_holds") else "**does not hold**"
+    lines += [
+        "",
+        f"The claim {verdict} in this run. Copies to the down target fail on connect, to the "
+        f"black hole at the copy timeout, and to the slow target succeed after the delay; all "
+        f"of it happens in call-outs owned by the filter's root context, so the primary "
+        f"request never waits for them.",
+        "",
+    ]
+    if mir.get("error"):
+        lines += [f"⚠ The mirror-safety benchmark failed: {mir['error']}", ""]
+    return lines
+
+
 def markdown(results: dict) -> str:
     m = results.get("machine", {})
     lines = [
@@ -358,6 +421,8 @@ def markdown(results: dict) -> str:
         lines += _sizes_section(results["sizes"])
     if results.get("accuracy"):
         lines += _accuracy_section(results["accuracy"])
+    if results.get("mirror"):
+        lines += _mirror_section(results["mirror"])
     lines += ["## Method notes and caveats", ""] + [f"- {c}" for c in results.get("caveats", [])]
     lines += ["", "## Commands", "", "```sh"] + results.get("commands", []) + ["```", ""]
     return "\n".join(lines)

@@ -71,6 +71,7 @@ def evaluate(results: dict) -> list[dict]:
             "" if per < MEMORY_LIMIT_BYTES else
             f"missed by {(per - MEMORY_LIMIT_BYTES) / 1000:.1f} KB per proxy"))
     out += _accuracy(results.get("accuracy") or {})
+    out += _mirror(results.get("mirror") or {})
     mods = (results.get("sizes") or {}).get("modules", [])
     for m in mods:
         size = m.get("optimised_bytes")
@@ -109,6 +110,25 @@ def _accuracy(acc: dict) -> list[dict]:
             bool(r["within_tolerance"]),
             (f"native local_ratelimit in the same run: {n['admitted']:,} vs "
              f"{n['expected']:,.0f} ({n['error_pct']:+.2f} %)" if (n := native) else "")))
+    return out
+
+
+def _mirror(mir: dict) -> list[dict]:
+    """Issue 5: with the mirror target down, black-holed or slow, every primary request
+    succeeds and its latency is unchanged against no mirror (same run)."""
+    out = []
+    for s in mir.get("scenarios") or []:
+        if s["scenario"] in ("no mirror", "healthy"):
+            continue
+        ok = bool(s["all_succeeded"] and s.get("latency_unchanged"))
+        p50r, p99r = s.get("p50_ratio") or math.nan, s.get("p99_ratio") or math.nan
+        out.append(_target(
+            f"mirror-safety-{s['scenario'].replace(' ', '-')}",
+            f"mirror target {s['scenario']}: every primary succeeds, latency unchanged vs no "
+            f"mirror",
+            f"{s['requests'] - s['failed']:,}/{s['requests']:,} succeeded, p50 "
+            f"{p50r:.2f}×, p99 {p99r:.2f}×, max {s['max_us'] / 1000:.1f} ms",
+            ok, f"{s['mirror']['mirrored']:,} copies sent, {s['mirror']['errors']:,} failed"))
     return out
 
 
