@@ -46,6 +46,8 @@ TARGET_CLUSTER = "mirror_target"
 P50_RATIO_MAX = 1.5
 P99_RATIO_MAX = 2.0
 MAX_PRIMARY_MS = 500
+# How long past the copy timeout a run waits for its last copies to be counted.
+SETTLE_GRACE_S = 7.0
 
 MIRROR_SPEC = {
     "mirrors": [{"target": {"cluster": TARGET_CLUSTER}, "percentage": {"value": 100}}],
@@ -197,15 +199,23 @@ def _us(v) -> float:
     return float(v) if isinstance(v, (int, float)) else float("nan")
 
 
-def measure(proxy: Proxy, s: Settings, url: str, settle: float) -> dict:
+def measure(proxy: Proxy, s: Settings, url: str) -> dict:
     before = _counters(proxy)
     r = open_loop(s.load_bin, url, s.seconds, s.rate)
     lat = r["corrected_us"]
-    # Let the copies of the last requests finish or time out, so their outcome is counted
-    # here and their timeouts do not land in the next scenario's run.
-    time.sleep(settle)
-    after = _counters(proxy)
-    d = {k: after[k] - before[k] for k in after}
+    # Wait (bounded) until every copy sent has finished or failed in the target cluster, so
+    # its outcome is counted here and no copy is still pending in the next scenario's run.
+    ended = time.monotonic()
+    deadline = ended + COPY_TIMEOUT_S + SETTLE_GRACE_S
+    time.sleep(0.3)
+    while True:
+        after = _counters(proxy)
+        d = {k: after[k] - before[k] for k in after}
+        done = d[f"cluster.{TARGET_CLUSTER}.upstream_rq_completed"]
+        if done >= d[metric_name("mirrored")] or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    settled = time.monotonic() - ended
     return {
         "requests": r["completed"],
         "failed": r["failed"] + r["non_2xx"] + r["skipped"],
@@ -214,6 +224,7 @@ def measure(proxy: Proxy, s: Settings, url: str, settle: float) -> dict:
         "p999_us": _us(lat["p999"]), "max_us": _us(lat["max"]),
         "service_p50_us": _us(r["service_us"]["p50"]),
         "send_delay_p99_us": _us(r["send_delay_us"]["p99"]),
+        "copies_settled_s": round(settled, 2),
         "envoy_2xx": d[HCM_2XX],
         "envoy_completed": d[HCM_TOTAL],
         "mirror": {m: d[metric_name(m)] for m in METRICS},
@@ -280,13 +291,13 @@ def run(s: Settings, log: Callable[[str], None]) -> dict:
             time.sleep(COPY_TIMEOUT_S + 0.5)
         for rnd in range(s.rounds):
             for name in SCENARIOS:
-                settle = 0.3 if name == "no mirror" else COPY_TIMEOUT_S + 0.5
-                r = measure(proxies[name], s, urls[name], settle)
+                r = measure(proxies[name], s, urls[name])
                 runs[name].append(r)
                 log(f"  round {rnd + 1} {name:<11} {r['requests']} req, {r['failed']} failed, "
                     f"p50 {r['p50_us']:.0f} µs p99 {r['p99_us']:.0f} µs max "
                     f"{r['max_us'] / 1000:.1f} ms; copies {r['mirror']['mirrored']} sent, "
-                    f"{r['mirror']['errors']} errors")
+                    f"{r['mirror']['errors']} errors (all counted {r['copies_settled_s']:.1f} s "
+                    f"after the load)")
     finally:
         for p in proxies.values():
             p.stop()
