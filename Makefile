@@ -18,11 +18,14 @@ TEST_THREADS ?= 4
 export MESHWARDEN_ENVOY := $(abspath $(ENVOY))
 export MESHWARDEN_WASM_DIR := $(abspath $(WASM_DIR))
 
-.PHONY: all deps toolchain envoy wasm build test unit e2e run bench bench-smoke lint fmt clean
+.PHONY: all deps toolchain system-packages envoy wasm build test unit e2e run bench bench-smoke lint fmt clean
 
 all: build
 
-deps: toolchain envoy
+deps: toolchain envoy system-packages
+
+system-packages:
+	@scripts/system-packages.sh
 
 toolchain:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -43,10 +46,24 @@ build: wasm
 
 test: deps build
 	$(CARGO) test -- --test-threads $(TEST_THREADS)
+	$(MAKE) --no-print-directory check-manifests
 	$(MAKE) --no-print-directory bench-smoke
 
 run: deps build
 	scripts/run-local.sh
+
+# Push the four filter modules as Wasm OCI images (Istio's "compat" variant) to
+# $(REGISTRY)/meshwarden/<filter>:$(IMAGE_TAG); prints each WasmPlugin url and sha256.
+# Plain HTTP (--insecure) for a registry on localhost or 127.x.
+REGISTRY ?= localhost:5000
+IMAGE_TAG ?= 0.1.0
+.PHONY: images
+images: wasm
+	$(CARGO) build -p meshwarden-wasm-image --bin meshwarden-image
+	set -e; for f in $(FILTERS); do \
+	  $(TARGET_DIR)/debug/meshwarden-image push --module $(WASM_DIR)/meshwarden_$$f.wasm \
+	    --image $(REGISTRY)/meshwarden/$$f:$(IMAGE_TAG) $(if $(filter localhost% 127.%,$(REGISTRY)),--insecure); \
+	done
 
 # Benchmarks: data path in Envoy, control-plane push, module sizes (bench/bench.py).
 # Results go to docs/benchmarks.md, bench/results.json and bench/latency.svg.
@@ -72,3 +89,11 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+# Kubernetes manifests in deploy/: render each kustomization with `kubectl kustomize` and
+# check it offline (Kubernetes schemas from kubernetes-validate, Istio rules); self-tests first.
+.PHONY: check-manifests
+check-manifests: $(ENVOY)
+	$(VENV)/bin/pip install -q -r scripts/requirements-manifests.txt
+	$(VENV)/bin/python -m unittest scripts/test_check_manifests.py
+	$(VENV)/bin/python scripts/check-manifests.py

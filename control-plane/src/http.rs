@@ -1,16 +1,21 @@
 //! The HTTP side port: `GET /metrics` (Prometheus text), `GET /healthz` (the process is
-//! alive) and `GET /readyz` (the store is loaded and the gRPC server is listening).
+//! alive), `GET /readyz` (the store is loaded and the gRPC server is listening) and
+//! `GET /modules/<sha256>.wasm` (the filter modules, by content hash, for proxies that fetch
+//! them over HTTP instead of reading a local path).
 
 use crate::metrics::{Metrics, CONTENT_TYPE};
-use axum::extract::State;
+use crate::xds::Snapshot;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 /// Readiness conditions, set by `serve` as startup progresses.
 #[derive(Debug, Default)]
@@ -42,11 +47,13 @@ impl Readiness {
     }
 }
 
-/// Shared state of the HTTP handlers. `metrics` is set once the store is open.
+/// Shared state of the HTTP handlers. `metrics` and `snapshots` are set once the store is
+/// open and the xDS side started.
 #[derive(Debug, Clone, Default)]
 pub struct HttpState {
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<OnceLock<Metrics>>,
+    pub snapshots: Arc<OnceLock<watch::Receiver<Arc<Snapshot>>>>,
 }
 
 /// The HTTP routes.
@@ -55,7 +62,42 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/modules/{file}", get(module))
         .with_state(state)
+}
+
+/// A module of the current snapshot by `<sha256>.wasm`. The file is hashed again as it is
+/// read, so a module rebuilt since the snapshot is never served under the old hash.
+async fn module(State(state): State<HttpState>, Path(file): Path<String>) -> Response {
+    let not_found = || (StatusCode::NOT_FOUND, "no such module\n").into_response();
+    let Some(sha) = file.strip_suffix(".wasm") else {
+        return not_found();
+    };
+    let Some(snapshots) = state.snapshots.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
+    };
+    let snapshot = snapshots.borrow().clone();
+    let path = snapshot
+        .modules
+        .iter()
+        .find(|m| m.sha256 == sha)
+        .map(|m| m.path.clone());
+    let Some(path) = path else {
+        return not_found();
+    };
+    let sha = sha.to_string();
+    let read = tokio::task::spawn_blocking(move || std::fs::read(&path)).await;
+    match read {
+        Ok(Ok(bytes)) if hex::encode(Sha256::digest(&bytes)) == sha => {
+            ([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response()
+        }
+        Ok(Ok(_)) => (
+            StatusCode::CONFLICT,
+            "module changed on disk since it was advertised; a new version follows\n",
+        )
+            .into_response(),
+        _ => not_found(),
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.

@@ -68,18 +68,47 @@ impl Envoy {
             delta: opts.delta,
             wasm_dir: cp.wasm_dir.clone(),
         });
+        Self::start_bootstrap(dir, &bootstrap, admin_port, listen_port, opts.concurrency).await
+    }
+
+    /// Starts Envoy from a complete bootstrap (YAML) written into `dir`, and waits until
+    /// it is live. For proxies not shaped by `meshwarden bootstrap` (an Istio-like sidecar,
+    /// a WasmPlugin-style static filter): the bootstrap's admin and traffic listener use
+    /// `admin_port` and `listen_port`.
+    pub async fn start_bootstrap(
+        dir: tempfile::TempDir,
+        bootstrap: &str,
+        admin_port: u16,
+        listen_port: u16,
+        concurrency: u32,
+    ) -> anyhow::Result<Self> {
+        Self::start_bootstrap_with_args(dir, bootstrap, admin_port, listen_port, concurrency, &[])
+            .await
+    }
+
+    /// [`Envoy::start_bootstrap`] with extra command-line arguments (e.g. `--config-yaml`,
+    /// as istio-agent passes a bootstrap override).
+    pub async fn start_bootstrap_with_args(
+        dir: tempfile::TempDir,
+        bootstrap: &str,
+        admin_port: u16,
+        listen_port: u16,
+        concurrency: u32,
+        extra_args: &[String],
+    ) -> anyhow::Result<Self> {
         let config = dir.path().join("envoy.yaml");
         std::fs::write(&config, bootstrap)?;
         let mut cmd = Command::new(envoy_bin());
         cmd.arg("-c")
             .arg(&config)
             .arg("--concurrency")
-            .arg(opts.concurrency.to_string())
+            .arg(concurrency.to_string())
             .arg("--disable-hot-restart")
             .arg("--log-level")
             .arg("info")
             .arg("--component-log-level")
-            .arg("upstream:warn,http:warn,connection:warn,main:warn,config:info,wasm:info");
+            .arg("upstream:warn,http:warn,connection:warn,main:warn,config:info,wasm:info")
+            .args(extra_args);
         let child = ChildGuard::spawn(&mut cmd, &dir.path().join("envoy.log"))?;
         let envoy = Self {
             admin_port,
@@ -102,6 +131,12 @@ impl Envoy {
             anyhow::bail!("{e}\n--- envoy log ---\n{}", envoy.log());
         }
         Ok(envoy)
+    }
+
+    /// The directory Envoy's files live in (its bootstrap, log, and whatever the caller put
+    /// there).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// The process id (to prove there was no restart).

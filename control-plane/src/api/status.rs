@@ -46,6 +46,7 @@ pub fn proxy(p: &ProxyStatus) -> pb::ProxyStatus {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         protocol: p.protocol.as_str().to_string(),
+        transport: p.transport.as_str().to_string(),
         connected: p.disconnected_at.is_none(),
         connected_at_unix_ms: unix_ms(Some(p.connected_at)),
         filters: p.resources.iter().map(filter).collect(),

@@ -1,8 +1,9 @@
 //! `meshwarden serve`: the control plane process.
 //!
 //! Startup order: the HTTP port first (so `/healthz` answers and `/readyz` says why it is
-//! not ready), then the store, then the xDS server, then the gRPC port carrying both the
-//! policy API and ADS. SIGTERM or SIGINT stop accepting, end open streams and exit.
+//! not ready), then the store, then the xDS server, then the gRPC port carrying the policy
+//! API and the xDS services (ADS, and the standalone ECDS and CDS for proxies whose ADS
+//! belongs to another control plane, such as istiod). SIGTERM or SIGINT stop accepting, end open streams and exit.
 
 use crate::api::{PolicyApi, ProxyStatusApi};
 use crate::http::{self, HttpState};
@@ -36,6 +37,12 @@ pub struct ServeArgs {
     /// Directory holding `meshwarden_<filter>.wasm`, advertised to Envoy by absolute path.
     #[arg(long, default_value = super::DEFAULT_WASM_DIR)]
     pub wasm_dir: PathBuf,
+    /// Envoy cluster through which proxies reach this server's HTTP port: when set, every
+    /// proxy fetches the modules over HTTP (`code.remote` with their SHA-256) instead of
+    /// reading `--wasm-dir`. A proxy can choose for itself with the node metadata entry
+    /// `MESHWARDEN_MODULE_CLUSTER`.
+    #[arg(long)]
+    pub module_cluster: Option<String>,
 }
 
 /// Runs the control plane until SIGTERM or SIGINT.
@@ -76,17 +83,17 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
     let registry = Arc::new(registry);
     state.readiness.set_store_loaded();
 
-    let xds = xds::XdsServer::start(
-        xds::XdsConfig::new(&args.wasm_dir),
-        registry.subscribe(),
-        shutdown.clone(),
-    )
-    .with_context(|| {
-        format!(
-            "cannot start the xDS server (--wasm-dir {})",
-            args.wasm_dir.display()
-        )
-    })?;
+    let xds_config = xds::XdsConfig {
+        module_cluster: args.module_cluster.clone(),
+        ..xds::XdsConfig::new(&args.wasm_dir)
+    };
+    let xds = xds::XdsServer::start(xds_config, registry.subscribe(), shutdown.clone())
+        .with_context(|| {
+            format!(
+                "cannot start the xDS server (--wasm-dir {})",
+                args.wasm_dir.display()
+            )
+        })?;
 
     let mut metrics = Metrics::new(registry.clone());
     metrics.register(Box::new(crate::metrics::XdsCollector::new(
@@ -94,12 +101,13 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
         xds.proxies(),
     )));
     let _ = state.metrics.set(metrics);
+    let _ = state.snapshots.set(xds.snapshots());
 
     let grpc_listener = TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on --grpc-addr {}", args.grpc_addr))?;
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    tracing::info!(addr = %args.grpc_addr, wasm_dir = %args.wasm_dir.display(), "gRPC (policy API, ADS) listening");
+    tracing::info!(addr = %args.grpc_addr, wasm_dir = %args.wasm_dir.display(), "gRPC (policy API, ADS, ECDS, CDS) listening");
     state.readiness.set_grpc_listening();
 
     let grpc = tonic::transport::Server::builder()
@@ -110,6 +118,8 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
         )
         .add_service(ProxyStatusApi::new(xds.proxies()).into_server())
         .add_service(xds.ads_service())
+        .add_service(xds.ecds_service())
+        .add_service(xds.cds_service())
         .serve_with_incoming_shutdown(incoming, signalled(shutdown.clone()));
     let result = tokio::select! {
         r = grpc => r.context("gRPC server failed"),

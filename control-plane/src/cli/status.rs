@@ -20,6 +20,7 @@ struct ProxyView {
     cluster: String,
     labels: BTreeMap<String, String>,
     protocol: String,
+    transport: String,
     connected: bool,
     connected_at_unix_ms: i64,
     disconnected_at_unix_ms: i64,
@@ -56,6 +57,7 @@ impl From<pb::ProxyStatus> for ProxyView {
             cluster: p.cluster,
             labels: p.labels.into_iter().collect(),
             protocol: p.protocol,
+            transport: p.transport,
             connected: p.connected,
             connected_at_unix_ms: p.connected_at_unix_ms,
             disconnected_at_unix_ms: p.disconnected_at_unix_ms,
@@ -98,6 +100,15 @@ pub async fn run(server: &str, args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The PROTOCOL column: the protocol, after the service when it is not ADS (`ecds/delta`).
+fn protocol_column(transport: &str, protocol: &str) -> String {
+    match (transport, protocol) {
+        (_, "") => "-".to_string(),
+        ("" | "ads", p) => p.to_string(),
+        (t, p) => format!("{t}/{p}"),
+    }
+}
+
 /// One row per proxy and filter, then the messages of NACKs not yet superseded by an ACK.
 fn render(view: &StatusView) -> String {
     let dash = |s: &str| {
@@ -121,7 +132,7 @@ fn render(view: &StatusView) -> String {
         let mut head = vec![
             p.node_id.clone(),
             dash(&p.cluster),
-            dash(&p.protocol),
+            protocol_column(&p.transport, &p.protocol),
             connected,
         ];
         if p.filters.is_empty() {
@@ -199,6 +210,7 @@ mod tests {
             cluster: "shop".into(),
             labels: [("zone".to_string(), "eu".to_string())].into(),
             protocol: "delta".into(),
+            transport: "ads".into(),
             connected: true,
             connected_at_unix_ms: 0,
             filters: vec![
@@ -207,6 +219,20 @@ mod tests {
             ],
             disconnected_at_unix_ms: 0,
         }
+    }
+
+    #[test]
+    fn the_protocol_column_names_a_standalone_service() {
+        let mut p = proxy();
+        let ads = render(&StatusView {
+            proxies: vec![p.clone().into()],
+        });
+        assert!(ads.lines().nth(1).unwrap().contains(" delta "), "{ads}");
+        p.transport = "ecds".into();
+        let out = render(&StatusView {
+            proxies: vec![p.into()],
+        });
+        assert!(out.lines().nth(1).unwrap().contains("ecds/delta"), "{out}");
     }
 
     #[test]

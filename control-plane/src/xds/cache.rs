@@ -2,9 +2,12 @@
 //! task that debounces bursts of store writes and polls the module files.
 
 use super::modules::{ModuleCatalog, ModuleSet};
-use super::resources::{compose, ComposedResource};
-use crate::policy_set::{PolicySet, SharedPolicySet};
+use super::node::{proxy_node, ProxyNode};
+use super::types::ResourceTypes;
+use crate::policy_set::{PolicySet, SharedPolicySet, StoredPolicy};
+use envoy_types::pb::envoy::config::core::v3::Node;
 use meshwarden_common::{Kind, NodeInfo};
+use meshwarden_xds::{Resource, Resources};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,46 +22,40 @@ pub struct Snapshot {
     pub id: u64,
     pub policies: SharedPolicySet,
     pub modules: Arc<ModuleSet>,
-    /// Composed resources by (kind, indices of the selected policies): proxies that select
-    /// the same policies share one serialized resource.
+    types: Arc<ResourceTypes>,
+    /// Composed resources by type, kind, variant and indices of the selected policies:
+    /// proxies that select the same policies share one serialized resource.
     memo: Mutex<Memo>,
 }
 
-/// Composed resources by kind and indices of the selected policies.
-type Memo = HashMap<(Kind, Vec<u32>), Arc<ComposedResource>>;
-
-/// The resources of one proxy, in [`Kind::ALL`] order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeResources {
-    resources: Vec<Arc<ComposedResource>>,
-}
-
-impl NodeResources {
-    /// Looks a resource up by name.
-    pub fn get(&self, name: &str) -> Option<&Arc<ComposedResource>> {
-        self.resources.iter().find(|r| r.name == name)
-    }
-
-    /// Every resource, in [`Kind::ALL`] order.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<ComposedResource>> {
-        self.resources.iter()
-    }
-}
+/// Key of a composed resource list: (type URL, kind, variant, selected policy indices).
+type MemoKey = (&'static str, Kind, Option<String>, Vec<u32>);
+type Memo = HashMap<MemoKey, Arc<Vec<Arc<Resource>>>>;
 
 impl Snapshot {
-    /// A snapshot of `policies` and `modules`.
+    /// A snapshot of `policies` and `modules`, serving the default resource types.
     pub fn new(id: u64, policies: SharedPolicySet, modules: Arc<ModuleSet>) -> Self {
+        Self::with_types(id, policies, modules, Arc::default())
+    }
+
+    /// A snapshot serving `types`.
+    pub fn with_types(
+        id: u64,
+        policies: SharedPolicySet,
+        modules: Arc<ModuleSet>,
+        types: Arc<ResourceTypes>,
+    ) -> Self {
         Self {
             id,
             policies,
             modules,
+            types,
             memo: Mutex::default(),
         }
     }
 
-    /// The four resources for `node`; composition is shared between proxies selecting the
-    /// same policies.
-    pub fn resources_for(&self, node: &NodeInfo) -> NodeResources {
+    /// Indices of the policies selecting `node`, by kind (name order within a kind).
+    fn selection(&self, node: &NodeInfo) -> HashMap<Kind, Vec<u32>> {
         let mut selected: HashMap<Kind, Vec<u32>> = HashMap::new();
         for (i, p) in self.policies.policies.iter().enumerate() {
             if p.doc.selector.selects(node) {
@@ -66,21 +63,64 @@ impl Snapshot {
                 selected.entry(p.kind()).or_default().push(i);
             }
         }
-        let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
-        let resources = Kind::ALL
-            .into_iter()
-            .map(|kind| {
-                let key = (kind, selected.remove(&kind).unwrap_or_default());
-                if let Some(r) = memo.get(&key) {
-                    return r.clone();
+        selected
+    }
+
+    /// The resources of `type_url` for `node`, sorted by name; `None` for a type not served.
+    pub fn resources_of(&self, type_url: &str, node: &ProxyNode) -> Option<Resources> {
+        let t = self.types.get(type_url)?;
+        let variant = t.variant(node);
+        let mut selection = self.selection(&node.info);
+        let mut out: Vec<Arc<Resource>> = Vec::new();
+        for &kind in t.kinds() {
+            let indices = selection.remove(&kind).unwrap_or_default();
+            let key = (t.type_url(), kind, variant.clone(), indices);
+            let cached = self.lock_memo().get(&key).cloned();
+            let composed = match cached {
+                Some(c) => c,
+                None => {
+                    let policies: Vec<&StoredPolicy> = key
+                        .3
+                        .iter()
+                        .map(|&i| &self.policies.policies[i as usize])
+                        .collect();
+                    let c = Arc::new(t.compose(kind, &policies, &self.modules, variant.as_deref()));
+                    self.lock_memo().insert(key, c.clone());
+                    c
                 }
-                let policies = key.1.iter().map(|&i| &self.policies.policies[i as usize]);
-                let r = Arc::new(compose(kind, policies, &self.modules));
-                memo.insert(key, r.clone());
-                r
-            })
-            .collect();
-        NodeResources { resources }
+            };
+            out.extend(composed.iter().cloned());
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(Arc::new(out))
+    }
+
+    fn lock_memo(&self) -> std::sync::MutexGuard<'_, Memo> {
+        self.memo.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl meshwarden_xds::Snapshot for Snapshot {
+    type Node = ProxyNode;
+
+    fn node(node: &Node) -> ProxyNode {
+        proxy_node(node)
+    }
+
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn types(&self) -> &[&'static str] {
+        self.types.urls()
+    }
+
+    fn resources(&self, type_url: &str, node: &ProxyNode) -> Option<Resources> {
+        self.resources_of(type_url, node)
+    }
+
+    fn retry_rejected(&self, type_url: &str, node: &ProxyNode, message: &str) -> Option<Duration> {
+        self.types.get(type_url)?.retry_rejected(node, message)
     }
 }
 
@@ -105,8 +145,9 @@ impl Default for SnapshotterConfig {
     }
 }
 
-/// Spawns the snapshot task with default timing (must run inside a Tokio runtime). The
-/// returned receiver holds snapshot 1 right away; the task ends when every receiver is gone.
+/// Spawns the snapshot task with default timing and types (must run inside a Tokio
+/// runtime). The returned receiver holds snapshot 1 right away; the task ends when every
+/// receiver is gone.
 pub fn spawn_snapshotter(
     policies: watch::Receiver<SharedPolicySet>,
     modules: ModuleCatalog,
@@ -116,13 +157,24 @@ pub fn spawn_snapshotter(
 
 /// [`spawn_snapshotter`] with explicit timing.
 pub fn spawn_snapshotter_with(
-    mut policies: watch::Receiver<SharedPolicySet>,
+    policies: watch::Receiver<SharedPolicySet>,
     modules: ModuleCatalog,
     config: SnapshotterConfig,
 ) -> watch::Receiver<Arc<Snapshot>> {
+    spawn_snapshotter_for(policies, modules, config, Arc::default())
+}
+
+/// [`spawn_snapshotter_with`] serving explicit resource types.
+pub fn spawn_snapshotter_for(
+    mut policies: watch::Receiver<SharedPolicySet>,
+    modules: ModuleCatalog,
+    config: SnapshotterConfig,
+    types: Arc<ResourceTypes>,
+) -> watch::Receiver<Arc<Snapshot>> {
     let first: SharedPolicySet = policies.borrow_and_update().clone();
-    let (tx, rx) = watch::channel(Arc::new(Snapshot::new(1, first, modules.current())));
-    tokio::spawn(run(policies, modules, tx, config));
+    let snapshot = Snapshot::with_types(1, first, modules.current(), types.clone());
+    let (tx, rx) = watch::channel(Arc::new(snapshot));
+    tokio::spawn(run(policies, modules, tx, config, types));
     rx
 }
 
@@ -131,6 +183,7 @@ async fn run(
     mut catalog: ModuleCatalog,
     tx: watch::Sender<Arc<Snapshot>>,
     config: SnapshotterConfig,
+    types: Arc<ResourceTypes>,
 ) {
     let mut next_id = 2;
     let mut policies_open = true;
@@ -173,7 +226,12 @@ async fn run(
             policies = set.policies.len(),
             "publishing xDS snapshot"
         );
-        tx.send_replace(Arc::new(Snapshot::new(next_id, set, catalog.current())));
+        tx.send_replace(Arc::new(Snapshot::with_types(
+            next_id,
+            set,
+            catalog.current(),
+            types.clone(),
+        )));
         next_id += 1;
     }
 }
@@ -212,7 +270,9 @@ async fn refresh_modules(catalog: &mut ModuleCatalog, last_error: &mut Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy_set::{content_version, StoredPolicy};
+    use crate::policy_set::content_version;
+    use crate::xds::clusters::CLUSTER_TYPE_URL;
+    use crate::xds::extension_configs::TYPED_EXTENSION_CONFIG;
     use crate::xds::modules::test_support::write_fake_modules;
     use meshwarden_common::PolicyDocument;
     use serde_json::json;
@@ -233,11 +293,15 @@ mod tests {
         }
     }
 
-    fn node(id: &str, zone: &str) -> NodeInfo {
-        NodeInfo {
-            id: id.into(),
-            cluster: "shop".into(),
-            labels: [("zone".to_string(), zone.to_string())].into(),
+    fn node(id: &str, zone: &str) -> ProxyNode {
+        ProxyNode {
+            info: NodeInfo {
+                id: id.into(),
+                cluster: "shop".into(),
+                labels: [("zone".to_string(), zone.to_string())].into(),
+                namespace: None,
+            },
+            module_cluster: None,
         }
     }
 
@@ -254,16 +318,32 @@ mod tests {
             ],
         };
         let snap = Snapshot::new(1, Arc::new(set), modules);
-        let eu1 = snap.resources_for(&node("a", "eu"));
-        let eu2 = snap.resources_for(&node("b", "eu"));
-        let us = snap.resources_for(&node("c", "us"));
-        let t = |r: &NodeResources| r.get("meshwarden.trace").unwrap().clone();
-        assert_eq!(t(&eu1).policies, vec!["all", "eu-only"]);
-        assert_eq!(t(&us).policies, vec!["all"]);
+        let ecds = |n: &ProxyNode| snap.resources_of(TYPED_EXTENSION_CONFIG, n).unwrap();
+        let (eu1, eu2, us) = (
+            ecds(&node("a", "eu")),
+            ecds(&node("b", "eu")),
+            ecds(&node("c", "us")),
+        );
+        let get = |r: &Resources, name: &str| r.iter().find(|r| r.name == name).unwrap().clone();
+        let t = |r: &Resources| get(r, "meshwarden.trace");
+        assert_eq!(t(&eu1).summary, vec!["all", "eu-only"]);
+        assert_eq!(t(&us).summary, vec!["all"]);
         // Different node ids, same selection: the very same composed resource.
         assert!(Arc::ptr_eq(&t(&eu1), &t(&eu2)));
-        assert_eq!(eu1.iter().count(), 4);
-        assert!(eu1.get("meshwarden.fault").unwrap().policies.is_empty());
+        assert_eq!(eu1.len(), 4);
+        assert!(get(&eu1, "meshwarden.fault").summary.is_empty());
+        // Clusters are served too (none without mirror targets); other types are not.
+        assert!(snap
+            .resources_of(CLUSTER_TYPE_URL, &node("a", "eu"))
+            .unwrap()
+            .is_empty());
+        assert!(snap
+            .resources_of("type.googleapis.com/x", &node("a", "eu"))
+            .is_none());
+        // A proxy fetching modules over HTTP gets its own resource versions.
+        let mut remote = node("d", "eu");
+        remote.module_cluster = Some("cp-http".into());
+        assert_ne!(t(&ecds(&remote)).version, t(&eu1).version);
     }
 
     #[tokio::test]

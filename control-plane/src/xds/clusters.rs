@@ -2,8 +2,11 @@
 //! becomes an Envoy `Cluster` named as the filter expects
 //! ([`HostPort::cluster_name`](meshwarden_common::mirror::HostPort::cluster_name)), so users
 //! edit no Envoy configuration. A proxy without such targets gets an empty cluster list,
-//! which leaves its static clusters alone.
+//! which leaves its static clusters alone. (Service targets use the cluster Istio already
+//! gives the proxy, and `cluster` targets an existing one: neither needs CDS.)
 
+use super::modules::ModuleSet;
+use super::types::ResourceType;
 use crate::policy_set::{short_hash, StoredPolicy};
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, DnsLookupFamily,
@@ -13,29 +16,48 @@ use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Address,
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
-use envoy_types::pb::google::protobuf::{Any, Duration};
+use envoy_types::pb::google::protobuf::Duration;
 use envoy_types::util::pack_any;
 use meshwarden_common::document::KindBody;
 use meshwarden_common::mirror::HostPort;
+use meshwarden_common::Kind;
+use meshwarden_xds::Resource;
 use prost::Message;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// Type URL of CDS resources.
-pub const CLUSTER_TYPE_URL: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const CLUSTER_TYPE_URL: &str = meshwarden_xds::CLUSTER_TYPE;
+
+/// The clusters of `host:port` mirror targets.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MirrorClusters;
+
+impl ResourceType for MirrorClusters {
+    fn type_url(&self) -> &'static str {
+        CLUSTER_TYPE_URL
+    }
+
+    fn kinds(&self) -> &'static [Kind] {
+        &[Kind::MirrorPolicy]
+    }
+
+    fn compose(
+        &self,
+        _kind: Kind,
+        policies: &[&StoredPolicy],
+        _modules: &ModuleSet,
+        _variant: Option<&str>,
+    ) -> Vec<Arc<Resource>> {
+        compose_clusters(&mirror_hosts(policies.iter().copied()))
+            .into_iter()
+            .map(Arc::new)
+            .collect()
+    }
+}
 
 /// Connect timeout of generated clusters: a dead mirror target fails fast.
 const CONNECT_TIMEOUT_MS: i32 = 500;
-
-/// One composed cluster, ready to send.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ComposedCluster {
-    /// `meshwarden_mirror_<host>_<port>`.
-    pub name: String,
-    /// Content-derived version.
-    pub version: String,
-    /// The `Cluster`, packed into an `Any`.
-    pub resource: Any,
-}
 
 /// The `host:port` mirror targets of `policies` (already selected for one proxy), sorted
 /// and without duplicates.
@@ -52,17 +74,18 @@ pub fn mirror_hosts<'a>(
         .collect()
 }
 
-/// The clusters for `hosts`, in name order.
-pub fn compose_clusters(hosts: &BTreeSet<HostPort>) -> Vec<ComposedCluster> {
-    let mut out: Vec<ComposedCluster> = hosts
+/// The clusters for `hosts` (named `meshwarden_mirror_<host>_<port>`), in name order.
+pub fn compose_clusters(hosts: &BTreeSet<HostPort>) -> Vec<Resource> {
+    let mut out: Vec<Resource> = hosts
         .iter()
         .map(|h| {
             let cluster = cluster_for(h);
             let version = short_hash(&cluster.encode_to_vec());
-            ComposedCluster {
+            Resource {
                 name: cluster.name.clone(),
                 version,
-                resource: pack_any(cluster),
+                summary: vec![h.to_string()],
+                body: pack_any(cluster),
             }
         })
         .collect();
@@ -174,15 +197,15 @@ mod tests {
                 "meshwarden_mirror_shadow.local_80"
             ]
         );
-        assert_eq!(clusters[0].resource.type_url, CLUSTER_TYPE_URL);
+        assert_eq!(clusters[0].body.type_url, CLUSTER_TYPE_URL);
         assert_eq!(Cluster::type_url(), CLUSTER_TYPE_URL);
 
-        let c = Cluster::decode(clusters[1].resource.value.as_slice()).unwrap();
+        let c = Cluster::decode(clusters[1].body.value.as_slice()).unwrap();
         assert_eq!(
             c.cluster_discovery_type,
             Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32))
         );
-        let c = Cluster::decode(clusters[0].resource.value.as_slice()).unwrap();
+        let c = Cluster::decode(clusters[0].body.value.as_slice()).unwrap();
         assert_eq!(
             c.cluster_discovery_type,
             Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32))

@@ -1,80 +1,21 @@
-//! What the control plane knows about the proxies it serves: one entry per ADS stream with
-//! the versions sent, accepted and rejected per resource, plus counters for metrics.
-//! Entries of closed streams stay (marked disconnected) for a while so status can show them.
+//! What the control plane knows about the proxies it serves: one entry per xDS stream (ADS,
+//! or a standalone ECDS or CDS stream) with the filter configuration versions sent,
+//! accepted and rejected, and rejections of any other type. Entries of closed streams stay
+//! (marked disconnected) for a while so status can show them. The registry is the xDS
+//! server's [`Observer`].
 
-use super::resources::ComposedResource;
+use super::extension_configs::TYPED_EXTENSION_CONFIG;
+use super::node::node_info;
 use meshwarden_common::NodeInfo;
+use meshwarden_xds::{Observer, Resource, StreamInfo, StreamObserver, Transport};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+pub use meshwarden_xds::{Protocol as XdsProtocol, XdsStats};
+
 /// How long a disconnected proxy stays listed by default.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(600);
-
-/// Counters of the xDS server, read by the metrics endpoint.
-#[derive(Debug, Default)]
-pub struct XdsStats {
-    /// Streams opened (both protocols).
-    pub streams_total: AtomicU64,
-    /// Streams open now (gauge).
-    pub connected: AtomicU64,
-    /// Responses carrying meshwarden resources.
-    pub pushes_total: AtomicU64,
-    /// Resources sent, summed over responses.
-    pub resources_sent_total: AtomicU64,
-    /// Responses the proxies accepted.
-    pub acks_total: AtomicU64,
-    /// Responses the proxies rejected.
-    pub nacks_total: AtomicU64,
-}
-
-impl XdsStats {
-    /// Reads one counter.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Counts a stream as open until the guard drops.
-    pub(crate) fn stream_opened(self: &Arc<Self>) -> ConnectedGuard {
-        Self::add(&self.streams_total, 1);
-        Self::add(&self.connected, 1);
-        ConnectedGuard(self.clone())
-    }
-}
-
-/// Decrements the `connected` gauge on drop.
-#[derive(Debug)]
-pub(crate) struct ConnectedGuard(Arc<XdsStats>);
-
-impl Drop for ConnectedGuard {
-    fn drop(&mut self) {
-        self.0.connected.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// xDS protocol variant of a stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum XdsProtocol {
-    /// State of the world.
-    Sotw,
-    /// Incremental.
-    Delta,
-}
-
-impl XdsProtocol {
-    /// `"sotw"` or `"delta"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            XdsProtocol::Sotw => "sotw",
-            XdsProtocol::Delta => "delta",
-        }
-    }
-}
 
 /// A resource version together with the policies it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +57,8 @@ pub struct ProxyStatus {
     pub cluster: String,
     pub labels: BTreeMap<String, String>,
     pub protocol: XdsProtocol,
+    /// The gRPC service the stream uses.
+    pub transport: Transport,
     pub connected_at: SystemTime,
     /// Set once the stream closed.
     pub disconnected_at: Option<SystemTime>,
@@ -193,15 +136,26 @@ impl ProxyRegistry {
             .retain(|_, e| e.disconnected.is_none_or(|at| at.elapsed() < retention));
     }
 
-    /// Registers a new stream. Older disconnected entries of the same node are dropped;
-    /// the returned handle marks the entry disconnected when dropped.
+    /// Registers a new ADS stream; see [`ProxyRegistry::connect_via`].
     pub fn connect(&self, node: &NodeInfo, protocol: XdsProtocol) -> ProxyHandle {
+        self.connect_via(node, Transport::Ads, protocol)
+    }
+
+    /// Registers a new stream. Older disconnected entries of the same node and transport
+    /// are dropped; the returned handle marks the entry disconnected when dropped.
+    pub fn connect_via(
+        &self,
+        node: &NodeInfo,
+        transport: Transport,
+        protocol: XdsProtocol,
+    ) -> ProxyHandle {
         let mut inner = self.lock();
         self.prune(&mut inner);
         inner.streams.retain(|_, e| {
             e.disconnected.is_none()
                 || e.status.node_id != node.id
                 || e.status.cluster != node.cluster
+                || e.status.transport != transport
         });
         inner.next_id += 1;
         let stream_id = inner.next_id;
@@ -214,6 +168,7 @@ impl ProxyRegistry {
                     cluster: node.cluster.clone(),
                     labels: node.labels.clone(),
                     protocol,
+                    transport,
                     connected_at: SystemTime::now(),
                     disconnected_at: None,
                     resources: Vec::new(),
@@ -259,11 +214,50 @@ pub struct ProxyHandle {
     stream_id: u64,
 }
 
-fn version_status(r: &ComposedResource) -> VersionStatus {
+fn version_status(r: &Resource) -> VersionStatus {
     VersionStatus {
         version: r.version.clone(),
-        policies: r.policies.clone(),
+        policies: r.summary.clone(),
         at: SystemTime::now(),
+    }
+}
+
+impl Observer for ProxyRegistry {
+    type Stream = ProxyHandle;
+
+    fn opened(&self, info: StreamInfo<'_>) -> ProxyHandle {
+        self.connect_via(&node_info(info.node), info.transport, info.protocol)
+    }
+}
+
+/// Status rows show filter configurations; other types only when rejected.
+fn tracked(type_url: &str) -> bool {
+    type_url == TYPED_EXTENSION_CONFIG
+}
+
+impl StreamObserver for ProxyHandle {
+    fn stream_id(&self) -> u64 {
+        self.stream_id
+    }
+
+    fn sent(&mut self, type_url: &str, resource: &Resource) {
+        if tracked(type_url) {
+            self.mark_sent(resource);
+        }
+    }
+
+    fn accepted(&mut self, type_url: &str, resource: &Resource) {
+        if tracked(type_url) {
+            self.mark_accepted(resource);
+        }
+    }
+
+    fn rejected(&mut self, _type_url: &str, name: &str, version: &str, message: &str) {
+        self.mark_rejected(name, version, message);
+    }
+
+    fn removed(&mut self, _type_url: &str, name: &str) {
+        self.forget(name);
     }
 }
 
@@ -274,21 +268,21 @@ impl ProxyHandle {
     }
 
     /// A resource version was sent.
-    pub fn sent(&self, r: &ComposedResource) {
+    pub fn mark_sent(&self, r: &Resource) {
         self.registry.update(self.stream_id, &r.name, |s| {
             s.sent = Some(version_status(r))
         });
     }
 
     /// The proxy holds (accepted) a resource version.
-    pub fn accepted(&self, r: &ComposedResource) {
+    pub fn mark_accepted(&self, r: &Resource) {
         self.registry.update(self.stream_id, &r.name, |s| {
             s.accepted = Some(version_status(r))
         });
     }
 
     /// The proxy rejected a resource version.
-    pub fn rejected(&self, name: &str, version: &str, message: &str) {
+    pub fn mark_rejected(&self, name: &str, version: &str, message: &str) {
         self.registry.update(self.stream_id, name, |s| {
             s.last_nack = Some(NackStatus {
                 version: version.to_string(),
@@ -321,16 +315,13 @@ impl Drop for ProxyHandle {
 mod tests {
     use super::*;
     use envoy_types::pb::google::protobuf::Any;
-    use meshwarden_common::Kind;
 
-    fn resource(version: &str) -> ComposedResource {
-        ComposedResource {
-            kind: Kind::TracePolicy,
+    fn resource(version: &str) -> Resource {
+        Resource {
             name: "meshwarden.trace".into(),
             version: version.into(),
-            wire_json: String::new(),
-            policies: vec!["p".into()],
-            resource: Any::default(),
+            body: Any::default(),
+            summary: vec!["p".into()],
         }
     }
 
@@ -338,7 +329,7 @@ mod tests {
         NodeInfo {
             id: id.into(),
             cluster: "c".into(),
-            labels: BTreeMap::new(),
+            ..Default::default()
         }
     }
 
@@ -346,10 +337,10 @@ mod tests {
     fn tracks_sent_accepted_and_rejected() {
         let reg = ProxyRegistry::new();
         let h = reg.connect(&node("a"), XdsProtocol::Sotw);
-        h.sent(&resource("v1"));
-        h.accepted(&resource("v1"));
-        h.sent(&resource("v2"));
-        h.rejected("meshwarden.trace", "v2", "bad");
+        h.mark_sent(&resource("v1"));
+        h.mark_accepted(&resource("v1"));
+        h.mark_sent(&resource("v2"));
+        h.mark_rejected("meshwarden.trace", "v2", "bad");
         let list = reg.list();
         assert_eq!(list.len(), 1);
         let r = &list[0].resources[0];

@@ -1,16 +1,24 @@
 //! One-call startup of the xDS side: loads the modules, starts the snapshot task and builds
-//! the ADS service, keeping the registry and counters for status and metrics.
+//! the xDS services (ADS, and the standalone ECDS and CDS services for proxies whose ADS
+//! belongs to someone else, such as Istio sidecars), keeping the registry and counters for
+//! status and metrics.
 
-use super::cache::{spawn_snapshotter_with, Snapshot, SnapshotterConfig};
+use super::cache::{spawn_snapshotter_for, Snapshot, SnapshotterConfig};
+use super::extension_configs::ExtensionConfigs;
 use super::modules::{ModuleCatalog, ModuleError};
 use super::proxies::{ProxyRegistry, XdsStats, DEFAULT_RETENTION};
-use super::server::AdsServer;
+use super::types::ResourceTypes;
 use crate::policy_set::SharedPolicySet;
+use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use envoy_types::pb::envoy::service::extension::v3::extension_config_discovery_service_server::ExtensionConfigDiscoveryServiceServer;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// The xDS server over the control plane's snapshots.
+pub type Server = meshwarden_xds::Server<Snapshot, ProxyRegistry>;
 
 /// Settings of the xDS side.
 #[derive(Debug, Clone)]
@@ -20,6 +28,9 @@ pub struct XdsConfig {
     pub snapshotter: SnapshotterConfig,
     /// How long disconnected proxies stay listed.
     pub retention: Duration,
+    /// Cluster through which proxies fetch modules over HTTP by default (see
+    /// [`ExtensionConfigs`]); `None` keeps local paths.
+    pub module_cluster: Option<String>,
 }
 
 impl XdsConfig {
@@ -29,14 +40,15 @@ impl XdsConfig {
             wasm_dir: wasm_dir.into(),
             snapshotter: SnapshotterConfig::default(),
             retention: DEFAULT_RETENTION,
+            module_cluster: None,
         }
     }
 }
 
 /// The running xDS side.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct XdsServer {
-    ads: AdsServer,
+    server: Server,
     proxies: ProxyRegistry,
     stats: Arc<XdsStats>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -51,13 +63,16 @@ impl XdsServer {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, ModuleError> {
         let catalog = ModuleCatalog::load(&config.wasm_dir)?;
-        let snapshots = spawn_snapshotter_with(policies, catalog, config.snapshotter);
+        let types = Arc::new(ResourceTypes::new(ExtensionConfigs {
+            default_module_cluster: config.module_cluster.clone(),
+        }));
+        let snapshots = spawn_snapshotter_for(policies, catalog, config.snapshotter, types);
         let proxies = ProxyRegistry::with_retention(config.retention);
         let stats = Arc::new(XdsStats::default());
-        let ads = AdsServer::new(snapshots.clone(), proxies.clone(), stats.clone())
-            .with_shutdown(shutdown);
+        let server =
+            Server::new(snapshots.clone(), proxies.clone(), stats.clone()).with_shutdown(shutdown);
         Ok(Self {
-            ads,
+            server,
             proxies,
             stats,
             snapshots,
@@ -79,8 +94,18 @@ impl XdsServer {
         self.snapshots.clone()
     }
 
-    /// The ADS gRPC service to add to the tonic server.
-    pub fn ads_service(&self) -> AggregatedDiscoveryServiceServer<AdsServer> {
-        self.ads.clone().into_service()
+    /// The Aggregated Discovery Service.
+    pub fn ads_service(&self) -> AggregatedDiscoveryServiceServer<Server> {
+        self.server.ads()
+    }
+
+    /// The standalone Extension Config Discovery Service.
+    pub fn ecds_service(&self) -> ExtensionConfigDiscoveryServiceServer<Server> {
+        self.server.ecds()
+    }
+
+    /// The standalone Cluster Discovery Service.
+    pub fn cds_service(&self) -> ClusterDiscoveryServiceServer<Server> {
+        self.server.cds()
     }
 }

@@ -3,12 +3,15 @@
 
 use super::*;
 use crate::policy_set::{content_version, PolicySet, SharedPolicySet, StoredPolicy};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{Node, TypedExtensionConfig};
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use envoy_types::pb::envoy::service::extension::v3::extension_config_discovery_service_client::ExtensionConfigDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::{value, Any, StringValue, Struct, Value};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use meshwarden_common::PolicyDocument;
@@ -120,13 +123,15 @@ impl Harness {
         let snapshots = spawn_snapshotter_with(prx, catalog, config);
         let proxies = ProxyRegistry::new();
         let stats = Arc::new(XdsStats::default());
-        let ads = AdsServer::new(snapshots, proxies.clone(), stats.clone());
+        let xds = Server::new(snapshots, proxies.clone(), stats.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         let server = tokio::spawn(async move {
             tonic::transport::Server::builder()
-                .add_service(ads.into_service())
+                .add_service(xds.ads())
+                .add_service(xds.ecds())
+                .add_service(xds.cds())
                 .serve_with_incoming(incoming)
                 .await
                 .unwrap();
@@ -166,6 +171,42 @@ impl Harness {
         let mut client = AggregatedDiscoveryServiceClient::new(self.channel.clone());
         let responses = client
             .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Stream { tx, responses }
+    }
+
+    /// A state-of-the-world stream on the standalone ECDS service.
+    async fn ecds_sotw(&self) -> Stream<DiscoveryRequest, DiscoveryResponse> {
+        let (tx, rx) = mpsc::channel(16);
+        let mut client = ExtensionConfigDiscoveryServiceClient::new(self.channel.clone());
+        let responses = client
+            .stream_extension_configs(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Stream { tx, responses }
+    }
+
+    /// A delta stream on the standalone ECDS service.
+    async fn ecds_delta(&self) -> Stream<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
+        let (tx, rx) = mpsc::channel(16);
+        let mut client = ExtensionConfigDiscoveryServiceClient::new(self.channel.clone());
+        let responses = client
+            .delta_extension_configs(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Stream { tx, responses }
+    }
+
+    /// A state-of-the-world stream on the standalone CDS service.
+    async fn cds_sotw(&self) -> Stream<DiscoveryRequest, DiscoveryResponse> {
+        let (tx, rx) = mpsc::channel(16);
+        let mut client = ClusterDiscoveryServiceClient::new(self.channel.clone());
+        let responses = client
+            .stream_clusters(ReceiverStream::new(rx))
             .await
             .unwrap()
             .into_inner();
@@ -635,4 +676,298 @@ async fn first_request_without_node_is_rejected() {
         .unwrap()
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+fn mirror_policy(name: &str, hosts: &[&str], selector: serde_json::Value) -> StoredPolicy {
+    let mirrors: Vec<_> = hosts
+        .iter()
+        .map(|h| json!({"target": {"host": h}}))
+        .collect();
+    let doc = PolicyDocument::from_value(&json!({
+        "apiVersion": "meshwarden.dev/v1alpha1", "kind": "MirrorPolicy",
+        "metadata": {"name": name},
+        "spec": {"mirrors": mirrors, "selector": selector},
+    }))
+    .unwrap();
+    StoredPolicy {
+        version: content_version(&doc),
+        doc,
+        generation: 1,
+        updated_unix_ms: 0,
+    }
+}
+
+fn cluster_request(node: Option<Node>, version: &str, nonce: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        node,
+        version_info: version.into(),
+        type_url: CLUSTER_TYPE_URL.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+fn cluster_names(r: &DiscoveryResponse) -> Vec<String> {
+    r.resources
+        .iter()
+        .map(|a| Cluster::decode(a.value.as_slice()).unwrap().name)
+        .collect()
+}
+
+/// An Istio sidecar's node: workload labels under `LABELS`, namespace under `NAMESPACE`.
+fn istio_node(pod: &str, ns: &str, labels: &[(&str, &str)]) -> Node {
+    let workload = Struct {
+        fields: labels
+            .iter()
+            .map(|(k, v)| {
+                let v = Value {
+                    kind: Some(value::Kind::StringValue(v.to_string())),
+                };
+                (k.to_string(), v)
+            })
+            .collect(),
+    };
+    let s = |v: &str| Value {
+        kind: Some(value::Kind::StringValue(v.into())),
+    };
+    Node {
+        id: format!("sidecar~10.0.0.5~{pod}.{ns}~{ns}.svc.cluster.local"),
+        cluster: format!("{pod}.{ns}"),
+        metadata: Some(Struct {
+            fields: [
+                ("NAMESPACE".to_string(), s(ns)),
+                (
+                    "LABELS".to_string(),
+                    Value {
+                        kind: Some(value::Kind::StructValue(workload)),
+                    },
+                ),
+            ]
+            .into(),
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn standalone_ecds_sotw_push_ack_nack_and_status_say_which_service() {
+    let h = Harness::start(vec![trace_policy(
+        "reviews-only",
+        json!({"selector": {"namespaces": ["bookinfo"], "labels": {"app": "reviews"}}}),
+    )])
+    .await;
+    // Envoy opens one ECDS stream per filter name; the request names its type.
+    let mut s = h.ecds_sotw().await;
+    s.send(sotw_request(
+        Some(istio_node(
+            "reviews-v1-0",
+            "bookinfo",
+            &[("app", "reviews")],
+        )),
+        "",
+        "",
+        &["meshwarden.trace"],
+    ))
+    .await;
+    let first = s.next().await;
+    assert_eq!(first.type_url, TYPED_EXTENSION_CONFIG);
+    let cfg = configs(&first);
+    assert_eq!(cfg.len(), 1, "only the subscribed filter");
+    assert!(cfg["meshwarden.trace"].contains(r#""name":"reviews-only""#));
+    s.send(sotw_request(
+        None,
+        &first.version_info,
+        &first.nonce,
+        &["meshwarden.trace"],
+    ))
+    .await;
+    let p = h
+        .wait_status(
+            "sidecar~10.0.0.5~reviews-v1-0.bookinfo~bookinfo.svc.cluster.local",
+            |p| accepted_version(p, "meshwarden.trace").is_some(),
+        )
+        .await;
+    assert_eq!(p.transport, Transport::Ecds);
+    assert_eq!(p.protocol, XdsProtocol::Sotw);
+    s.assert_silent().await;
+
+    // A change is pushed; a NACK is recorded and the rejected version not re-sent.
+    h.set_policies(
+        2,
+        vec![trace_policy(
+            "reviews-only",
+            json!({"selector": {"namespaces": ["bookinfo"], "labels": {"app": "reviews"}}, "samplingPercentage": 5}),
+        )],
+    );
+    let change = s.next().await;
+    s.send(DiscoveryRequest {
+        error_detail: nack("bad"),
+        ..sotw_request(
+            None,
+            &first.version_info,
+            &change.nonce,
+            &["meshwarden.trace"],
+        )
+    })
+    .await;
+    h.wait_status(&p.node_id, |p| {
+        p.resources
+            .iter()
+            .any(|r| r.last_nack.as_ref().is_some_and(|n| n.message == "bad"))
+    })
+    .await;
+    s.assert_silent().await;
+
+    // The same labels in another namespace select nothing.
+    let mut other = h.ecds_sotw().await;
+    other
+        .send(sotw_request(
+            Some(istio_node("reviews-v1-0", "staging", &[("app", "reviews")])),
+            "",
+            "",
+            &["meshwarden.trace"],
+        ))
+        .await;
+    let cfg = configs(&other.next().await);
+    assert_eq!(cfg["meshwarden.trace"], r#"{"policies":[]}"#);
+}
+
+#[tokio::test]
+async fn standalone_ecds_delta_subscribes_by_name() {
+    let h = Harness::start(vec![trace_policy("t", json!({}))]).await;
+    let mut s = h.ecds_delta().await;
+    s.send(DeltaDiscoveryRequest {
+        resource_names_subscribe: names(&["meshwarden.fault"]),
+        ..delta_request(Some(node("p1", &[])))
+    })
+    .await;
+    let first = s.next().await;
+    assert_eq!(delta_names(&first), names(&["meshwarden.fault"]));
+    s.send(DeltaDiscoveryRequest {
+        response_nonce: first.nonce.clone(),
+        ..delta_request(None)
+    })
+    .await;
+    let p = h
+        .wait_status("p1", |p| accepted_version(p, "meshwarden.fault").is_some())
+        .await;
+    assert_eq!(
+        (p.transport, p.protocol),
+        (Transport::Ecds, XdsProtocol::Delta)
+    );
+    // A trace change is nothing to this stream.
+    h.set_policies(2, vec![trace_policy("t2", json!({}))]);
+    s.assert_silent().await;
+}
+
+#[tokio::test]
+async fn a_per_type_service_serves_only_its_type() {
+    let h = Harness::start(vec![]).await;
+    let mut s = h.ecds_sotw().await;
+    s.send(cluster_request(Some(node("p1", &[])), "", "")).await;
+    let r = s.next().await;
+    assert_eq!(r.type_url, CLUSTER_TYPE_URL);
+    assert!(r.resources.is_empty(), "clusters are not served on ECDS");
+}
+
+#[tokio::test]
+async fn clusters_over_ads_and_standalone_cds() {
+    let h = Harness::start(vec![]).await;
+    for standalone in [false, true] {
+        let mut s = if standalone {
+            h.cds_sotw().await
+        } else {
+            h.sotw().await
+        };
+        let id = format!("p-{standalone}");
+        // The first request is answered even without clusters: Envoy waits for it.
+        s.send(cluster_request(Some(node(&id, &[])), "", "")).await;
+        let empty = s.next().await;
+        assert_eq!(empty.type_url, CLUSTER_TYPE_URL);
+        assert!(empty.resources.is_empty());
+        s.send(cluster_request(None, &empty.version_info, &empty.nonce))
+            .await;
+        s.assert_silent().await;
+
+        // Clusters of the mirror policies that select the proxy.
+        h.set_policies(
+            2,
+            vec![
+                mirror_policy("a", &["127.0.0.1:9000", "shadow.local:80"], json!({})),
+                mirror_policy("b", &["127.0.0.1:9999"], json!({"nodeIds": ["other"]})),
+            ],
+        );
+        let r = s.next().await;
+        assert_eq!(
+            cluster_names(&r),
+            [
+                "meshwarden_mirror_127.0.0.1_9000",
+                "meshwarden_mirror_shadow.local_80"
+            ]
+        );
+        // A NACK is counted and the same version is not sent again.
+        let nacks = XdsStats::get(&h.stats.nacks_total);
+        s.send(DiscoveryRequest {
+            error_detail: nack("bad cluster"),
+            ..cluster_request(None, &empty.version_info, &r.nonce)
+        })
+        .await;
+        s.assert_silent().await;
+        assert_eq!(XdsStats::get(&h.stats.nacks_total), nacks + 1);
+        // Removing the policies sends an empty list.
+        h.set_policies(3, vec![]);
+        assert!(s.next().await.resources.is_empty());
+
+        // Reconnecting at the current version gets nothing.
+        h.set_policies(4, vec![mirror_policy("a", &["127.0.0.1:9000"], json!({}))]);
+        let current = s.next().await;
+        drop(s);
+        let mut again = if standalone {
+            h.cds_sotw().await
+        } else {
+            h.sotw().await
+        };
+        again
+            .send(cluster_request(
+                Some(node(&id, &[])),
+                &current.version_info,
+                "",
+            ))
+            .await;
+        again.assert_silent().await;
+        h.set_policies(5, vec![]);
+        // Let the empty set be published before the next round's first request.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn delta_clusters_changes_and_removals() {
+    let h = Harness::start(vec![]).await;
+    let mut s = h.delta().await;
+    let req = |node: Option<Node>, nonce: &str| DeltaDiscoveryRequest {
+        node,
+        type_url: CLUSTER_TYPE_URL.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    };
+    s.send(req(Some(node("p1", &[])), "")).await;
+    let r = s.next().await;
+    assert!(r.resources.is_empty() && r.removed_resources.is_empty());
+    s.send(req(None, &r.nonce)).await;
+    s.assert_silent().await;
+    h.set_policies(2, vec![mirror_policy("a", &["127.0.0.1:9000"], json!({}))]);
+    let r = s.next().await;
+    assert_eq!(
+        delta_names(&r),
+        names(&["meshwarden_mirror_127.0.0.1_9000"])
+    );
+    s.send(req(None, &r.nonce)).await;
+    h.set_policies(3, vec![]);
+    let r = s.next().await;
+    assert!(r.resources.is_empty());
+    assert_eq!(
+        r.removed_resources,
+        names(&["meshwarden_mirror_127.0.0.1_9000"])
+    );
 }

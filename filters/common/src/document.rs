@@ -141,6 +141,7 @@ impl PolicyDocument {
             Some(_) => return Err(ValidationError::new("spec", "must be a mapping")),
         };
         let selector: Selector = take(&mut spec, "selector")?;
+        selector.validate().map_err(|e| e.within("spec.selector"))?;
         let request_match: RequestMatch = take(&mut spec, "match")?;
         request_match
             .compile()

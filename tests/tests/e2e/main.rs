@@ -3,6 +3,8 @@
 
 mod fault;
 mod foundation;
+mod istio;
 mod mirror;
+mod oci;
 mod ratelimit;
 mod support;

@@ -28,12 +28,17 @@ pub fn is_uuid(v: &str) -> bool {
             .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// A TracePolicy document.
-pub fn trace_policy(name: &str, spec: &str) -> String {
+/// A policy document of `kind` with `spec` (YAML, unindented).
+pub fn policy(kind: &str, name: &str, spec: &str) -> String {
     format!(
-        "apiVersion: meshwarden.dev/v1alpha1\nkind: TracePolicy\nmetadata:\n  name: {name}\nspec:\n{}\n",
+        "apiVersion: meshwarden.dev/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n{}\n",
         indent(spec, 2)
     )
+}
+
+/// A TracePolicy document.
+pub fn trace_policy(name: &str, spec: &str) -> String {
+    policy("TracePolicy", name, spec)
 }
 
 fn indent(s: &str, n: usize) -> String {

@@ -21,4 +21,4 @@ pub use spec::{
     MirrorEntry, MirrorSpec, PercentValue, StickySpec, DEFAULT_MARKER_HEADER,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT, MAX_MAX_BODY_BYTES,
 };
-pub use target::{HostPort, MirrorTarget, ResolvedTarget, HOST_CLUSTER_PREFIX};
+pub use target::{HostPort, MirrorTarget, ResolvedTarget, ServiceRef, HOST_CLUSTER_PREFIX};

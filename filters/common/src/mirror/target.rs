@@ -1,6 +1,8 @@
-//! Mirror targets: an Envoy cluster by name, or a `host:port` for which the control plane
-//! pushes a cluster over CDS. Both sides compute that cluster's name with
-//! [`HostPort::cluster_name`], so the filter and the control plane always agree.
+//! Mirror targets: an Envoy cluster by name, a `host:port` for which the control plane
+//! pushes a cluster over CDS, or a Kubernetes service, reached through the outbound cluster
+//! Istio gives every sidecar (`outbound|PORT|SUBSET|HOST`). Both sides compute a generated
+//! cluster's name with [`HostPort::cluster_name`], so the filter and the control plane
+//! always agree.
 
 use crate::error::ValidationError;
 use serde::{Deserialize, Serialize};
@@ -13,8 +15,8 @@ pub const HOST_CLUSTER_PREFIX: &str = "meshwarden_mirror_";
 /// Longest host name accepted (DNS limit).
 const MAX_HOST_LEN: usize = 253;
 
-/// Where a mirror copy goes: exactly one of `cluster` or `host`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a mirror copy goes: exactly one of `cluster`, `host` or `service`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MirrorTarget {
     /// An Envoy cluster that already exists on the proxy.
@@ -23,6 +25,69 @@ pub struct MirrorTarget {
     /// `host:port` (IPv4, `[IPv6]` or DNS name); the control plane pushes a cluster for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// A Kubernetes service in an Istio mesh, reached through the sidecar's outbound
+    /// cluster for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRef>,
+}
+
+/// A Kubernetes service port as Istio names its outbound cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceRef {
+    /// Fully qualified service name, `NAME.NAMESPACE.svc.cluster.local` (or your mesh's
+    /// domain): Istio's cluster names carry the FQDN.
+    pub host: String,
+    /// The service port.
+    pub port: u16,
+    /// A DestinationRule subset (e.g. `v2`), if the copies go to one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+}
+
+impl ServiceRef {
+    /// Istio's outbound cluster: `outbound|PORT|SUBSET|HOST`.
+    pub fn cluster_name(&self) -> String {
+        format!(
+            "outbound|{}|{}|{}",
+            self.port,
+            self.subset.as_deref().unwrap_or(""),
+            self.host
+        )
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        validate_dns_name(&self.host).map_err(|m| ValidationError::new("host", m))?;
+        if !self.host.contains('.') || self.host != self.host.to_ascii_lowercase() {
+            return Err(ValidationError::new(
+                "host",
+                format!(
+                    "{:?} must be the service's lowercase fully qualified name, e.g. reviews.bookinfo.svc.cluster.local",
+                    self.host
+                ),
+            ));
+        }
+        if self.port == 0 {
+            return Err(ValidationError::new(
+                "port",
+                "must be a number from 1 to 65535",
+            ));
+        }
+        if let Some(subset) = &self.subset {
+            let ok = !subset.is_empty()
+                && subset.len() <= 63
+                && subset
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            if !ok {
+                return Err(ValidationError::new(
+                    "subset",
+                    format!("{subset:?} is not a subset name (letters, digits, '-', '_', '.')"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A validated target, ready to dispatch to.
@@ -32,6 +97,8 @@ pub enum ResolvedTarget {
     Cluster(String),
     /// A `host:port` served through a generated cluster.
     Host(HostPort),
+    /// A Kubernetes service, through Istio's outbound cluster.
+    Service(ServiceRef),
 }
 
 impl ResolvedTarget {
@@ -40,6 +107,7 @@ impl ResolvedTarget {
         match self {
             ResolvedTarget::Cluster(c) => c.clone(),
             ResolvedTarget::Host(h) => h.cluster_name(),
+            ResolvedTarget::Service(svc) => svc.cluster_name(),
         }
     }
 }
@@ -49,6 +117,7 @@ impl fmt::Display for ResolvedTarget {
         match self {
             ResolvedTarget::Cluster(c) => write!(f, "cluster {c}"),
             ResolvedTarget::Host(h) => write!(f, "host {h}"),
+            ResolvedTarget::Service(svc) => write!(f, "service {}:{}", svc.host, svc.port),
         }
     }
 }
@@ -58,36 +127,40 @@ impl MirrorTarget {
     pub fn cluster(name: impl Into<String>) -> Self {
         Self {
             cluster: Some(name.into()),
-            host: None,
+            ..Default::default()
         }
     }
 
     /// A target naming a `host:port`.
     pub fn host(host_port: impl Into<String>) -> Self {
         Self {
-            cluster: None,
             host: Some(host_port.into()),
+            ..Default::default()
         }
     }
 
     /// Checks that exactly one form is given and that it is well formed. Error fields are
     /// relative to the target.
     pub fn resolve(&self) -> Result<ResolvedTarget, ValidationError> {
-        match (&self.cluster, &self.host) {
-            (Some(c), None) => {
+        match (&self.cluster, &self.host, &self.service) {
+            (Some(c), None, None) => {
                 validate_cluster_name(c).map_err(|m| ValidationError::new("cluster", m))?;
                 Ok(ResolvedTarget::Cluster(c.clone()))
             }
-            (None, Some(h)) => HostPort::parse(h)
+            (None, Some(h), None) => HostPort::parse(h)
                 .map(ResolvedTarget::Host)
                 .map_err(|m| ValidationError::new("host", m)),
-            (Some(_), Some(_)) => Err(ValidationError::new(
+            (None, None, Some(svc)) => {
+                svc.validate().map_err(|e| e.within("service"))?;
+                Ok(ResolvedTarget::Service(svc.clone()))
+            }
+            (None, None, None) => Err(ValidationError::new(
                 "",
-                "set either `cluster` or `host`, not both",
+                "set `cluster` (an Envoy cluster name), `host` (host:port) or `service` ({host, port} of a Kubernetes service in an Istio mesh)",
             )),
-            (None, None) => Err(ValidationError::new(
+            _ => Err(ValidationError::new(
                 "",
-                "set `cluster` (an Envoy cluster name) or `host` (host:port)",
+                "set only one of `cluster`, `host` and `service`",
             )),
         }
     }
@@ -246,17 +319,51 @@ mod tests {
         let both = MirrorTarget {
             cluster: Some("a".into()),
             host: Some("b:1".into()),
+            ..Default::default()
         };
         assert!(both.resolve().is_err());
-        assert!(MirrorTarget {
-            cluster: None,
-            host: None
-        }
-        .resolve()
-        .is_err());
+        assert!(MirrorTarget::default().resolve().is_err());
         let e = MirrorTarget::host("x:0").resolve().unwrap_err();
         assert_eq!(e.field, "host");
         let e = MirrorTarget::cluster("a b").resolve().unwrap_err();
         assert_eq!(e.field, "cluster");
+    }
+
+    #[test]
+    fn services_name_istio_outbound_clusters() {
+        let svc = |host: &str, port: u16, subset: Option<&str>| MirrorTarget {
+            service: Some(ServiceRef {
+                host: host.into(),
+                port,
+                subset: subset.map(str::to_string),
+            }),
+            ..Default::default()
+        };
+        let t = svc("reviews.bookinfo.svc.cluster.local", 9080, None)
+            .resolve()
+            .unwrap();
+        assert_eq!(
+            t.cluster_name(),
+            "outbound|9080||reviews.bookinfo.svc.cluster.local"
+        );
+        let t = svc("reviews.bookinfo.svc.cluster.local", 9080, Some("v2"))
+            .resolve()
+            .unwrap();
+        assert_eq!(
+            t.cluster_name(),
+            "outbound|9080|v2|reviews.bookinfo.svc.cluster.local"
+        );
+        let e = svc("reviews", 9080, None).resolve().unwrap_err();
+        assert_eq!(e.field, "service.host");
+        let e = svc("Reviews.bookinfo.svc", 9080, None)
+            .resolve()
+            .unwrap_err();
+        assert_eq!(e.field, "service.host");
+        let e = svc("reviews.bookinfo.svc", 0, None).resolve().unwrap_err();
+        assert_eq!(e.field, "service.port");
+        let e = svc("reviews.bookinfo.svc", 1, Some("v 2"))
+            .resolve()
+            .unwrap_err();
+        assert_eq!(e.field, "service.subset");
     }
 }

@@ -1,26 +1,30 @@
-//! Composes the ECDS resources of one proxy: for every kind, a `TypedExtensionConfig` named
-//! `meshwarden.<filter>` holding the Wasm filter configuration with the policies of that kind
-//! that select the proxy.
+//! ECDS: for every kind, a `TypedExtensionConfig` named `meshwarden.<filter>` holding the
+//! Wasm filter configuration with the policies of that kind that select the proxy. The Wasm
+//! module comes from a local path (the default) or, for proxies without the module files,
+//! over HTTP from the control plane (`code.remote` with its SHA-256).
 
 use super::modules::{ModuleInfo, ModuleSet};
+use super::node::ProxyNode;
+use super::types::ResourceType;
 use crate::policy_set::{short_hash, StoredPolicy};
 use envoy_types::pb::envoy::config::core::v3::{
-    async_data_source, data_source, AsyncDataSource, DataSource, TypedExtensionConfig,
+    async_data_source, data_source, AsyncDataSource, DataSource, HttpUri, RemoteDataSource,
+    TypedExtensionConfig,
 };
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
 use envoy_types::pb::envoy::extensions::wasm::v3::{
     plugin_config, EnvironmentVariables, FailurePolicy, PluginConfig, VmConfig,
 };
-use envoy_types::pb::google::protobuf::{Any, StringValue};
+use envoy_types::pb::google::protobuf::{Duration as PbDuration, StringValue};
 use envoy_types::util::pack_any;
 use meshwarden_common::filter_config::{WireConfig, WirePolicy};
 use meshwarden_common::Kind;
+use meshwarden_xds::Resource;
 use serde_json::Value;
-use std::fmt::Write;
+use std::sync::Arc;
 
-/// Type URL of the only resource type served.
-pub const TYPED_EXTENSION_CONFIG: &str =
-    "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+/// Type URL of the ECDS resources.
+pub const TYPED_EXTENSION_CONFIG: &str = meshwarden_xds::EXTENSION_CONFIG_TYPE;
 
 /// The Wasm runtime every filter runs in.
 pub const WASM_RUNTIME: &str = "envoy.wasm.runtime.v8";
@@ -29,6 +33,15 @@ pub const WASM_RUNTIME: &str = "envoy.wasm.runtime.v8";
 /// `typed_config` is byte-identical to the current one, so without it a rebuilt module at
 /// the same path would never be loaded.
 pub const MODULE_SHA256_ENV: &str = "MESHWARDEN_MODULE_SHA256";
+
+/// Path under the control plane's HTTP port where modules are served by hash.
+pub const MODULE_HTTP_PATH: &str = "/modules/";
+
+/// How long after a code-cache-miss rejection the configuration is sent again.
+const MODULE_FETCH_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How long Envoy may take to fetch a module over HTTP.
+const MODULE_FETCH_TIMEOUT_S: i64 = 30;
 
 /// ECDS resource name of a kind's filter (`meshwarden.trace`).
 pub fn resource_name(kind: Kind) -> String {
@@ -41,20 +54,65 @@ pub fn kind_of_resource(name: &str) -> Option<Kind> {
     Kind::ALL.into_iter().find(|k| k.filter() == filter)
 }
 
-/// One composed ECDS resource, ready to send.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ComposedResource {
-    pub kind: Kind,
-    /// `meshwarden.<filter>`.
-    pub name: String,
-    /// Content-derived version: hash of the wire JSON and the module hash.
-    pub version: String,
-    /// The filter configuration (canonical JSON) inside the resource.
-    pub wire_json: String,
-    /// Names of the policies in the configuration, in evaluation order.
-    pub policies: Vec<String>,
-    /// The `TypedExtensionConfig`, packed into an `Any`.
-    pub resource: Any,
+/// The filter configurations, one resource per kind.
+#[derive(Debug, Clone, Default)]
+pub struct ExtensionConfigs {
+    /// Cluster through which every proxy fetches modules over HTTP, unless its node
+    /// metadata names another; `None` keeps local paths for proxies that name none.
+    pub default_module_cluster: Option<String>,
+}
+
+impl ResourceType for ExtensionConfigs {
+    fn type_url(&self) -> &'static str {
+        TYPED_EXTENSION_CONFIG
+    }
+
+    fn kinds(&self) -> &'static [Kind] {
+        &Kind::ALL
+    }
+
+    fn variant(&self, node: &ProxyNode) -> Option<String> {
+        node.module_cluster
+            .clone()
+            .or_else(|| self.default_module_cluster.clone())
+    }
+
+    /// Envoy rejects a filter whose remote module is not in its code cache yet, fetches
+    /// the module in the background (`nack_on_code_cache_miss`) and takes the same
+    /// configuration once it is there. Its message does not tell a cache miss from a
+    /// module that cannot load, so every Wasm rejection of a proxy fetching modules over
+    /// HTTP is retried (a bounded number of times; then it stands as a NACK).
+    fn retry_rejected(&self, node: &ProxyNode, message: &str) -> Option<std::time::Duration> {
+        (self.variant(node).is_some() && message.contains("Wasm")).then_some(MODULE_FETCH_RETRY)
+    }
+
+    fn compose(
+        &self,
+        kind: Kind,
+        policies: &[&StoredPolicy],
+        modules: &ModuleSet,
+        variant: Option<&str>,
+    ) -> Vec<Arc<Resource>> {
+        let source = match variant {
+            Some(cluster) => ModuleSource::Remote { cluster },
+            None => ModuleSource::Local,
+        };
+        vec![Arc::new(compose(
+            kind,
+            policies.iter().copied(),
+            modules,
+            source,
+        ))]
+    }
+}
+
+/// Where Envoy loads a module from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleSource<'a> {
+    /// The module's absolute path on the proxy's host.
+    Local,
+    /// Over HTTP from the control plane, through this Envoy cluster, checked by SHA-256.
+    Remote { cluster: &'a str },
 }
 
 /// The wire configuration a filter gets from `policies` (already selected for the proxy,
@@ -73,30 +131,35 @@ pub fn wire_config<'a>(policies: impl IntoIterator<Item = &'a StoredPolicy>) -> 
     }
 }
 
-/// Builds the resource of `kind` from the selected policies (in name order).
+/// Builds the resource of `kind` from the selected policies (in name order). Its summary
+/// lists the policy names.
 pub fn compose<'a>(
     kind: Kind,
     selected: impl IntoIterator<Item = &'a StoredPolicy>,
     modules: &ModuleSet,
-) -> ComposedResource {
+    source: ModuleSource<'_>,
+) -> Resource {
     let wire = wire_config(selected);
-    let policies = wire.policies.iter().map(|p| p.name.to_string()).collect();
+    let summary = wire.policies.iter().map(|p| p.name.to_string()).collect();
     let value = serde_json::to_value(&wire).expect("wire configs always serialize");
     let wire_json = canonical_json(&value);
     let module = modules.get(kind);
-    let version = resource_version(&wire_json, &module.sha256);
     let name = resource_name(kind);
-    let resource = pack_any(TypedExtensionConfig {
+    let body = pack_any(TypedExtensionConfig {
         name: name.clone(),
-        typed_config: Some(pack_any(wasm_filter(&name, &wire_json, module))),
+        typed_config: Some(pack_any(wasm_filter(&name, &wire_json, module, source))),
     });
-    ComposedResource {
-        kind,
+    // The module's location is part of the content: a proxy moved from a local path to
+    // HTTP delivery must see a new version.
+    let location = match source {
+        ModuleSource::Local => module.sha256.clone(),
+        ModuleSource::Remote { cluster } => format!("{}@{cluster}", module.sha256),
+    };
+    Resource {
+        version: resource_version(&wire_json, &location),
         name,
-        version,
-        wire_json,
-        policies,
-        resource,
+        body,
+        summary,
     }
 }
 
@@ -109,31 +172,52 @@ pub fn resource_version(wire_json: &str, module_sha256: &str) -> String {
     short_hash(&bytes)
 }
 
-/// Aggregate version of several resources (`name=version` lines in name order), used as the
-/// state-of-the-world `version_info`.
-pub fn aggregate_version<'a>(versions: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
-    let mut pairs: Vec<_> = versions.into_iter().collect();
-    pairs.sort_unstable();
-    let mut text = String::new();
-    for (name, version) in pairs {
-        let _ = writeln!(text, "{name}={version}");
-    }
-    short_hash(text.as_bytes())
+/// The HTTP path of a module on the control plane.
+pub fn module_http_path(module: &ModuleInfo) -> String {
+    format!("{MODULE_HTTP_PATH}{}.wasm", module.sha256)
 }
 
-fn wasm_filter(name: &str, wire_json: &str, module: &ModuleInfo) -> Wasm {
-    let code = AsyncDataSource {
-        specifier: Some(async_data_source::Specifier::Local(DataSource {
+fn code_source(module: &ModuleInfo, source: ModuleSource<'_>) -> AsyncDataSource {
+    let specifier = match source {
+        ModuleSource::Local => async_data_source::Specifier::Local(DataSource {
             specifier: Some(data_source::Specifier::Filename(
                 module.path.display().to_string(),
             )),
             watched_directory: None,
-        })),
+        }),
+        ModuleSource::Remote { cluster } => {
+            async_data_source::Specifier::Remote(RemoteDataSource {
+                http_uri: Some(HttpUri {
+                    // Envoy connects through `cluster`; the host part is only the authority.
+                    uri: format!("http://meshwarden{}", module_http_path(module)),
+                    timeout: Some(PbDuration {
+                        seconds: MODULE_FETCH_TIMEOUT_S,
+                        nanos: 0,
+                    }),
+                    http_upstream_type: Some(
+                        envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(
+                            cluster.to_string(),
+                        ),
+                    ),
+                }),
+                sha256: module.sha256.clone(),
+                retry_policy: None,
+            })
+        }
     };
+    AsyncDataSource {
+        specifier: Some(specifier),
+    }
+}
+
+fn wasm_filter(name: &str, wire_json: &str, module: &ModuleInfo, source: ModuleSource<'_>) -> Wasm {
     let vm_config = VmConfig {
         vm_id: name.to_string(),
         runtime: WASM_RUNTIME.to_string(),
-        code: Some(code),
+        code: Some(code_source(module, source)),
+        // Remote modules: Envoy cannot fail an xDS update asynchronously, so it rejects the
+        // update while it fetches the module and takes it again from its cache.
+        nack_on_code_cache_miss: matches!(source, ModuleSource::Remote { .. }),
         environment_variables: Some(EnvironmentVariables {
             key_values: [(MODULE_SHA256_ENV.to_string(), module.sha256.clone())].into(),
             ..Default::default()
@@ -233,6 +317,55 @@ mod tests {
         }
     }
 
+    /// The filter configuration inside a composed resource.
+    fn wire_json(r: &Resource) -> String {
+        let tec = TypedExtensionConfig::decode(r.body.value.as_slice()).unwrap();
+        let cfg = Wasm::decode(tec.typed_config.unwrap().value.as_slice())
+            .unwrap()
+            .config
+            .unwrap();
+        StringValue::decode(cfg.configuration.unwrap().value.as_slice())
+            .unwrap()
+            .value
+    }
+
+    #[test]
+    fn remote_modules_are_fetched_through_a_cluster_and_checked() {
+        let p = stored("t1", json!({}));
+        let m = modules();
+        let local = compose(Kind::TracePolicy, [&p], &m, ModuleSource::Local);
+        let remote = compose(
+            Kind::TracePolicy,
+            [&p],
+            &m,
+            ModuleSource::Remote { cluster: "cp-http" },
+        );
+        assert_ne!(local.version, remote.version);
+        assert_eq!(wire_json(&local), wire_json(&remote));
+        let tec = TypedExtensionConfig::decode(remote.body.value.as_slice()).unwrap();
+        let cfg = Wasm::decode(tec.typed_config.unwrap().value.as_slice())
+            .unwrap()
+            .config
+            .unwrap();
+        let Some(Vm::VmConfig(vm)) = cfg.vm else {
+            panic!("vm config missing")
+        };
+        let Some(async_data_source::Specifier::Remote(remote)) = vm.code.unwrap().specifier else {
+            panic!("remote code expected")
+        };
+        assert_eq!(remote.sha256, "sha-trace");
+        let uri = remote.http_uri.unwrap();
+        assert_eq!(uri.uri, "http://meshwarden/modules/sha-trace.wasm");
+        assert_eq!(
+            uri.http_upstream_type,
+            Some(
+                envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(
+                    "cp-http".into()
+                )
+            )
+        );
+    }
+
     #[test]
     fn resource_names_round_trip() {
         for kind in Kind::ALL {
@@ -254,11 +387,11 @@ mod tests {
             "t1",
             json!({"match": {"path": {"prefix": "/api"}}, "samplingPercentage": 50}),
         );
-        let r = compose(Kind::TracePolicy, [&p], &modules());
+        let r = compose(Kind::TracePolicy, [&p], &modules(), ModuleSource::Local);
         assert_eq!(r.name, "meshwarden.trace");
-        assert_eq!(r.policies, vec!["t1".to_string()]);
-        assert_eq!(r.resource.type_url, TYPED_EXTENSION_CONFIG);
-        let tec = TypedExtensionConfig::decode(r.resource.value.as_slice()).unwrap();
+        assert_eq!(r.summary, vec!["t1".to_string()]);
+        assert_eq!(r.body.type_url, TYPED_EXTENSION_CONFIG);
+        let tec = TypedExtensionConfig::decode(r.body.value.as_slice()).unwrap();
         assert_eq!(tec.name, "meshwarden.trace");
         let any = tec.typed_config.unwrap();
         assert_eq!(
@@ -288,7 +421,7 @@ mod tests {
             "type.googleapis.com/google.protobuf.StringValue"
         );
         let json = StringValue::decode(conf.value.as_slice()).unwrap().value;
-        assert_eq!(json, r.wire_json);
+        assert_eq!(json, wire_json(&r));
         // The filter accepts exactly what we send.
         let parsed = FilterConfig::<TraceSpec>::parse(json.as_bytes()).unwrap();
         assert_eq!(parsed.policies.len(), 1);
@@ -297,9 +430,9 @@ mod tests {
 
     #[test]
     fn empty_selection_is_a_pass_through() {
-        let r = compose(Kind::FaultPolicy, [], &modules());
-        assert_eq!(r.wire_json, r#"{"policies":[]}"#);
-        assert!(r.policies.is_empty());
+        let r = compose(Kind::FaultPolicy, [], &modules(), ModuleSource::Local);
+        assert_eq!(wire_json(&r), r#"{"policies":[]}"#);
+        assert!(r.summary.is_empty());
     }
 
     #[test]
@@ -307,24 +440,21 @@ mod tests {
         let a = stored("a", json!({}));
         let b = stored("b", json!({"samplingPercentage": 10}));
         let m = modules();
-        let v1 = compose(Kind::TracePolicy, [&a], &m).version;
-        assert_eq!(v1, compose(Kind::TracePolicy, [&a], &m).version);
-        assert_ne!(v1, compose(Kind::TracePolicy, [&a, &b], &m).version);
+        let v1 = compose(Kind::TracePolicy, [&a], &m, ModuleSource::Local).version;
+        assert_eq!(
+            v1,
+            compose(Kind::TracePolicy, [&a], &m, ModuleSource::Local).version
+        );
+        assert_ne!(
+            v1,
+            compose(Kind::TracePolicy, [&a, &b], &m, ModuleSource::Local).version
+        );
         let mut other = m.iter().cloned().collect::<Vec<_>>();
         other[0].sha256 = "different".into();
         let other = ModuleSet::new(other).unwrap();
-        assert_ne!(v1, compose(Kind::TracePolicy, [&a], &other).version);
-    }
-
-    #[test]
-    fn aggregate_version_ignores_order() {
-        assert_eq!(
-            aggregate_version([("a", "1"), ("b", "2")]),
-            aggregate_version([("b", "2"), ("a", "1")])
-        );
         assert_ne!(
-            aggregate_version([("a", "1")]),
-            aggregate_version([("a", "1"), ("b", "2")])
+            v1,
+            compose(Kind::TracePolicy, [&a], &other, ModuleSource::Local).version
         );
     }
 }

@@ -1,0 +1,276 @@
+//! The protocol machines and the driver over a minimal snapshot: one type of resources
+//! whose content the test sets, and a rule for transient rejections.
+
+use crate::observer::NoObserver;
+use crate::resource::{Resource, Resources};
+use crate::server::{drive, Protocol, Server, Transport, RESPONSE_BUFFER};
+use crate::snapshot::Snapshot;
+use crate::{delta::DeltaStream, sotw::SotwStream, XdsStats, EXTENSION_CONFIG_TYPE};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+const TYPE: &str = EXTENSION_CONFIG_TYPE;
+
+/// Snapshot `id` serves one resource `r` whose content is `content`.
+struct TestSnapshot {
+    id: u64,
+    content: String,
+}
+
+impl Snapshot for TestSnapshot {
+    type Node = String;
+
+    fn node(node: &Node) -> String {
+        node.id.clone()
+    }
+
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn types(&self) -> &[&'static str] {
+        &[TYPE]
+    }
+
+    fn resources(&self, type_url: &str, _node: &String) -> Option<Resources> {
+        (type_url == TYPE).then(|| {
+            Arc::new(vec![Arc::new(Resource {
+                name: "r".into(),
+                version: self.content.clone(),
+                body: Any {
+                    type_url: TYPE.into(),
+                    value: self.content.clone().into_bytes(),
+                },
+                summary: vec![],
+            })])
+        })
+    }
+
+    fn retry_rejected(&self, _type_url: &str, _node: &String, message: &str) -> Option<Duration> {
+        (message == "not yet").then_some(Duration::from_millis(50))
+    }
+}
+
+fn snapshot(id: u64) -> Arc<TestSnapshot> {
+    Arc::new(TestSnapshot {
+        id,
+        content: format!("c{id}"),
+    })
+}
+
+fn node() -> Option<Node> {
+    Some(Node {
+        id: "p".into(),
+        ..Default::default()
+    })
+}
+
+struct Stream<Req, Resp> {
+    tx: mpsc::Sender<Req>,
+    rx: mpsc::Receiver<Result<Resp, Status>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<Req, Resp> Stream<Req, Resp> {
+    async fn next(&mut self) -> Resp {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.recv())
+            .await
+            .expect("a response in time")
+            .expect("stream open")
+            .expect("no error")
+    }
+
+    /// The next response if one comes within 300 ms.
+    async fn maybe_next(&mut self) -> Option<Resp> {
+        let r = tokio::time::timeout(Duration::from_millis(300), self.rx.recv()).await;
+        r.ok().flatten().map(|r| r.expect("no error"))
+    }
+
+    async fn silent(&mut self) -> bool {
+        self.maybe_next().await.is_none()
+    }
+}
+
+fn start_sotw(
+    server: Server<TestSnapshot, NoObserver>,
+) -> Stream<DiscoveryRequest, DiscoveryResponse> {
+    let (tx, req_rx) = mpsc::channel(16);
+    let (resp_tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+    let inbound = ReceiverStream::new(req_rx).map(Ok);
+    let task = tokio::spawn(
+        drive::<SotwStream<TestSnapshot, NoObserver>, _, NoObserver>(
+            inbound,
+            resp_tx,
+            server,
+            Transport::Ads,
+            Protocol::Sotw,
+        ),
+    );
+    Stream { tx, rx, task }
+}
+
+fn start_delta(
+    server: Server<TestSnapshot, NoObserver>,
+) -> Stream<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
+    let (tx, req_rx) = mpsc::channel(16);
+    let (resp_tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+    let inbound = ReceiverStream::new(req_rx).map(Ok);
+    let task = tokio::spawn(
+        drive::<DeltaStream<TestSnapshot, NoObserver>, _, NoObserver>(
+            inbound,
+            resp_tx,
+            server,
+            Transport::Ecds,
+            Protocol::Delta,
+        ),
+    );
+    Stream { tx, rx, task }
+}
+
+fn sotw_request(version: &str, nonce: &str, error: Option<&str>) -> DiscoveryRequest {
+    DiscoveryRequest {
+        node: node(),
+        type_url: TYPE.into(),
+        version_info: version.into(),
+        response_nonce: nonce.into(),
+        error_detail: error.map(|m| RpcStatus {
+            message: m.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_slow_client_gets_a_bounded_queue_then_the_latest_state() {
+    let (snap_tx, snap_rx) = watch::channel(snapshot(1));
+    let stats = Arc::new(XdsStats::default());
+    let mut s = start_sotw(Server::new(snap_rx, NoObserver, stats.clone()));
+    s.tx.send(sotw_request("", "", None)).await.unwrap();
+    for id in 2..=200 {
+        snap_tx.send_replace(snapshot(id));
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut queued = 0;
+    while s.rx.try_recv().is_ok() {
+        queued += 1;
+    }
+    assert!(queued <= RESPONSE_BUFFER, "{queued} responses queued");
+    // With room again, the latest state follows, and nothing after it.
+    let last = s.next().await;
+    assert_eq!(last.version_info.len(), 16);
+    assert_eq!(last.resources[0].value, b"c200");
+    assert!(s.silent().await);
+    assert!(XdsStats::get(&stats.pushes_total) <= RESPONSE_BUFFER as u64 + 1);
+    drop(s.tx);
+    s.task.await.unwrap();
+    assert_eq!(XdsStats::get(&stats.connected), 0);
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams() {
+    let (_snap_tx, snap_rx) = watch::channel(snapshot(1));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = Server::new(snap_rx, NoObserver, Arc::default()).with_shutdown(stop_rx);
+    let mut s = start_delta(server);
+    s.tx.send(DeltaDiscoveryRequest {
+        node: node(),
+        type_url: TYPE.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    s.next().await;
+    stop_tx.send_replace(true);
+    tokio::time::timeout(Duration::from_secs(5), s.task)
+        .await
+        .expect("stream ended")
+        .unwrap();
+    assert!(s.rx.recv().await.is_none());
+}
+
+#[tokio::test]
+async fn sotw_resends_after_a_transient_rejection_but_never_after_a_real_one() {
+    let (_snap_tx, snap_rx) = watch::channel(snapshot(1));
+    let stats = Arc::new(XdsStats::default());
+    let mut s = start_sotw(Server::new(snap_rx, NoObserver, stats.clone()));
+    s.tx.send(sotw_request("", "", None)).await.unwrap();
+    let first = s.next().await;
+    s.tx.send(sotw_request("", &first.nonce, Some("not yet")))
+        .await
+        .unwrap();
+    let again = s.next().await;
+    assert_eq!(again.version_info, first.version_info);
+    assert_ne!(again.nonce, first.nonce);
+    s.tx.send(sotw_request("", &again.nonce, Some("broken")))
+        .await
+        .unwrap();
+    assert!(s.silent().await, "a real rejection is not re-sent");
+    assert_eq!(XdsStats::get(&stats.nacks_total), 2);
+}
+
+#[tokio::test]
+async fn delta_resends_after_a_transient_rejection_a_bounded_number_of_times() {
+    let (_snap_tx, snap_rx) = watch::channel(snapshot(1));
+    let mut s = start_delta(Server::new(snap_rx, NoObserver, Arc::default()));
+    s.tx.send(DeltaDiscoveryRequest {
+        node: node(),
+        type_url: TYPE.into(),
+        resource_names_subscribe: vec!["r".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut sent = 0;
+    let mut last = s.next().await;
+    loop {
+        assert_eq!(last.resources.len(), 1, "the rejected resource again");
+        sent += 1;
+        s.tx.send(DeltaDiscoveryRequest {
+            type_url: TYPE.into(),
+            response_nonce: last.nonce.clone(),
+            error_detail: Some(RpcStatus {
+                message: "not yet".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        match s.maybe_next().await {
+            Some(r) => last = r,
+            None => break,
+        }
+        assert!(sent <= 20, "retries are bounded");
+    }
+    assert_eq!(sent, 1 + crate::stream::MAX_RETRIES);
+}
+
+#[tokio::test]
+async fn an_unserved_type_is_answered_once_with_nothing() {
+    let (snap_tx, snap_rx) = watch::channel(snapshot(1));
+    let mut s = start_sotw(Server::new(snap_rx, NoObserver, Arc::default()));
+    let other = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    s.tx.send(DiscoveryRequest {
+        type_url: other.into(),
+        ..sotw_request("", "", None)
+    })
+    .await
+    .unwrap();
+    let r = s.next().await;
+    assert_eq!(r.type_url, other);
+    assert!(r.resources.is_empty());
+    snap_tx.send_replace(snapshot(2));
+    assert!(s.silent().await);
+}
