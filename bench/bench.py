@@ -396,11 +396,18 @@ def commands(a: argparse.Namespace) -> list[str]:
     ]
 
 
+SOAK_JSON = ROOT / "bench/soak.json"
+
+
 def write_outputs(results: dict, json_path: Path, svg_path: Path, md_path: Path) -> None:
     json_path.write_text(json.dumps(_finite(results), indent=1) + "\n")
     if results.get("datapath"):
         svg_path.write_text(report.latency_svg(results["datapath"]))
-    md_path.write_text(report.markdown(results))
+    # The soak's figures come from `make soak` (bench/soak.json), rendered with the rest.
+    page = dict(results)
+    if not results.get("smoke") and SOAK_JSON.exists():
+        page["soak"] = json.loads(SOAK_JSON.read_text())
+    md_path.write_text(report.markdown(page))
 
 
 def derive(results: dict, a: argparse.Namespace) -> None:

@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Undecodable requests (e.g. non-UTF-8 strings) are INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::api::codec::Codec")
         .compile_protos(&[policy], &[root])?;
     Ok(())
 }

@@ -37,7 +37,7 @@ wait_http "http://$HTTP/readyz" "control plane"
 
 "$BIN/meshwarden" bootstrap --node-id local-envoy --cluster demo --label zone=local \
   --admin-port "$ADMIN_PORT" --listen-port "$LISTEN_PORT" --xds-addr "$GRPC" \
-  --upstream-addr "$UPSTREAM" --wasm-dir "$WASM_DIR" >"$RUN/envoy.yaml"
+  --upstream-addr "$UPSTREAM" >"$RUN/envoy.yaml"
 "$ENVOY" -c "$RUN/envoy.yaml" --concurrency 2 --disable-hot-restart \
   --log-level warn >"$RUN/envoy.log" 2>&1 &
 pids+=($!)

@@ -1,11 +1,10 @@
 //! Renders an Envoy bootstrap for a proxy managed by this control plane
 //! (`envoy/bootstrap.yaml.tmpl`): static listener and upstream, the four meshwarden filters
-//! fed over ADS/ECDS, each with a pass-through default so the proxy serves traffic even if
-//! the control plane is unreachable when it starts.
+//! fed over ADS/ECDS, each with a native pass-through default applied without warming, so
+//! the proxy serves traffic from its first second even if the control plane is unreachable.
 
 use meshwarden_common::Kind;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 const TEMPLATE: &str = include_str!("../../envoy/bootstrap.yaml.tmpl");
 
@@ -33,8 +32,6 @@ pub struct BootstrapParams {
     pub upstream_port: u16,
     /// Use the delta (incremental) ADS protocol instead of state-of-the-world.
     pub delta: bool,
-    /// Directory holding `meshwarden_<filter>.wasm`; made absolute.
-    pub wasm_dir: PathBuf,
 }
 
 /// Filter-chain order: trace first (every request gets an id, also local replies), then
@@ -49,10 +46,9 @@ pub const FILTER_ORDER: [Kind; 4] = [
 
 /// Renders the bootstrap YAML.
 pub fn render(p: &BootstrapParams) -> String {
-    let wasm_dir = std::path::absolute(&p.wasm_dir).unwrap_or_else(|_| p.wasm_dir.clone());
     let filters: String = FILTER_ORDER
         .iter()
-        .map(|k| filter_block(k.filter(), &wasm_dir))
+        .map(|k| filter_block(k.filter()))
         .collect();
     let json = |s: &str| serde_json::to_string(s).expect("strings serialize");
     let vars: [(&str, String); 13] = [
@@ -81,10 +77,8 @@ pub fn render(p: &BootstrapParams) -> String {
     })
 }
 
-fn filter_block(filter: &str, wasm_dir: &std::path::Path) -> String {
+fn filter_block(filter: &str) -> String {
     let name = format!("meshwarden.{filter}");
-    let module = wasm_dir.join(format!("meshwarden_{filter}.wasm"));
-    let module = serde_json::to_string(&module.display().to_string()).expect("strings serialize");
     format!(
         r#"          - name: {name}
             config_discovery:
@@ -92,20 +86,16 @@ fn filter_block(filter: &str, wasm_dir: &std::path::Path) -> String {
                 ads: {{}}
                 resource_api_version: V3
                 initial_fetch_timeout: 10s
+              # Until the control plane answers (or while it is unreachable at startup), a
+              # native pass-through (an RBAC filter without rules, like Istio's
+              # wasm-default-allow) stands in, applied without warming: traffic flows from
+              # the proxy's first second and no Wasm VM is started before it is needed.
               default_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-                config:
-                  name: {name}
-                  root_id: {name}
-                  vm_config:
-                    vm_id: {name}
-                    runtime: envoy.wasm.runtime.v8
-                    code: {{ local: {{ filename: {module} }} }}
-                  configuration:
-                    "@type": type.googleapis.com/google.protobuf.StringValue
-                    value: '{{"policies":[]}}'
-                  failure_policy: FAIL_OPEN
-              type_urls: [type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm]
+                "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              apply_default_config_without_warming: true
+              type_urls:
+              - type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              - type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
 "#
     )
 }
@@ -128,12 +118,19 @@ mod tests {
             upstream_address: "127.0.0.1".into(),
             upstream_port: 8080,
             delta: true,
-            wasm_dir: "/opt/wasm".into(),
         });
         assert!(!out.contains("{{"), "{out}");
         assert!(out.contains("DELTA_GRPC"));
         assert!(out.contains(r#"metadata: {"zone":"eu"}"#));
-        assert!(out.contains("/opt/wasm/meshwarden_ratelimit.wasm"));
         assert_eq!(out.matches("config_discovery").count(), 4);
+        assert_eq!(
+            out.matches("apply_default_config_without_warming: true")
+                .count(),
+            4
+        );
+        assert!(
+            !out.contains("filename"),
+            "no module is loaded before the control plane answers"
+        );
     }
 }

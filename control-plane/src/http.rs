@@ -3,7 +3,11 @@
 //! `GET /modules/<sha256>.wasm` (the filter modules, by content hash, for proxies that fetch
 //! them over HTTP instead of reading a local path).
 
+use crate::idle::IdleTimeout;
 use crate::metrics::{Metrics, CONTENT_TYPE};
+use crate::registry::PolicyRegistry;
+use crate::store::StoreHealth;
+use crate::xds::modules::cached_module;
 use crate::xds::Snapshot;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -17,11 +21,13 @@ use std::sync::{Arc, OnceLock};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Readiness conditions, set by `serve` as startup progresses.
+/// Readiness conditions, set by `serve` as startup progresses and by the store watchdog.
 #[derive(Debug, Default)]
 pub struct Readiness {
     store_loaded: AtomicBool,
     grpc_listening: AtomicBool,
+    /// The registry whose store's health readiness reports, once loaded.
+    store: OnceLock<Arc<PolicyRegistry>>,
 }
 
 impl Readiness {
@@ -35,14 +41,25 @@ impl Readiness {
         self.grpc_listening.store(true, Ordering::Release);
     }
 
+    /// The store is loaded; readiness follows its health from now on.
+    pub fn set_store(&self, registry: Arc<PolicyRegistry>) {
+        let _ = self.store.set(registry);
+        self.set_store_loaded();
+    }
+
     /// Why the server is not ready, or `None` if it is.
-    pub fn not_ready_reason(&self) -> Option<&'static str> {
+    pub fn not_ready_reason(&self) -> Option<String> {
         if !self.store_loaded.load(Ordering::Acquire) {
-            Some("policy store not loaded")
+            Some("policy store not loaded".into())
         } else if !self.grpc_listening.load(Ordering::Acquire) {
-            Some("gRPC server not listening")
+            Some("gRPC server not listening".into())
         } else {
-            None
+            match self.store.get().map(|r| r.store_health()) {
+                Some(StoreHealth::Failing { error, .. }) => {
+                    Some(format!("policy store cannot take writes: {error}"))
+                }
+                _ => None,
+            }
         }
     }
 }
@@ -54,6 +71,8 @@ pub struct HttpState {
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<OnceLock<Metrics>>,
     pub snapshots: Arc<OnceLock<watch::Receiver<Arc<Snapshot>>>>,
+    /// Content-addressed module copies, for versions no longer current.
+    pub module_cache: Arc<OnceLock<std::path::PathBuf>>,
 }
 
 /// The HTTP routes.
@@ -66,8 +85,9 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// A module of the current snapshot by `<sha256>.wasm`. The file is hashed again as it is
-/// read, so a module rebuilt since the snapshot is never served under the old hash.
+/// A module by `<sha256>.wasm`: one of the current snapshot, or an earlier version kept in
+/// the module cache. The file is hashed again as it is read, so different bytes are never
+/// served under a hash.
 async fn module(State(state): State<HttpState>, Path(file): Path<String>) -> Response {
     let not_found = || (StatusCode::NOT_FOUND, "no such module\n").into_response();
     let Some(sha) = file.strip_suffix(".wasm") else {
@@ -81,7 +101,11 @@ async fn module(State(state): State<HttpState>, Path(file): Path<String>) -> Res
         .modules
         .iter()
         .find(|m| m.sha256 == sha)
-        .map(|m| m.path.clone());
+        .map(|m| m.path.clone())
+        .or_else(|| {
+            let cached = cached_module(state.module_cache.get()?, sha)?;
+            cached.exists().then_some(cached)
+        });
     let Some(path) = path else {
         return not_found();
     };
@@ -101,12 +125,17 @@ async fn module(State(state): State<HttpState>, Path(file): Path<String>) -> Res
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.
+/// Connections on the HTTP port without a byte either way for this long are closed.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Serves `router` on `listener` until `shutdown` resolves; idle connections are closed
+/// after [`IDLE_TIMEOUT`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    axum::serve(IdleTimeout::new(listener, IDLE_TIMEOUT), router)
         .with_graceful_shutdown(shutdown)
         .await
 }

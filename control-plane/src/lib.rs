@@ -6,8 +6,12 @@ pub mod api;
 pub mod bootstrap;
 pub mod cli;
 pub mod http;
+pub mod idle;
 pub mod metrics;
 pub mod policy_set;
 pub mod registry;
 pub mod store;
 pub mod xds;
+
+#[cfg(test)]
+pub(crate) mod test_fixtures;

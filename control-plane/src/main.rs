@@ -8,8 +8,10 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     match cli::run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
+        // `meshwarden get | head`: the reader has all it wanted; exit as a shell expects.
+        Err(e) if cli::output::is_broken_pipe(&e) => ExitCode::from(cli::output::BROKEN_PIPE_EXIT),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            cli::output::eprintln(&cli::output::terminal_safe(&format!("error: {e:#}")));
             ExitCode::FAILURE
         }
     }

@@ -3,6 +3,7 @@
 //! xDS server (proxies, pushes, ACKs, NACKs).
 
 use crate::registry::{Outcome, PolicyRegistry};
+use crate::store::StoreHealth;
 use crate::xds::{ProxyRegistry, XdsStats};
 use meshwarden_common::Kind;
 use prometheus_client::collector::Collector;
@@ -143,6 +144,19 @@ impl Collector for PolicyCollector {
             "meshwarden_store_invalid_records",
             "Stored records that failed validation at startup and are not served.",
             to_i64(self.policies.invalid_records().len()),
+        )?;
+        let healthy = matches!(self.policies.store_health(), StoreHealth::Healthy);
+        gauge(
+            &mut enc,
+            "meshwarden_store_healthy",
+            "1 while the store takes writes, 0 after a failed write until it recovers.",
+            i64::from(healthy),
+        )?;
+        counter(
+            &mut enc,
+            "meshwarden_store_write_errors",
+            "Store writes that failed (e.g. a full disk).",
+            self.policies.store_write_errors(),
         )
     }
 }

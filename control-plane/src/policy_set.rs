@@ -64,3 +64,26 @@ pub fn short_hash(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     hex::encode(&digest[..8])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fault(percentage: serde_json::Value) -> PolicyDocument {
+        PolicyDocument::from_value(&json!({
+            "apiVersion": meshwarden_common::API_VERSION, "kind": "FaultPolicy",
+            "metadata": {"name": "f"},
+            "spec": {"abort": {"httpStatus": 503, "percentage": {"value": percentage}}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn equal_numbers_give_equal_versions() {
+        let zero = content_version(&fault(json!(0)));
+        assert_eq!(content_version(&fault(json!(-0.0))), zero);
+        assert_eq!(content_version(&fault(json!(0.0))), zero);
+        assert_ne!(content_version(&fault(json!(1))), zero);
+    }
+}

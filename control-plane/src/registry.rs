@@ -6,7 +6,7 @@
 //! (`tokio::task::spawn_blocking`).
 
 use crate::policy_set::{content_version, PolicySet, SharedPolicySet, StoredPolicy};
-use crate::store::{self, InvalidRecord, Store, StoreError, Write};
+use crate::store::{self, InvalidRecord, Store, StoreError, StoreHealth, Write};
 use meshwarden_common::{Kind, PolicyDocument, ValidationError};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -262,6 +262,32 @@ impl PolicyRegistry {
             .collect()
     }
 
+    /// Whether the store takes writes.
+    pub fn store_health(&self) -> StoreHealth {
+        self.store.health()
+    }
+
+    /// Store writes that failed since startup.
+    pub fn store_write_errors(&self) -> u64 {
+        self.store.write_errors()
+    }
+
+    /// Auxiliary records (kept across restarts outside the policy generation) by key prefix.
+    pub fn aux_records(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.store.aux_records(prefix)
+    }
+
+    /// Puts (`Some`) or deletes (`None`) auxiliary records durably.
+    pub fn write_aux(&self, writes: &[(String, Option<String>)]) -> Result<(), StoreError> {
+        self.store.write_aux(writes)
+    }
+
+    /// Reopens the store after a failed write (e.g. once disk space is back).
+    pub fn recover_store(&self) -> Result<(), StoreError> {
+        let _writer = self.lock();
+        self.store.recover()
+    }
+
     /// Counters for the metrics endpoint.
     pub fn stats(&self) -> &RegistryStats {
         &self.stats
@@ -448,6 +474,16 @@ fn unix_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+impl crate::xds::AuxStore for PolicyRegistry {
+    fn aux_records(&self, prefix: &str) -> Result<Vec<(String, String)>, String> {
+        PolicyRegistry::aux_records(self, prefix).map_err(|e| e.to_string())
+    }
+
+    fn write_aux(&self, writes: &[(String, Option<String>)]) -> Result<(), String> {
+        PolicyRegistry::write_aux(self, writes).map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]

@@ -1,22 +1,52 @@
 //! The embedded, crash-safe policy store: one redb file in the data directory.
 //!
 //! Table `policies` maps `"<Kind>/<name>"` to a JSON record
-//! `{"document", "version", "generation", "updated_unix_ms"}`; table `meta` holds the store
-//! generation. Every [`Store::commit`] is one transaction with immediate durability, so once
-//! it returns the change survives a crash or `kill -9`.
+//! `{"document", "version", "generation", "updated_unix_ms", "checksum"}`; table `meta` holds
+//! the store generation. Every [`Store::commit`] is one transaction with immediate
+//! durability, so once it returns the change survives a crash or `kill -9`.
+//!
+//! The store checks itself, because serving from a damaged store would push a wrong (or
+//! empty) configuration to every proxy:
+//! - opening runs redb's integrity check, and a panic inside redb on damaged pages is caught
+//!   and reported as corruption;
+//! - every record carries a SHA-256 of its content, checked when it is read;
+//! - a marker file beside the database (`meshwarden.redb.generation`) remembers the highest
+//!   generation committed, so a database that is empty, replaced by an older copy or
+//!   truncated to zero bytes is refused instead of being served as "no policies".
+//!
+//! An I/O error (a full disk) poisons a redb database until it is reopened; the store then
+//! reports itself unhealthy and reopens the database before the next write (and whenever
+//! [`Store::recover`] is called), so writes work again once space returns.
 
 use crate::policy_set::{content_version, StoredPolicy};
 use meshwarden_common::{Kind, PolicyDocument};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
 
 const POLICIES: TableDefinition<&str, &str> = TableDefinition::new("policies");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Records other parts of the control plane keep across restarts (e.g. the xDS side's
+/// memory of rejected configurations), key to JSON, outside the policy generation.
+const AUX: TableDefinition<&str, &str> = TableDefinition::new("aux");
 const GENERATION: &str = "generation";
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "meshwarden.redb";
+
+/// Free space below which a store that failed a write stays failing.
+const MIN_FREE_BYTES: u64 = 1024 * 1024;
+
+/// Auxiliary record written to check that writes work again.
+const PROBE_KEY: &str = "store-probe";
+
+/// File beside the database holding the highest generation ever committed.
+pub const GENERATION_MARKER: &str = "meshwarden.redb.generation";
 
 /// A store failure. Writes that fail leave the store as it was.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +67,10 @@ pub enum StoreError {
         key: String,
         source: serde_json::Error,
     },
+    #[error("store {path} is damaged and will not be served: {detail}. Restore the data directory from a backup (or, to start with no policies on purpose, move it away).")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("store {path} cannot be written: {detail} (it is reopened before the next write)")]
+    Unavailable { path: PathBuf, detail: String },
 }
 
 /// The stored form of one policy.
@@ -46,6 +80,35 @@ struct Record {
     version: String,
     generation: u64,
     updated_unix_ms: i64,
+    /// SHA-256 (hex) of the record serialized without this field. Records written before
+    /// checksums existed have none and are accepted as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checksum: Option<String>,
+}
+
+impl Record {
+    fn compute_checksum(&self) -> String {
+        let unsigned = Record {
+            document: self.document.clone(),
+            version: self.version.clone(),
+            generation: self.generation,
+            updated_unix_ms: self.updated_unix_ms,
+            checksum: None,
+        };
+        let json = serde_json::to_string(&unsigned).expect("records always serialize");
+        hex::encode(Sha256::digest(json.as_bytes()))
+    }
+}
+
+/// Whether the store can take writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    Healthy,
+    /// The last write failed (and the database could not be reopened yet).
+    Failing {
+        error: String,
+        since: SystemTime,
+    },
 }
 
 /// A stored record that can no longer be served (unreadable, or its document fails today's
@@ -86,27 +149,84 @@ pub fn key(kind: Kind, name: &str) -> String {
 /// An open store. The file is locked: a second process cannot open it.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    /// `None` while the database is closed after an I/O error, until it is reopened.
+    db: Mutex<Option<Database>>,
     path: PathBuf,
+    marker: PathBuf,
+    health: Mutex<StoreHealth>,
+    write_errors: AtomicU64,
+}
+
+/// Runs redb code that may panic on damaged pages, turning a panic into corruption.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let detail = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("the database engine failed on its pages");
+        Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: detail.to_string(),
+        })
+    })
+}
+
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    let mut db = Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+            path: path.to_path_buf(),
+        },
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
+            StoreError::Corrupt {
+                path: path.to_path_buf(),
+                detail,
+            }
+        }
+        e => StoreError::Open {
+            path: path.to_path_buf(),
+            source: e.into(),
+        },
+    })?;
+    match db.check_integrity() {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(path = %path.display(), "store repaired by its integrity check")
+        }
+        Err(e) => {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("integrity check failed: {e}"),
+            })
+        }
+    }
+    Ok(db)
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, creating the directory if needed.
+    /// Opens (or creates) the store in `dir`, creating the directory if needed. A database
+    /// file that exists but is empty, or fails redb's integrity check, is refused.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             path: dir.to_path_buf(),
             source,
         })?;
         let path = dir.join(DB_FILE);
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.clone() },
-            e => StoreError::Open {
-                path: path.clone(),
-                source: e.into(),
-            },
-        })?;
-        let store = Self { db, path };
-        store.create_tables()?;
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            return Err(StoreError::Corrupt {
+                path,
+                detail: "the database file is empty (0 bytes)".into(),
+            });
+        }
+        let db = guarded(&path, || open_database(&path))?;
+        let store = Self {
+            db: Mutex::new(Some(db)),
+            marker: dir.join(GENERATION_MARKER),
+            path,
+            health: Mutex::new(StoreHealth::Healthy),
+            write_errors: AtomicU64::new(0),
+        };
+        guarded(&store.path, || store.create_tables())?;
         Ok(store)
     }
 
@@ -115,18 +235,132 @@ impl Store {
         &self.path
     }
 
+    /// Whether writes currently work.
+    pub fn health(&self) -> StoreHealth {
+        lock(&self.health).clone()
+    }
+
+    /// Writes that failed since the process started.
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors.load(Ordering::Relaxed)
+    }
+
     fn create_tables(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let guard = lock(&self.db);
+        let db = self.database(&guard)?;
+        let txn = db.begin_write().map_err(redb::Error::from)?;
         txn.open_table(POLICIES).map_err(redb::Error::from)?;
         txn.open_table(META).map_err(redb::Error::from)?;
+        txn.open_table(AUX).map_err(redb::Error::from)?;
         txn.commit().map_err(redb::Error::from)?;
         Ok(())
     }
 
+    /// Every auxiliary record whose key starts with `prefix`.
+    pub fn aux_records(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        guarded(&self.path, || {
+            let guard = lock(&self.db);
+            let db = self.database(&guard)?;
+            let txn = db.begin_read().map_err(redb::Error::from)?;
+            let table = txn.open_table(AUX).map_err(redb::Error::from)?;
+            let mut out = Vec::new();
+            for entry in table.range(prefix..).map_err(redb::Error::from)? {
+                let (k, v) = entry.map_err(redb::Error::from)?;
+                if !k.value().starts_with(prefix) {
+                    break;
+                }
+                out.push((k.value().to_string(), v.value().to_string()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Puts (`Some`) or deletes (`None`) auxiliary records in one durable transaction.
+    pub fn write_aux(&self, writes: &[(String, Option<String>)]) -> Result<(), StoreError> {
+        guarded(&self.path, || {
+            let guard = lock(&self.db);
+            let db = self.database(&guard)?;
+            let mut txn = db.begin_write().map_err(redb::Error::from)?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(redb::Error::from)?;
+            {
+                let mut table = txn.open_table(AUX).map_err(redb::Error::from)?;
+                for (key, value) in writes {
+                    match value {
+                        Some(v) => table.insert(key.as_str(), v.as_str()).map(drop),
+                        None => table.remove(key.as_str()).map(drop),
+                    }
+                    .map_err(redb::Error::from)?;
+                }
+            }
+            txn.commit().map_err(redb::Error::from)?;
+            Ok(())
+        })
+    }
+
+    fn database<'a>(
+        &self,
+        guard: &'a MutexGuard<'_, Option<Database>>,
+    ) -> Result<&'a Database, StoreError> {
+        guard.as_ref().ok_or_else(|| StoreError::Unavailable {
+            path: self.path.clone(),
+            detail: "the database is closed after an I/O error".into(),
+        })
+    }
+
+    /// The highest generation ever committed, from the marker file (0 without one).
+    fn marked_generation(&self) -> Result<u64, StoreError> {
+        match std::fs::read_to_string(&self.marker) {
+            Ok(text) => text.trim().parse().map_err(|_| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("{} does not hold a generation", self.marker.display()),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(StoreError::Unavailable {
+                path: self.path.clone(),
+                detail: format!("cannot read {}: {e}", self.marker.display()),
+            }),
+        }
+    }
+
+    /// Records `generation` in the marker file (atomically replaced). Best effort: the
+    /// marker is a lower bound, so a stale one only weakens the check.
+    fn mark_generation(&self, generation: u64) {
+        let tmp = self.marker.with_extension("generation.tmp");
+        let written = std::fs::write(&tmp, format!("{generation}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &self.marker));
+        if let Err(e) = written {
+            tracing::warn!(marker = %self.marker.display(), error = %e, "cannot update the store generation marker");
+        }
+    }
+
     /// Reads every record, re-validating each document with [`PolicyDocument::from_value`].
-    /// A record that fails is reported in [`Loaded::invalid`], not dropped from the store.
+    /// A document that no longer validates is reported in [`Loaded::invalid`], not dropped
+    /// from the store; a damaged record (checksum mismatch, unreadable) or a generation
+    /// below the marker's makes the whole load fail with [`StoreError::Corrupt`].
     pub fn load(&self) -> Result<Loaded, StoreError> {
-        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let loaded = guarded(&self.path, || self.load_unguarded())?;
+        let marked = self.marked_generation()?;
+        if loaded.generation < marked {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!(
+                    "it is at generation {} but generation {marked} was committed before ({}): the file was replaced, emptied or rolled back",
+                    loaded.generation,
+                    self.marker.display()
+                ),
+            });
+        }
+        if loaded.generation > marked {
+            self.mark_generation(loaded.generation);
+        }
+        Ok(loaded)
+    }
+
+    fn load_unguarded(&self) -> Result<Loaded, StoreError> {
+        let guard = lock(&self.db);
+        let db = self.database(&guard)?;
+        let txn = db.begin_read().map_err(redb::Error::from)?;
         let meta = txn.open_table(META).map_err(redb::Error::from)?;
         let generation = meta
             .get(GENERATION)
@@ -143,14 +377,83 @@ impl Store {
             let key = k.value().to_string();
             match decode(&key, v.value()) {
                 Ok(policy) => loaded.policies.push(policy),
-                Err(error) => loaded.invalid.push(InvalidRecord { key, error }),
+                Err(Decode::Invalid(error)) => loaded.invalid.push(InvalidRecord { key, error }),
+                Err(Decode::Damaged(detail)) => {
+                    return Err(StoreError::Corrupt {
+                        path: self.path.clone(),
+                        detail: format!("record {key:?}: {detail}"),
+                    })
+                }
             }
         }
         Ok(loaded)
     }
 
+    /// Reopens the database if a write failed; `Ok` once writes can work again.
+    pub fn recover(&self) -> Result<(), StoreError> {
+        let mut guard = lock(&self.db);
+        if guard.is_some() && matches!(self.health(), StoreHealth::Healthy) {
+            return Ok(());
+        }
+        // The old handle holds the file lock; it must go before the file is opened again.
+        if let Some(db) = guard.take() {
+            drop(db);
+        }
+        let reopened = guarded(&self.path, || open_database(&self.path)).and_then(|db| {
+            *guard = Some(db);
+            drop(guard);
+            self.check_writable()
+        });
+        match reopened {
+            Ok(()) => {
+                *lock(&self.health) = StoreHealth::Healthy;
+                tracing::info!(path = %self.path.display(), "store reopened; writes work again");
+                Ok(())
+            }
+            Err(e) => {
+                self.set_failing(&e);
+                lock(&self.db).take();
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a write can succeed now: enough free space on the filesystem, and a small
+    /// durable write goes through.
+    fn check_writable(&self) -> Result<(), StoreError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        if let Ok(fs) = rustix::fs::statvfs(dir) {
+            let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+            if free < MIN_FREE_BYTES {
+                return Err(StoreError::Unavailable {
+                    path: self.path.clone(),
+                    detail: format!(
+                        "only {} KiB free on its filesystem (at least {} KiB needed)",
+                        free / 1024,
+                        MIN_FREE_BYTES / 1024
+                    ),
+                });
+            }
+        }
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        self.write_aux(&[(PROBE_KEY.to_string(), Some(stamp.to_string()))])
+    }
+
+    fn set_failing(&self, e: &StoreError) {
+        let mut health = lock(&self.health);
+        if matches!(*health, StoreHealth::Healthy) {
+            *health = StoreHealth::Failing {
+                error: e.to_string(),
+                since: SystemTime::now(),
+            };
+        }
+    }
+
     /// Applies `writes` and sets the store generation to `generation`, in one durable
-    /// transaction: all of it is on disk when this returns `Ok`, none of it otherwise.
+    /// transaction: all of it is on disk when this returns `Ok`, none of it otherwise. After
+    /// a failed write (e.g. a full disk) the database is reopened before this one.
     pub fn commit(&self, generation: u64, writes: &[Write<'_>]) -> Result<(), StoreError> {
         let records = writes
             .iter()
@@ -159,12 +462,36 @@ impl Store {
                 Write::Delete(k) => Ok((k.clone(), None)),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut txn = self.db.begin_write().map_err(redb::Error::from)?;
+        if !matches!(self.health(), StoreHealth::Healthy) {
+            self.recover()?;
+        }
+        let result = guarded(&self.path, || self.commit_records(generation, &records));
+        match &result {
+            Ok(()) => self.mark_generation(generation),
+            Err(e) => {
+                self.write_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(path = %self.path.display(), error = %e, "store write failed");
+                self.set_failing(e);
+                // A failed write poisons the handle; close it so `recover` can reopen.
+                lock(&self.db).take();
+            }
+        }
+        result
+    }
+
+    fn commit_records(
+        &self,
+        generation: u64,
+        records: &[(String, Option<String>)],
+    ) -> Result<(), StoreError> {
+        let guard = lock(&self.db);
+        let db = self.database(&guard)?;
+        let mut txn = db.begin_write().map_err(redb::Error::from)?;
         txn.set_durability(Durability::Immediate)
             .map_err(redb::Error::from)?;
         {
             let mut table = txn.open_table(POLICIES).map_err(redb::Error::from)?;
-            for (key, value) in &records {
+            for (key, value) in records {
                 match value {
                     Some(v) => table.insert(key.as_str(), v.as_str()),
                     None => table.remove(key.as_str()),
@@ -180,14 +507,21 @@ impl Store {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update is one assignment, so the state is consistent even after a panic.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn encode(p: &StoredPolicy) -> Result<(String, String), StoreError> {
     let key = key(p.kind(), p.name());
-    let record = Record {
+    let mut record = Record {
         document: p.doc.to_value(),
         version: p.version.clone(),
         generation: p.generation,
         updated_unix_ms: p.updated_unix_ms,
+        checksum: None,
     };
+    record.checksum = Some(record.compute_checksum());
     let json = serde_json::to_string(&record).map_err(|source| StoreError::Encode {
         key: key.clone(),
         source,
@@ -195,16 +529,33 @@ fn encode(p: &StoredPolicy) -> Result<(String, String), StoreError> {
     Ok((key, json))
 }
 
-/// Decodes and re-validates one record. The version is recomputed from the document, so it
-/// always matches what this build would compute for the same content.
-fn decode(key: &str, json: &str) -> Result<StoredPolicy, String> {
-    let record: Record =
-        serde_json::from_str(json).map_err(|e| format!("unreadable record: {e}"))?;
+/// Why a record was not loaded.
+enum Decode {
+    /// Intact, but its document fails this build's validation: kept aside.
+    Invalid(String),
+    /// Damaged on disk: the store must not be served.
+    Damaged(String),
+}
+
+/// Decodes, checks and re-validates one record. The version is recomputed from the
+/// document, so it always matches what this build would compute for the same content.
+fn decode(key: &str, json: &str) -> Result<StoredPolicy, Decode> {
+    let record: Record = serde_json::from_str(json)
+        .map_err(|e| Decode::Damaged(format!("unreadable record: {e}")))?;
+    if let Some(sum) = &record.checksum {
+        if *sum != record.compute_checksum() {
+            return Err(Decode::Damaged(
+                "checksum mismatch: the record was altered on disk".into(),
+            ));
+        }
+    }
     let doc = PolicyDocument::from_value(&record.document)
-        .map_err(|e| format!("document no longer valid: {e}"))?;
+        .map_err(|e| Decode::Invalid(format!("document no longer valid: {e}")))?;
     let expected = self::key(doc.kind(), doc.name().as_str());
     if expected != key {
-        return Err(format!("record holds {expected}, not {key}"));
+        return Err(Decode::Damaged(format!(
+            "record holds {expected}, not {key}"
+        )));
     }
     Ok(StoredPolicy {
         version: content_version(&doc),
@@ -280,22 +631,135 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.commit(1, &[Write::Put(&policy("ok", 1, 1))]).unwrap();
-        // Simulate records written by another build.
-        let txn = store.db.begin_write().unwrap();
-        {
-            let mut t = txn.open_table(POLICIES).unwrap();
-            let bad = json!({"document": {"apiVersion": "meshwarden.dev/v1alpha1", "kind": "TracePolicy",
-                "metadata": {"name": "bad"}, "spec": {"samplingPercentage": 150}},
-                "version": "x", "generation": 1, "updated_unix_ms": 0});
-            t.insert("TracePolicy/bad", bad.to_string().as_str())
-                .unwrap();
-            t.insert("TracePolicy/junk", "not json").unwrap();
-        }
-        txn.commit().unwrap();
+        // Simulate a record written by another build (no checksum, stricter validation).
+        let bad = json!({"document": {"apiVersion": "meshwarden.dev/v1alpha1", "kind": "TracePolicy",
+            "metadata": {"name": "bad"}, "spec": {"samplingPercentage": 150}},
+            "version": "x", "generation": 1, "updated_unix_ms": 0});
+        raw_insert(&store, "TracePolicy/bad", &bad.to_string());
         let loaded = store.load().unwrap();
         assert_eq!(loaded.policies.len(), 1);
         let keys: Vec<_> = loaded.invalid.iter().map(|r| r.key.as_str()).collect();
-        assert_eq!(keys, ["TracePolicy/bad", "TracePolicy/junk"]);
+        assert_eq!(keys, ["TracePolicy/bad"]);
         assert!(loaded.invalid[0].error.contains("spec.samplingPercentage"));
+    }
+
+    fn raw_insert(store: &Store, key: &str, value: &str) {
+        let guard = lock(&store.db);
+        let txn = guard.as_ref().unwrap().begin_write().unwrap();
+        txn.open_table(POLICIES)
+            .unwrap()
+            .insert(key, value)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
+    fn raw_get(store: &Store, key: &str) -> String {
+        let guard = lock(&store.db);
+        let txn = guard.as_ref().unwrap().begin_read().unwrap();
+        let t = txn.open_table(POLICIES).unwrap();
+        let v = t.get(key).unwrap().unwrap().value().to_string();
+        v
+    }
+
+    #[test]
+    fn unreadable_and_altered_records_make_the_store_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .commit(1, &[Write::Put(&policy("ok", 10, 1))])
+            .unwrap();
+        // A digit altered inside the record: still valid JSON and a valid document.
+        let altered = raw_get(&store, "TracePolicy/ok").replace("10", "90");
+        raw_insert(&store, "TracePolicy/ok", &altered);
+        let err = store.load().unwrap_err().to_string();
+        assert!(
+            err.contains("checksum mismatch") && err.contains("TracePolicy/ok"),
+            "{err}"
+        );
+        raw_insert(&store, "TracePolicy/ok", "not json");
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains("unreadable record"), "{err}");
+    }
+
+    #[test]
+    fn aux_records_round_trip_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .write_aux(&[
+                    ("a\n1".into(), Some("x".into())),
+                    ("a\n2".into(), Some("y".into())),
+                    ("b\n1".into(), Some("z".into())),
+                ])
+                .unwrap();
+            store.write_aux(&[("a\n2".into(), None)]).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.aux_records("a\n").unwrap(),
+            vec![("a\n1".to_string(), "x".to_string())]
+        );
+        assert_eq!(store.aux_records("b\n").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_empty_or_rolled_back_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.commit(1, &[Write::Put(&policy("a", 10, 1))]).unwrap();
+            store.commit(2, &[Write::Put(&policy("b", 10, 2))]).unwrap();
+        }
+        let db = dir.path().join(DB_FILE);
+        // Zero bytes: refused at open.
+        let saved = std::fs::read(&db).unwrap();
+        std::fs::write(&db, b"").unwrap();
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("empty (0 bytes)"), "{err}");
+        // A fresh database where one with policies was: refused at load.
+        std::fs::remove_file(&db).unwrap();
+        let err = Store::open(dir.path())
+            .unwrap()
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("generation 0 but generation 2"), "{err}");
+        // The real file back: served.
+        std::fs::write(&db, saved).unwrap();
+        let loaded = Store::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(loaded.policies.len(), 2);
+    }
+
+    #[test]
+    fn flipped_bytes_are_reported_not_panicked_on() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for g in 1..=20 {
+                store
+                    .commit(g, &[Write::Put(&policy(&format!("p{g}"), 10, g))])
+                    .unwrap();
+            }
+        }
+        let db = dir.path().join(DB_FILE);
+        let clean = std::fs::read(&db).unwrap();
+        // Flip bytes at many places; every outcome is a clean load or a clear error.
+        let mut refused = 0;
+        for at in (0..clean.len()).step_by(clean.len() / 64 + 1) {
+            let mut bytes = clean.clone();
+            for b in bytes.iter_mut().skip(at).take(16) {
+                *b ^= 0xA5;
+            }
+            std::fs::write(&db, &bytes).unwrap();
+            match Store::open(dir.path()).and_then(|s| s.load()) {
+                Ok(loaded) => assert_eq!(loaded.generation, 20),
+                Err(e) => {
+                    refused += 1;
+                    assert!(!e.to_string().is_empty());
+                }
+            }
+        }
+        assert!(refused > 0, "some damage is detected");
     }
 }

@@ -15,6 +15,8 @@ pub struct ControlPlane {
     pub http_port: u16,
     pub wasm_dir: PathBuf,
     dir: tempfile::TempDir,
+    /// `--data-dir`; inside `dir` unless the test chose one.
+    data_dir: PathBuf,
     child: Option<ChildGuard>,
 }
 
@@ -26,11 +28,24 @@ impl ControlPlane {
 
     /// Starts a control plane serving modules from `wasm_dir`.
     pub async fn start_with_wasm_dir(wasm_dir: PathBuf) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let data_dir = dir.path().join("data");
+        Self::start_in(data_dir, wasm_dir, dir).await
+    }
+
+    /// Starts a control plane with its store in `data_dir` (e.g. on a small filesystem);
+    /// `dir` keeps its log.
+    pub async fn start_in(
+        data_dir: PathBuf,
+        wasm_dir: PathBuf,
+        dir: tempfile::TempDir,
+    ) -> anyhow::Result<Self> {
         let mut cp = Self {
             grpc_port: free_port(),
             http_port: free_port(),
             wasm_dir,
-            dir: tempfile::tempdir()?,
+            dir,
+            data_dir,
             child: None,
         };
         cp.launch().await?;
@@ -39,7 +54,12 @@ impl ControlPlane {
 
     /// The data directory (the embedded store).
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data_dir.clone()
+    }
+
+    /// The process id (0 once killed).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(ChildGuard::pid).unwrap_or(0)
     }
 
     /// The process log.

@@ -20,6 +20,9 @@ pub struct EnvoyOptions {
     pub delta: bool,
     /// Worker threads.
     pub concurrency: u32,
+    /// Wait in [`Envoy::start`] until every meshwarden filter took its first configuration
+    /// from the control plane (set false when it is down on purpose).
+    pub wait_for_config: bool,
 }
 
 impl Default for EnvoyOptions {
@@ -30,6 +33,7 @@ impl Default for EnvoyOptions {
             labels: BTreeMap::new(),
             delta: false,
             concurrency: 2,
+            wait_for_config: true,
         }
     }
 }
@@ -66,9 +70,41 @@ impl Envoy {
             upstream_address: "127.0.0.1".into(),
             upstream_port,
             delta: opts.delta,
-            wasm_dir: cp.wasm_dir.clone(),
         });
-        Self::start_bootstrap(dir, &bootstrap, admin_port, listen_port, opts.concurrency).await
+        let envoy =
+            Self::start_bootstrap(dir, &bootstrap, admin_port, listen_port, opts.concurrency)
+                .await?;
+        if opts.wait_for_config {
+            envoy.wait_for_filter_configs().await?;
+        }
+        Ok(envoy)
+    }
+
+    /// Waits until each meshwarden filter loaded a configuration over ECDS. Traffic flows
+    /// before (the filters start as pass-throughs), but the first configuration starts the
+    /// Wasm VMs, which takes a moment; tests start from configured filters.
+    pub async fn wait_for_filter_configs(&self) -> anyhow::Result<()> {
+        let loaded = wait_until(
+            Duration::from_secs(60),
+            "filters' first configuration",
+            || async {
+                let stats = self.stats().await.ok()?;
+                ["trace", "ratelimit", "fault", "mirror"]
+                    .iter()
+                    .all(|f| {
+                        let key = format!(
+                            "extension_config_discovery.http_filter.meshwarden.{f}.config_reload"
+                        );
+                        stats.get(&key).is_some_and(|n| *n >= 1)
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
+        if let Err(e) = loaded {
+            anyhow::bail!("{e}\n--- envoy log ---\n{}", self.log());
+        }
+        Ok(())
     }
 
     /// Starts Envoy from a complete bootstrap (YAML) written into `dir`, and waits until

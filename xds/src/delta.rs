@@ -108,6 +108,9 @@ impl<S: Snapshot, O: StreamObserver> DeltaStream<S, O> {
     fn delta(&mut self, snapshot: &S, type_url: &str) -> Option<Delta> {
         let view = self.state.view(snapshot, type_url);
         let w = self.watches.get(type_url)?;
+        if Retry::holds(w.retry.as_ref()) {
+            return None;
+        }
         let retrying: &[String] = match &w.retry {
             Some(r) if r.due() => &r.names,
             _ => &[],
@@ -173,7 +176,8 @@ impl<S: Snapshot, O: StreamObserver> Machine for DeltaStream<S, O> {
                     Outcome::Transient { names, delay } => {
                         w.retry = Some(Retry::after(w.retry.as_ref(), delay, names));
                     }
-                    Outcome::Rejected | Outcome::Unknown => {}
+                    Outcome::Rejected => w.retry = None,
+                    Outcome::Unknown => {}
                 }
             }
         }

@@ -31,9 +31,9 @@ pub trait StreamObserver: Send + 'static {
         0
     }
     /// A resource version went out.
-    fn sent(&mut self, _type_url: &str, _resource: &Resource) {}
+    fn sent(&mut self, _type_url: &str, _resource: &Arc<Resource>) {}
     /// The client holds a resource version (it acknowledged it, or reported it on connect).
-    fn accepted(&mut self, _type_url: &str, _resource: &Resource) {}
+    fn accepted(&mut self, _type_url: &str, _resource: &Arc<Resource>) {}
     /// The client rejected a resource version.
     fn rejected(&mut self, _type_url: &str, _name: &str, _version: &str, _message: &str) {}
     /// The client no longer holds a resource (unsubscribed, or it was removed).

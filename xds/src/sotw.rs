@@ -74,6 +74,9 @@ impl<S: Snapshot, O: StreamObserver> SotwStream<S, O> {
         if w.retry.as_ref().is_some_and(Retry::due) {
             return true;
         }
+        if Retry::holds(w.retry.as_ref()) {
+            return false;
+        }
         match &w.last_version {
             Some(last) => *last != version,
             None => w.client_version != version,
@@ -165,7 +168,8 @@ impl<S: Snapshot, O: StreamObserver> Machine for SotwStream<S, O> {
                     Outcome::Transient { names, delay } => {
                         w.retry = Some(Retry::after(w.retry.as_ref(), delay, names));
                     }
-                    Outcome::Rejected | Outcome::Unknown => {}
+                    Outcome::Rejected => w.retry = None,
+                    Outcome::Unknown => {}
                 }
             }
         }

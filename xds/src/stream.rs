@@ -14,6 +14,9 @@ const RECENT_RESPONSES: usize = 16;
 /// How many times in a row a transiently rejected resource set is sent again.
 pub(crate) const MAX_RETRIES: u32 = 10;
 
+/// Longest wait between two retries.
+pub(crate) const MAX_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(8);
+
 /// A response the client has not necessarily answered yet.
 #[derive(Debug)]
 pub(crate) struct Sent {
@@ -40,17 +43,29 @@ impl Retry {
         retry.map_or(0, |r| r.attempts) < MAX_RETRIES
     }
 
-    /// Schedules the next retry after a transient rejection of `names`.
+    /// Schedules the next retry after a transient rejection of `names`: `delay` after the
+    /// first rejection, doubling with every further one (at most [`MAX_RETRY_DELAY`]).
     pub fn after(
         previous: Option<&Retry>,
         delay: std::time::Duration,
         names: Vec<String>,
     ) -> Retry {
+        let attempts = previous.map_or(0, |r| r.attempts) + 1;
+        let backoff = delay
+            .saturating_mul(1 << (attempts - 1).min(16))
+            .min(MAX_RETRY_DELAY);
         Retry {
-            at: Some(tokio::time::Instant::now() + delay),
+            at: Some(tokio::time::Instant::now() + backoff),
             names,
-            attempts: previous.map_or(0, |r| r.attempts) + 1,
+            attempts,
         }
+    }
+
+    /// Whether responses of this type wait: while a run of retries is on, the next response
+    /// is the retry itself (with the latest content), so a client still busy with the cause
+    /// of its rejection (fetching a module) is not handed more of the same.
+    pub fn holds(retry: Option<&Retry>) -> bool {
+        retry.is_some_and(|r| !r.due())
     }
 
     /// Whether the retry is due.

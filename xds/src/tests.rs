@@ -90,14 +90,14 @@ impl<Req, Resp> Stream<Req, Resp> {
             .expect("no error")
     }
 
-    /// The next response if one comes within 300 ms.
-    async fn maybe_next(&mut self) -> Option<Resp> {
-        let r = tokio::time::timeout(Duration::from_millis(300), self.rx.recv()).await;
+    /// The next response if one comes within `wait`.
+    async fn within(&mut self, wait: Duration) -> Option<Resp> {
+        let r = tokio::time::timeout(wait, self.rx.recv()).await;
         r.ok().flatten().map(|r| r.expect("no error"))
     }
 
     async fn silent(&mut self) -> bool {
-        self.maybe_next().await.is_none()
+        self.within(Duration::from_millis(300)).await.is_none()
     }
 }
 
@@ -220,7 +220,8 @@ async fn sotw_resends_after_a_transient_rejection_but_never_after_a_real_one() {
     assert_eq!(XdsStats::get(&stats.nacks_total), 2);
 }
 
-#[tokio::test]
+/// On a paused clock: the retries back off up to 8 s; the test takes no real time.
+#[tokio::test(start_paused = true)]
 async fn delta_resends_after_a_transient_rejection_a_bounded_number_of_times() {
     let (_snap_tx, snap_rx) = watch::channel(snapshot(1));
     let mut s = start_delta(Server::new(snap_rx, NoObserver, Arc::default()));
@@ -248,13 +249,40 @@ async fn delta_resends_after_a_transient_rejection_a_bounded_number_of_times() {
         })
         .await
         .unwrap();
-        match s.maybe_next().await {
-            Some(r) => last = r,
+        let before = tokio::time::Instant::now();
+        match s.within(Duration::from_secs(10)).await {
+            Some(r) => {
+                // Each retry waits at least as long as the one before (backoff).
+                assert!(before.elapsed() >= Duration::from_millis(50));
+                last = r;
+            }
             None => break,
         }
         assert!(sent <= 20, "retries are bounded");
     }
     assert_eq!(sent, 1 + crate::stream::MAX_RETRIES);
+}
+
+#[tokio::test(start_paused = true)]
+async fn changes_wait_for_the_retry_of_a_transient_rejection() {
+    let (snap_tx, snap_rx) = watch::channel(snapshot(1));
+    let mut s = start_sotw(Server::new(snap_rx, NoObserver, Arc::default()));
+    s.tx.send(sotw_request("", "", None)).await.unwrap();
+    let first = s.next().await;
+    s.tx.send(sotw_request("", &first.nonce, Some("not yet")))
+        .await
+        .unwrap();
+    tokio::task::yield_now().await;
+    let rejected_at = tokio::time::Instant::now();
+    // New content while the client is busy: held until the retry, which carries it.
+    snap_tx.send_replace(snapshot(2));
+    let next = s.within(Duration::from_secs(5)).await.expect("the retry");
+    assert!(
+        rejected_at.elapsed() >= Duration::from_millis(50),
+        "held until the retry"
+    );
+    assert_eq!(next.resources[0].value, b"c2");
+    assert!(s.silent().await);
 }
 
 #[tokio::test]

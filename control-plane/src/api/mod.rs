@@ -2,6 +2,7 @@
 //! [`ProxyStatusApi`] (connected proxies and what they accepted), served on the same port
 //! as ADS.
 
+mod codec;
 mod convert;
 pub mod pb;
 mod policy;

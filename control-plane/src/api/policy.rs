@@ -1,14 +1,28 @@
 //! `PolicyService`: the registry over gRPC.
+//!
+//! Writes (apply, delete) are bounded: at most [`MAX_CONCURRENT_WRITES`] are worked on at
+//! once and the others wait up to [`MAX_WRITE_WAIT_SECS`] for their turn, then get
+//! RESOURCE_EXHAUSTED. Requests are at most [`MAX_APPLY_REQUEST_BYTES`] on the wire and
+//! each document at most [`MAX_DOCUMENT_BYTES`]; an apply that would take a kind past the
+//! filter limits ([`FilterUsage`]) is refused with RESOURCE_EXHAUSTED. So the memory an
+//! apply burst costs is bounded by a few requests' worth, whatever the number of callers.
 
 use super::convert;
 use super::pb;
 use super::pb::policy_service_server::PolicyService;
+use crate::policy_set::PolicySet;
 use crate::registry::{ChangeEvent, PolicyRegistry};
 use futures::{Stream, StreamExt};
-use meshwarden_common::Kind;
+use meshwarden_common::limits::{
+    MAX_APPLY_REQUEST_BYTES, MAX_CONCURRENT_WRITES, MAX_DOCUMENT_BYTES, MAX_WRITE_WAIT_SECS,
+};
+use meshwarden_common::{FilterUsage, Kind, PolicyDocument};
+use serde_json::Value;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::{broadcast, watch};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch, Mutex, Semaphore, SemaphorePermit};
 use tonic::{Request, Response, Status};
 
 /// Serves [`PolicyService`] from a [`PolicyRegistry`].
@@ -16,7 +30,24 @@ use tonic::{Request, Response, Status};
 pub struct PolicyApi {
     registry: Arc<PolicyRegistry>,
     shutdown: Option<watch::Receiver<bool>>,
+    writes: Arc<WriteGate>,
 }
+
+/// Admission of writes, and the filter-limit check of applies.
+#[derive(Debug)]
+struct WriteGate {
+    permits: Semaphore,
+    wait: Duration,
+    /// Held from the limit check until the registry committed, so two applies cannot both
+    /// pass the check against the same set; caches each stored policy's usage.
+    usage: Mutex<UsageCache>,
+}
+
+/// [`FilterUsage`] of stored policies by (kind, name), with the version it was computed for.
+type UsageCache = HashMap<(Kind, String), (String, FilterUsage)>;
+
+/// What a document of an apply costs against the filter limits; `None` if it is invalid.
+type IncomingUsage = Option<(Kind, String, FilterUsage)>;
 
 impl PolicyApi {
     /// A service backed by `registry`.
@@ -24,6 +55,11 @@ impl PolicyApi {
         Self {
             registry,
             shutdown: None,
+            writes: Arc::new(WriteGate {
+                permits: Semaphore::new(MAX_CONCURRENT_WRITES),
+                wait: Duration::from_secs(MAX_WRITE_WAIT_SECS),
+                usage: Mutex::new(HashMap::new()),
+            }),
         }
     }
 
@@ -34,10 +70,129 @@ impl PolicyApi {
         self
     }
 
-    /// The tonic server for this service.
+    /// How long a write waits for its turn (tests shorten it).
+    #[cfg(test)]
+    pub(super) fn with_write_wait(self, wait: Duration) -> Self {
+        let writes = Arc::new(WriteGate {
+            permits: Semaphore::new(MAX_CONCURRENT_WRITES),
+            wait,
+            usage: Mutex::new(HashMap::new()),
+        });
+        Self { writes, ..self }
+    }
+
+    /// Takes every write permit, as that many slow writes in progress would (tests).
+    #[cfg(test)]
+    pub(super) async fn occupy_writes(&self) -> SemaphorePermit<'_> {
+        self.writes
+            .permits
+            .acquire_many(MAX_CONCURRENT_WRITES as u32)
+            .await
+            .expect("semaphore open")
+    }
+
+    /// The tonic server for this service; requests larger than [`MAX_APPLY_REQUEST_BYTES`]
+    /// are refused before they are read.
     pub fn into_server(self) -> pb::policy_service_server::PolicyServiceServer<Self> {
         pb::policy_service_server::PolicyServiceServer::new(self)
+            .max_decoding_message_size(MAX_APPLY_REQUEST_BYTES)
     }
+
+    /// Waits (boundedly) for one of the write permits.
+    async fn write_permit(&self, what: &str) -> Result<SemaphorePermit<'_>, Status> {
+        match tokio::time::timeout(self.writes.wait, self.writes.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(Status::unavailable("the control plane is shutting down")),
+            Err(_) => {
+                tracing::warn!(
+                    what,
+                    limit = MAX_CONCURRENT_WRITES,
+                    "write refused: too many concurrent writes"
+                );
+                Err(Status::resource_exhausted(format!(
+                    "{what} refused: the control plane works on at most {MAX_CONCURRENT_WRITES} apply/delete requests at once and this one waited {} s for its turn; retry later",
+                    self.writes.wait.as_secs_f64()
+                )))
+            }
+        }
+    }
+}
+
+/// Parses the documents of an apply (dropping each text once parsed) and validates them
+/// enough to know what they would cost against the filter limits. Invalid documents get no
+/// usage: the registry refuses them with its own message.
+fn parse_documents(texts: Vec<String>) -> Result<(Vec<Value>, Vec<IncomingUsage>), Status> {
+    let mut values = Vec::with_capacity(texts.len());
+    let mut usages = Vec::with_capacity(texts.len());
+    for (i, text) in texts.into_iter().enumerate() {
+        let value: Value = serde_json::from_str(&text).map_err(|e| {
+            Status::invalid_argument(format!("document {}: not valid JSON: {e}", i + 1))
+        })?;
+        drop(text);
+        usages.push(PolicyDocument::from_value(&value).ok().map(|doc| {
+            (
+                doc.kind(),
+                doc.name().as_str().to_string(),
+                FilterUsage::of(&doc),
+            )
+        }));
+        values.push(value);
+    }
+    Ok((values, usages))
+}
+
+/// Refuses an apply that would take a kind past the filter limits (unless it does not make
+/// an already exceeded kind worse). Updates `cache` to the stored policies of `current`.
+fn check_limits(
+    cache: &mut UsageCache,
+    current: &PolicySet,
+    incoming: &[IncomingUsage],
+) -> Result<(), Status> {
+    let mut stored = UsageCache::with_capacity(current.policies.len());
+    let mut before: HashMap<Kind, FilterUsage> = HashMap::new();
+    for p in &current.policies {
+        let key = (p.kind(), p.name().to_string());
+        let usage = match cache.remove(&key) {
+            Some((version, usage)) if version == p.version => usage,
+            _ => FilterUsage::of(&p.doc),
+        };
+        let total = before.entry(p.kind()).or_default();
+        *total = total.plus(usage);
+        stored.insert(key, (p.version.clone(), usage));
+    }
+    *cache = stored;
+    let mut after = before.clone();
+    for (kind, name, usage) in incoming.iter().flatten() {
+        let total = after.entry(*kind).or_default();
+        let replaced = cache
+            .get(&(*kind, name.clone()))
+            .map(|(_, u)| *u)
+            .unwrap_or_default();
+        *total = FilterUsage {
+            policies: total.policies + usage.policies - replaced.policies,
+            regexes: total.regexes + usage.regexes - replaced.regexes,
+            bytes: total.bytes + usage.bytes - replaced.bytes,
+        };
+    }
+    for kind in Kind::ALL {
+        let (old, new) = (
+            before.get(&kind).copied().unwrap_or_default(),
+            after.get(&kind).copied().unwrap_or_default(),
+        );
+        let grows =
+            new.policies > old.policies || new.regexes > old.regexes || new.bytes > old.bytes;
+        if !grows {
+            continue;
+        }
+        if let Err(e) = new.check(&format!("{kind} policies")) {
+            tracing::warn!(%kind, error = %e, "apply refused: filter limits");
+            return Err(Status::resource_exhausted(format!(
+                "apply refused: {e} (the limits bound every proxy's {} filter configuration); delete or merge {kind} policies first",
+                kind.filter()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Stream of Watch events.
@@ -50,23 +205,34 @@ impl PolicyService for PolicyApi {
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         let req = request.into_inner();
-        let docs = req
-            .documents_json
-            .iter()
-            .enumerate()
-            .map(|(i, text)| {
-                serde_json::from_str(text).map_err(|e| {
-                    Status::invalid_argument(format!("document {}: not valid JSON: {e}", i + 1))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let dry_run = req.dry_run;
+        for (i, text) in req.documents_json.iter().enumerate() {
+            if text.len() > MAX_DOCUMENT_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "document {}: {} bytes of JSON, more than the limit of {MAX_DOCUMENT_BYTES} bytes per policy document",
+                    i + 1,
+                    text.len()
+                )));
+            }
+        }
+        let _permit = self.write_permit("apply").await?;
+        let (docs, usages) =
+            tokio::task::spawn_blocking(move || parse_documents(req.documents_json))
+                .await
+                .map_err(convert::join_error)??;
+        let mut cache = self.writes.usage.lock().await;
+        // With an invalid document the registry refuses the whole apply with its own message.
+        if usages.iter().all(Option::is_some) {
+            check_limits(&mut cache, &self.registry.current(), &usages)?;
+        }
         let registry = self.registry.clone();
-        let outcomes = tokio::task::spawn_blocking(move || registry.apply(docs, req.dry_run))
+        let outcomes = tokio::task::spawn_blocking(move || registry.apply(docs, dry_run))
             .await
             .map_err(convert::join_error)?
             .map_err(convert::apply_error)?;
+        drop(cache);
         for o in &outcomes {
-            tracing::info!(kind = %o.kind, name = %o.name, outcome = o.outcome.as_str(), version = %o.version, dry_run = req.dry_run, "apply");
+            tracing::info!(kind = %o.kind, name = %o.name, outcome = o.outcome.as_str(), version = %o.version, dry_run, "apply");
         }
         Ok(Response::new(pb::ApplyResponse {
             results: outcomes.iter().map(convert::apply_result).collect(),
@@ -108,6 +274,7 @@ impl PolicyService for PolicyApi {
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let req = request.into_inner();
         let kind = convert::kind(&req.kind)?;
+        let _permit = self.write_permit("delete").await?;
         let registry = self.registry.clone();
         let name = req.name.clone();
         let generation = tokio::task::spawn_blocking(move || registry.delete(kind, &name))

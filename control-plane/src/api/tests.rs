@@ -16,18 +16,25 @@ use tonic::Code;
 
 struct Server {
     client: PolicyServiceClient<Channel>,
+    addr: std::net::SocketAddr,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
 
 async fn server() -> Server {
+    server_with(|api| api).await.0
+}
+
+/// A server whose API `configure` adjusts; also returns a handle on the served API.
+async fn server_with(configure: impl FnOnce(PolicyApi) -> PolicyApi) -> (Server, PolicyApi) {
     let dir = tempfile::tempdir().unwrap();
     let registry = Arc::new(PolicyRegistry::open(dir.path()).unwrap());
     let (shutdown, rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let api = PolicyApi::new(registry).with_shutdown(rx.clone());
+    let api = configure(PolicyApi::new(registry).with_shutdown(rx.clone()));
+    let handle = api.clone();
     let task = tokio::spawn(async move {
         let mut rx = rx;
         tonic::transport::Server::builder()
@@ -41,12 +48,16 @@ async fn server() -> Server {
     let client = PolicyServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    Server {
-        client,
-        shutdown,
-        task,
-        _dir: dir,
-    }
+    (
+        Server {
+            client,
+            addr,
+            shutdown,
+            task,
+            _dir: dir,
+        },
+        handle,
+    )
 }
 
 fn doc(name: &str, spec: serde_json::Value) -> String {
@@ -76,6 +87,7 @@ async fn next_event(stream: &mut tonic::Streaming<pb::ChangeEvent>) -> (String, 
 async fn apply_get_list_delete_and_watch() {
     let Server {
         mut client,
+        addr: _,
         shutdown,
         task,
         _dir,
@@ -247,5 +259,201 @@ async fn dry_run_stores_nothing() {
         .into_inner();
     assert!(list.policies.is_empty());
     assert_eq!(list.generation, 0);
+    s.shutdown.send(true).unwrap();
+}
+
+fn named(kind: &str, name: &str, spec: serde_json::Value) -> String {
+    json!({"apiVersion": "meshwarden.dev/v1alpha1", "kind": kind,
+        "metadata": {"name": name}, "spec": spec})
+    .to_string()
+}
+
+#[tokio::test]
+async fn writes_beyond_the_concurrency_limit_wait_then_get_resource_exhausted() {
+    let (mut s, api) = server_with(|api| api.with_write_wait(Duration::from_millis(200))).await;
+    let held = api.occupy_writes().await;
+    let err = s
+        .client
+        .apply(apply(vec![doc("a", json!({}))]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        err.message()
+            .contains("at most 4 apply/delete requests at once"),
+        "{}",
+        err.message()
+    );
+    let err = s
+        .client
+        .delete(pb::DeleteRequest {
+            kind: "trace".into(),
+            name: "a".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    // Reads are never held up, and writes go through again once the permits are back.
+    s.client.list(pb::ListRequest::default()).await.unwrap();
+    drop(held);
+    s.client
+        .apply(apply(vec![doc("a", json!({}))]))
+        .await
+        .unwrap();
+    s.shutdown.send(true).unwrap();
+}
+
+#[tokio::test]
+async fn oversized_documents_and_requests_are_refused_with_the_limit() {
+    use meshwarden_common::limits::{MAX_APPLY_REQUEST_BYTES, MAX_DOCUMENT_BYTES};
+    let mut s = server().await;
+    let labels = |n: usize| {
+        let value = "v".repeat(1000);
+        (0..n)
+            .map(|i| (format!("k{i}"), json!(value)))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let big = |name: &str, n: usize| {
+        json!({"apiVersion": "meshwarden.dev/v1alpha1", "kind": "TracePolicy",
+            "metadata": {"name": name, "labels": labels(n)}, "spec": {}})
+        .to_string()
+    };
+    // Just below the document limit: accepted.
+    let ok = big("ok", 1000);
+    assert!(ok.len() < MAX_DOCUMENT_BYTES && ok.len() > MAX_DOCUMENT_BYTES - 50_000);
+    s.client.apply(apply(vec![ok])).await.unwrap();
+    let over = big("over", 1100);
+    let err = s
+        .client
+        .apply(apply(vec![doc("a", json!({})), over.clone()]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        format!(
+            "document 2: {} bytes of JSON, more than the limit of 1048576 bytes per policy document",
+            over.len()
+        )
+    );
+    // A request over the wire limit is refused before it is read.
+    let docs: Vec<_> = (0..3).map(|i| big(&format!("p{i}"), 1000)).collect();
+    assert!(docs.iter().map(String::len).sum::<usize>() > MAX_APPLY_REQUEST_BYTES);
+    let err = s.client.apply(apply(docs)).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+    assert!(err.message().contains("2097152"), "{}", err.message());
+    s.shutdown.send(true).unwrap();
+}
+
+#[tokio::test]
+async fn applies_beyond_the_filter_limits_are_refused() {
+    use meshwarden_common::limits::{MAX_POLICIES_PER_FILTER, MAX_REGEXES_PER_FILTER};
+    let mut s = server().await;
+    let traces = |range: std::ops::Range<usize>| {
+        range
+            .map(|i| named("TracePolicy", &format!("p{i}"), json!({})))
+            .collect::<Vec<_>>()
+    };
+    s.client
+        .apply(apply(traces(0..MAX_POLICIES_PER_FILTER)))
+        .await
+        .unwrap();
+    let err = s
+        .client
+        .apply(apply(traces(
+            MAX_POLICIES_PER_FILTER..MAX_POLICIES_PER_FILTER + 1,
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert_eq!(
+        err.message(),
+        "apply refused: TracePolicy policies would number 257, more than the limit of 256 per kind (the limits bound every proxy's trace filter configuration); delete or merge TracePolicy policies first"
+    );
+    // Updating a policy of a full kind, and other kinds, still work.
+    s.client
+        .apply(apply(vec![named(
+            "TracePolicy",
+            "p0",
+            json!({"formats": ["b3"]}),
+        )]))
+        .await
+        .unwrap();
+    let regex_policy = |i: usize| {
+        named(
+            "FaultPolicy",
+            &format!("f{i}"),
+            json!({"match": {"path": {"regex": "/a[0-9]+"}, "authority": {"regex": "x.*"}},
+                "abort": {"httpStatus": 503, "percentage": {"value": 1}}}),
+        )
+    };
+    let half = MAX_REGEXES_PER_FILTER / 2;
+    s.client
+        .apply(apply((0..half).map(regex_policy).collect()))
+        .await
+        .unwrap();
+    let err = s
+        .client
+        .apply(apply(vec![regex_policy(half)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        err.message().contains(
+            "FaultPolicy policies would hold 258 regular expressions, more than the limit of 256"
+        ),
+        "{}",
+        err.message()
+    );
+    // Deleting makes room again.
+    s.client
+        .delete(pb::DeleteRequest {
+            kind: "fault".into(),
+            name: "f0".into(),
+        })
+        .await
+        .unwrap();
+    s.client
+        .apply(apply(vec![regex_policy(half)]))
+        .await
+        .unwrap();
+    s.shutdown.send(true).unwrap();
+}
+
+/// `ApplyRequest` with `documents_json` as raw bytes (the same wire format), to send text
+/// that is not UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawApplyRequest {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    documents_json: Vec<Vec<u8>>,
+}
+
+#[tokio::test]
+async fn undecodable_requests_are_invalid_arguments() {
+    let s = server().await;
+    let channel = Channel::from_shared(format!("http://{}", s.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/meshwarden.v1alpha1.PolicyService/Apply",
+    );
+    let codec = tonic_prost::ProstCodec::<RawApplyRequest, pb::ApplyResponse>::default();
+    let request = RawApplyRequest {
+        documents_json: vec![b"{\"kind\": \"\xff\xfe\"}".to_vec()],
+    };
+    let err = grpc
+        .unary(tonic::Request::new(request), path, codec)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("documents_json") && err.message().contains("UTF-8"),
+        "{}",
+        err.message()
+    );
     s.shutdown.send(true).unwrap();
 }

@@ -1,22 +1,25 @@
 //! `meshwarden apply -f FILE|DIR|-`.
 
 use super::documents::{read_all, SourcedDocument};
-use super::{client, ApplyArgs};
+use super::{client, output, ApplyArgs};
 use crate::api::pb;
 use crate::registry::DocumentRef;
 use anyhow::bail;
+use meshwarden_common::limits::{MAX_APPLY_REQUEST_BYTES, MAX_DOCUMENT_BYTES};
 use meshwarden_common::PolicyDocument;
+use prost::Message;
 use std::collections::HashMap;
 
 /// Validates locally (for a fast error naming file, document and field), then applies
 /// everything in one request and prints one line per policy.
 pub async fn run(server: &str, args: ApplyArgs) -> anyhow::Result<()> {
     let docs = read_all(&args.files)?;
-    check(&docs)?;
     let request = pb::ApplyRequest {
         documents_json: docs.iter().map(|d| d.value.to_string()).collect(),
         dry_run: args.dry_run,
     };
+    check_sizes(&docs, &request)?;
+    check(&docs)?;
     let response = client::policies(server)
         .await?
         .apply(request)
@@ -31,7 +34,42 @@ pub async fn run(server: &str, args: ApplyArgs) -> anyhow::Result<()> {
             pb::apply_result::Outcome::Unchanged => "unchanged",
             pb::apply_result::Outcome::Unspecified => "applied",
         };
-        println!("{}/{} {verb}{suffix}", r.kind.to_ascii_lowercase(), r.name);
+        output::println(&format!(
+            "{}/{} {verb}{suffix}",
+            output::terminal_safe(&r.kind.to_ascii_lowercase()),
+            output::terminal_safe(&r.name)
+        ))?;
+    }
+    Ok(())
+}
+
+/// The server's size limits, checked locally so the error can name the file and what to do:
+/// each document at most [`MAX_DOCUMENT_BYTES`] of JSON, the whole request at most
+/// [`MAX_APPLY_REQUEST_BYTES`].
+fn check_sizes(docs: &[SourcedDocument], request: &pb::ApplyRequest) -> anyhow::Result<()> {
+    for (d, json) in docs.iter().zip(&request.documents_json) {
+        if json.len() > MAX_DOCUMENT_BYTES {
+            bail!(
+                "{}: {}: {} bytes as JSON, more than the limit of {MAX_DOCUMENT_BYTES} bytes per policy document; make it smaller",
+                d.source,
+                DocumentRef::of(d.index, &d.value),
+                json.len()
+            );
+        }
+    }
+    let size = request.encoded_len();
+    if size > MAX_APPLY_REQUEST_BYTES {
+        let mut sources: Vec<&str> = Vec::new();
+        for d in docs {
+            if sources.last() != Some(&d.source.as_str()) {
+                sources.push(&d.source);
+            }
+        }
+        bail!(
+            "{}: {} documents make an apply request of {size} bytes, more than the limit of {MAX_APPLY_REQUEST_BYTES} bytes per apply; apply fewer files at a time, or split large files",
+            sources.join(", "),
+            docs.len()
+        );
     }
     Ok(())
 }
@@ -132,5 +170,45 @@ mod tests {
         );
         let err = locate(&docs, anyhow::anyhow!("document 9: x"));
         assert_eq!(err.to_string(), "document 9: x");
+    }
+
+    #[test]
+    fn sizes_over_the_server_limits_are_refused_naming_the_file() {
+        let labels = |n: usize| -> String {
+            (0..n)
+                .map(|i| format!("    k{i}: {}\n", "v".repeat(1000)))
+                .collect()
+        };
+        let big = |name: &str, n: usize| {
+            format!(
+                "apiVersion: meshwarden.dev/v1alpha1\nkind: TracePolicy\nmetadata:\n  name: {name}\n  labels:\n{}spec: {{}}\n",
+                labels(n)
+            )
+        };
+        let request = |docs: &[SourcedDocument]| pb::ApplyRequest {
+            documents_json: docs.iter().map(|d| d.value.to_string()).collect(),
+            dry_run: false,
+        };
+        let mut docs = parse("a.yaml", &format!("{GOOD}---\n{}", big("big", 1100))).unwrap();
+        let err = check_sizes(&docs, &request(&docs)).unwrap_err().to_string();
+        assert!(
+            err.starts_with("a.yaml: document 2 (TracePolicy \"big\"): 11")
+                && err.ends_with(
+                    " bytes as JSON, more than the limit of 1048576 bytes per policy document; make it smaller"
+                ),
+            "{err}"
+        );
+        docs = parse("a.yaml", &big("one", 1000)).unwrap();
+        check_sizes(&docs, &request(&docs)).unwrap();
+        docs.extend(parse("b.yaml", &big("two", 1000)).unwrap());
+        docs.extend(parse("c.yaml", &big("three", 1000)).unwrap());
+        let err = check_sizes(&docs, &request(&docs)).unwrap_err().to_string();
+        assert!(
+            err.starts_with("a.yaml, b.yaml, c.yaml: 3 documents make an apply request of ")
+                && err.ends_with(
+                    "bytes, more than the limit of 2097152 bytes per apply; apply fewer files at a time, or split large files"
+                ),
+            "{err}"
+        );
     }
 }

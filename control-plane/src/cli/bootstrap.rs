@@ -2,7 +2,6 @@
 
 use crate::bootstrap::{render, BootstrapParams};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 /// `bootstrap` arguments.
 #[derive(Debug, clap::Args)]
@@ -34,9 +33,6 @@ pub struct BootstrapArgs {
     /// Use delta (incremental) ADS instead of state-of-the-world.
     #[arg(long)]
     pub delta: bool,
-    /// Directory holding `meshwarden_<filter>.wasm` for the pass-through default configs.
-    #[arg(long, default_value = super::DEFAULT_WASM_DIR)]
-    pub wasm_dir: PathBuf,
 }
 
 /// Prints the rendered bootstrap to stdout.
@@ -53,10 +49,8 @@ pub fn run(args: BootstrapArgs) -> anyhow::Result<()> {
         upstream_address: args.upstream_addr.0,
         upstream_port: args.upstream_addr.1,
         delta: args.delta,
-        wasm_dir: args.wasm_dir,
     };
-    print!("{}", render(&params));
-    Ok(())
+    super::output::print(&render(&params))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

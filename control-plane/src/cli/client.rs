@@ -24,21 +24,23 @@ pub async fn channel(server: &str) -> anyhow::Result<Channel> {
         .with_context(|| format!("cannot reach the control plane at {url}"))
 }
 
-/// A PolicyService client.
+/// A PolicyService client. Responses are not size-limited: a listing holds every stored
+/// document (up to 1 MiB each), far more than tonic's default 4 MiB.
 pub async fn policies(server: &str) -> anyhow::Result<PolicyServiceClient<Channel>> {
-    Ok(PolicyServiceClient::new(channel(server).await?))
+    Ok(PolicyServiceClient::new(channel(server).await?).max_decoding_message_size(usize::MAX))
 }
 
 /// A ProxyStatusService client.
 pub async fn proxies(server: &str) -> anyhow::Result<ProxyStatusServiceClient<Channel>> {
-    Ok(ProxyStatusServiceClient::new(channel(server).await?))
+    Ok(ProxyStatusServiceClient::new(channel(server).await?).max_decoding_message_size(usize::MAX))
 }
 
-/// The server's message for a failed call (the status code only when there is none).
+/// The server's message for a failed call (the status code only when there is none),
+/// with control characters escaped.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
     if status.message().is_empty() {
         anyhow::anyhow!("control plane answered {:?}", status.code())
     } else {
-        anyhow::anyhow!("{}", status.message())
+        anyhow::anyhow!("{}", super::output::terminal_safe(status.message()))
     }
 }

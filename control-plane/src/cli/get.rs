@@ -1,6 +1,6 @@
 //! `meshwarden get` and `meshwarden delete`.
 
-use super::{client, table, DeleteArgs, GetArgs, Output};
+use super::{client, output, table, DeleteArgs, GetArgs, Output};
 use crate::api::pb;
 use anyhow::Context;
 use meshwarden_common::Kind;
@@ -27,9 +27,9 @@ pub async fn get(server: &str, args: GetArgs) -> anyhow::Result<()> {
             (list.into_inner().policies, false)
         }
     };
-    print!("{}", render(&policies, single, args.output)?);
+    output::print(&render(&policies, single, args.output)?)?;
     if policies.is_empty() && args.output == Output::Table {
-        eprintln!("No policies found.");
+        output::eprintln("No policies found.");
     }
     Ok(())
 }
@@ -46,12 +46,11 @@ pub async fn delete(server: &str, args: DeleteArgs) -> anyhow::Result<()> {
         .delete(request)
         .await
         .map_err(client::status_error)?;
-    println!(
+    output::println(&format!(
         "{}/{} deleted",
         kind.as_str().to_ascii_lowercase(),
-        args.name
-    );
-    Ok(())
+        output::terminal_safe(&args.name)
+    ))
 }
 
 fn parse_kind(s: &str) -> anyhow::Result<Kind> {

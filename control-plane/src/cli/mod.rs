@@ -6,6 +6,7 @@ mod bootstrap;
 mod client;
 pub mod documents;
 mod get;
+pub mod output;
 mod serve;
 #[cfg(test)]
 mod serve_tests;

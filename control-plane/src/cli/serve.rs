@@ -9,6 +9,7 @@ use crate::api::{PolicyApi, ProxyStatusApi};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::registry::PolicyRegistry;
+use crate::store::StoreHealth;
 use crate::xds;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -18,6 +19,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
+
+/// HTTP/2 keepalive ping interval and timeout on the gRPC port.
+const GRPC_KEEPALIVE: Duration = Duration::from_secs(30);
+const GRPC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Age after which a gRPC connection is closed gracefully (idle ones included).
+const GRPC_MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 60);
+/// Streams one connection may open at once (an Envoy opens a handful).
+const GRPC_MAX_STREAMS_PER_CONNECTION: u32 = 128;
 
 /// How long open gRPC streams get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -43,11 +52,22 @@ pub struct ServeArgs {
     /// `MESHWARDEN_MODULE_CLUSTER`.
     #[arg(long)]
     pub module_cluster: Option<String>,
+    /// Log format on stderr: `text` (for people) or `json` (one object per line, for log
+    /// pipelines).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Format of the control plane's logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Runs the control plane until SIGTERM or SIGINT.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_tracing();
+    init_tracing(args.log_format);
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -81,10 +101,15 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
             )
         })?;
     let registry = Arc::new(registry);
-    state.readiness.set_store_loaded();
+    state.readiness.set_store(registry.clone());
+    tokio::spawn(recover_store(registry.clone(), shutdown.clone()));
 
+    let rejections = xds::Rejections::persisted(registry.clone())
+        .map_err(|e| anyhow::anyhow!("cannot read remembered rejections from the store: {e}"))?;
     let xds_config = xds::XdsConfig {
         module_cluster: args.module_cluster.clone(),
+        rejections,
+        module_cache: Some(args.data_dir.join(MODULE_CACHE_DIR)),
         ..xds::XdsConfig::new(&args.wasm_dir)
     };
     let xds = xds::XdsServer::start(xds_config, registry.subscribe(), shutdown.clone())
@@ -102,6 +127,7 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
     )));
     let _ = state.metrics.set(metrics);
     let _ = state.snapshots.set(xds.snapshots());
+    let _ = state.module_cache.set(args.data_dir.join(MODULE_CACHE_DIR));
 
     let grpc_listener = TcpListener::bind(args.grpc_addr)
         .await
@@ -111,6 +137,12 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
     state.readiness.set_grpc_listening();
 
     let grpc = tonic::transport::Server::builder()
+        // Dead peers are found by keepalive pings; every connection, idle or not, is closed
+        // gracefully after a while (proxies reconnect, as they do with istiod).
+        .http2_keepalive_interval(Some(GRPC_KEEPALIVE))
+        .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
+        .max_connection_age(GRPC_MAX_CONNECTION_AGE)
+        .max_concurrent_streams(GRPC_MAX_STREAMS_PER_CONNECTION)
         .add_service(
             PolicyApi::new(registry.clone())
                 .with_shutdown(shutdown.clone())
@@ -135,6 +167,29 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
     }
     tracing::info!("stopped");
     result
+}
+
+/// Sub-directory of `--data-dir` holding content-addressed module copies.
+const MODULE_CACHE_DIR: &str = "modules";
+
+/// How often a failing store is reopened.
+const STORE_CHECK: Duration = Duration::from_secs(1);
+
+/// While writes fail (a full disk), reopens the store every [`STORE_CHECK`] so writes work
+/// again as soon as they can (`/readyz` and `/metrics` follow the store's health).
+async fn recover_store(registry: Arc<PolicyRegistry>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(STORE_CHECK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|down| *down) => return,
+        }
+        if matches!(registry.store_health(), StoreHealth::Healthy) {
+            continue;
+        }
+        let registry = registry.clone();
+        let _ = tokio::task::spawn_blocking(move || registry.recover_store()).await;
+    }
 }
 
 /// Stops the HTTP server if startup fails after it was started.
@@ -185,12 +240,16 @@ async fn wait_for_signal() {
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`).
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
 }

@@ -61,6 +61,7 @@ async fn start(data_dir: &Path, wasm_dir: &Path) -> Running {
         data_dir: data_dir.to_path_buf(),
         wasm_dir: wasm_dir.to_path_buf(),
         module_cluster: None,
+        log_format: super::serve::LogFormat::Text,
     };
     let (shutdown, rx) = watch::channel(false);
     let task = tokio::spawn(serve(args.clone(), rx));
@@ -215,6 +216,7 @@ async fn missing_modules_fail_startup_with_the_path() {
         data_dir: data.path().to_path_buf(),
         wasm_dir: wasm.path().to_path_buf(),
         module_cluster: None,
+        log_format: super::serve::LogFormat::Text,
     };
     let (_tx, rx) = watch::channel(false);
     let err = tokio::time::timeout(WAIT, serve(args, rx))

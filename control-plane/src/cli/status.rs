@@ -1,7 +1,7 @@
 //! `meshwarden status`: connected proxies and, per filter, the accepted version and the
 //! last NACK.
 
-use super::{client, table, Output, StatusArgs};
+use super::{client, output, table, Output, StatusArgs};
 use crate::api::pb;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -92,12 +92,14 @@ pub async fn run(server: &str, args: StatusArgs) -> anyhow::Result<()> {
         proxies: response.proxies.into_iter().map(ProxyView::from).collect(),
     };
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&view)?),
-        Output::Yaml => print!("{}", serde_yaml::to_string(&view)?),
-        Output::Table if view.proxies.is_empty() => eprintln!("No proxies known."),
-        Output::Table => print!("{}", render(&view)),
+        Output::Json => output::println(&serde_json::to_string_pretty(&view)?),
+        Output::Yaml => output::print(&serde_yaml::to_string(&view)?),
+        Output::Table if view.proxies.is_empty() => {
+            output::eprintln("No proxies known.");
+            Ok(())
+        }
+        Output::Table => output::print(&render(&view)),
     }
-    Ok(())
 }
 
 /// The PROTOCOL column: the protocol, after the service when it is not ADS (`ecds/delta`).
@@ -156,12 +158,13 @@ fn render(view: &StatusView) -> String {
                     at if at > 0 => format!(" ({} ago)", table::age(at)),
                     _ => String::new(),
                 };
+                // The message comes from the proxy: shown escaped, on one line.
                 nacks.push_str(&format!(
                     "NACK {} {} version {}{when}: {}\n",
-                    p.node_id,
-                    f.name,
-                    dash(&f.nacked_version),
-                    f.last_error.trim()
+                    output::terminal_safe(&p.node_id),
+                    output::terminal_safe(&f.name),
+                    output::terminal_safe(&dash(&f.nacked_version)),
+                    output::terminal_safe(f.last_error.trim())
                 ));
             }
         }
@@ -284,5 +287,43 @@ mod tests {
             "{out}"
         );
         assert!(nack.ends_with(" ago): bad module"), "{out}");
+    }
+
+    #[test]
+    fn proxy_text_cannot_drive_the_terminal() {
+        let mut p = proxy();
+        p.node_id = "edge-\u{1b}[2J".into();
+        p.filters[0].last_error = "bad\u{1b}[31m module\nsecond line\u{9b}".into();
+        let view = StatusView {
+            proxies: vec![p.into()],
+        };
+        let out = render(&view);
+        assert!(
+            !out.chars().any(|c| c == '\u{1b}' || c == '\u{9b}'),
+            "{out:?}"
+        );
+        let nack = out.lines().find(|l| l.starts_with("NACK ")).unwrap();
+        assert!(
+            nack.starts_with(r"NACK edge-\u{1b}[2J meshwarden.trace version v2 ("),
+            "{nack}"
+        );
+        assert!(
+            nack.ends_with(r"bad\u{1b}[31m module\nsecond line\u{9b}"),
+            "{nack}"
+        );
+        assert!(
+            out.lines().nth(1).unwrap().starts_with(r"edge-\u{1b}[2J"),
+            "{out}"
+        );
+        // JSON stays exact (its own escaping is safe for terminals); YAML escapes them too.
+        let json = serde_json::to_string_pretty(&view).unwrap();
+        let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            back["proxies"][0]["filters"][0]["lastError"],
+            "bad\u{1b}[31m module\nsecond line\u{9b}"
+        );
+        assert!(!json.contains('\u{1b}'), "{json}");
+        let yaml = serde_yaml::to_string(&view).unwrap();
+        assert!(!yaml.contains('\u{1b}'), "{yaml}");
     }
 }

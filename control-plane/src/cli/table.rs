@@ -1,9 +1,21 @@
 //! Plain-text tables and ages, kubectl style.
 
+use super::output::terminal_safe;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Renders rows under `header`, columns left-aligned and separated by three spaces.
+/// Renders rows under `header`, columns left-aligned and separated by three spaces. Cells
+/// are shown with control characters escaped ([`terminal_safe`]): they hold names and
+/// versions a server or proxy chose.
 pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|cell| terminal_safe(cell).into_owned())
+                .collect()
+        })
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -91,6 +91,7 @@ impl Snapshot {
             };
             out.extend(composed.iter().cloned());
         }
+        self.types.rejections().substitute(&mut out);
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Some(Arc::new(out))
     }
@@ -270,27 +271,13 @@ async fn refresh_modules(catalog: &mut ModuleCatalog, last_error: &mut Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy_set::content_version;
     use crate::xds::clusters::CLUSTER_TYPE_URL;
     use crate::xds::extension_configs::TYPED_EXTENSION_CONFIG;
     use crate::xds::modules::test_support::write_fake_modules;
-    use meshwarden_common::PolicyDocument;
     use serde_json::json;
 
     fn trace(name: &str, selector: serde_json::Value) -> StoredPolicy {
-        let doc = PolicyDocument::from_value(&json!({
-            "apiVersion": "meshwarden.dev/v1alpha1",
-            "kind": "TracePolicy",
-            "metadata": {"name": name},
-            "spec": {"selector": selector},
-        }))
-        .unwrap();
-        StoredPolicy {
-            version: content_version(&doc),
-            doc,
-            generation: 1,
-            updated_unix_ms: 0,
-        }
+        crate::test_fixtures::trace(name, json!({ "selector": selector }))
     }
 
     fn node(id: &str, zone: &str) -> ProxyNode {

@@ -279,10 +279,9 @@ fn write_canonical(value: &Value, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy_set::content_version;
     use envoy_types::pb::envoy::extensions::wasm::v3::plugin_config::Vm;
     use meshwarden_common::trace::TraceSpec;
-    use meshwarden_common::{FilterConfig, PolicyDocument};
+    use meshwarden_common::FilterConfig;
     use prost::Message;
     use serde_json::json;
     use std::path::PathBuf;
@@ -302,19 +301,7 @@ mod tests {
     }
 
     fn stored(name: &str, spec: Value) -> StoredPolicy {
-        let doc = PolicyDocument::from_value(&json!({
-            "apiVersion": "meshwarden.dev/v1alpha1",
-            "kind": "TracePolicy",
-            "metadata": {"name": name},
-            "spec": spec,
-        }))
-        .unwrap();
-        StoredPolicy {
-            version: content_version(&doc),
-            doc,
-            generation: 1,
-            updated_unix_ms: 0,
-        }
+        crate::test_fixtures::trace(name, spec)
     }
 
     /// The filter configuration inside a composed resource.

@@ -8,6 +8,7 @@
 //! - [`cache`]: snapshots (policy set + modules) published by a debouncing task, composing
 //!   each proxy's resources once per selection;
 //! - [`proxies`]: what each connected proxy was sent, accepted and rejected;
+//! - [`rejections`]: rejected versions and NACKs remembered across streams and restarts;
 //! - [`service`]: one-call startup of all of the above.
 
 pub mod cache;
@@ -16,6 +17,7 @@ pub mod extension_configs;
 pub mod modules;
 pub mod node;
 pub mod proxies;
+pub mod rejections;
 pub mod service;
 pub mod types;
 
@@ -31,4 +33,5 @@ pub use node::{node_info, proxy_node, ProxyNode};
 pub use proxies::{
     NackStatus, ProxyRegistry, ProxyStatus, ResourceStatus, VersionStatus, XdsProtocol, XdsStats,
 };
+pub use rejections::{AuxStore, Rejections};
 pub use service::{Server, XdsConfig, XdsServer};

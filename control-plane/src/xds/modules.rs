@@ -76,6 +76,19 @@ struct Stamp {
 pub struct ModuleCatalog {
     current: Arc<ModuleSet>,
     stamps: Vec<Stamp>,
+    /// `<wasm_dir>/meshwarden_<filter>.wasm`, in [`Kind::ALL`] order.
+    sources: Vec<PathBuf>,
+    /// Content-addressed copies (`<sha256>.wasm`) advertised instead of the sources.
+    cache: Option<PathBuf>,
+}
+
+/// Module files kept in the cache; older ones are removed.
+pub const CACHED_MODULES: usize = 32;
+
+/// The cached copy of the module with hash `sha256` in `cache`, if the hash is well formed.
+pub fn cached_module(cache: &Path, sha256: &str) -> Option<PathBuf> {
+    let ok = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
+    ok.then(|| cache.join(format!("{sha256}.wasm")))
 }
 
 /// `<wasm_dir>/meshwarden_<filter>.wasm`, made absolute.
@@ -88,19 +101,62 @@ impl ModuleCatalog {
     /// Reads and hashes every module in `wasm_dir`. Any missing or unreadable module is an
     /// error naming its path.
     pub fn load(wasm_dir: impl AsRef<Path>) -> Result<Self, ModuleError> {
+        Self::load_cached(wasm_dir, None)
+    }
+
+    /// [`ModuleCatalog::load`], copying every module version into `cache` as
+    /// `<sha256>.wasm` and advertising that immutable copy: a configuration keeps loading
+    /// the module it was composed with even after `wasm_dir` changes (a remembered
+    /// last-good configuration, a proxy reading the file while it is rebuilt).
+    pub fn load_cached(
+        wasm_dir: impl AsRef<Path>,
+        cache: Option<PathBuf>,
+    ) -> Result<Self, ModuleError> {
         let mut modules = Vec::with_capacity(Kind::ALL.len());
         let mut stamps = Vec::with_capacity(Kind::ALL.len());
+        let mut sources = Vec::with_capacity(Kind::ALL.len());
+        if let Some(dir) = &cache {
+            std::fs::create_dir_all(dir).map_err(read_error(dir, Kind::TracePolicy))?;
+        }
         for kind in Kind::ALL {
-            let path = module_path(wasm_dir.as_ref(), kind);
-            let (stamp, sha256) = read_module(&path, kind)?;
+            let source = module_path(wasm_dir.as_ref(), kind);
+            let (stamp, sha256, path) = read_module(&source, kind, cache.as_deref())?;
             modules.push(ModuleInfo { kind, path, sha256 });
             stamps.push(stamp);
+            sources.push(source);
         }
         let current = ModuleSet::new(modules).expect("one module per kind");
-        Ok(Self {
+        let catalog = Self {
             current: Arc::new(current),
             stamps,
-        })
+            sources,
+            cache,
+        };
+        catalog.prune_cache();
+        Ok(catalog)
+    }
+
+    /// Removes all but the newest [`CACHED_MODULES`] cached copies (never a current one).
+    fn prune_cache(&self) {
+        let Some(dir) = &self.cache else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+            .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+            .collect();
+        files.sort();
+        let excess = files.len().saturating_sub(CACHED_MODULES);
+        for (_, path) in files.into_iter().take(excess) {
+            if self.current.iter().all(|m| m.path != path) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
 
     /// The modules as last read.
@@ -116,20 +172,23 @@ impl ModuleCatalog {
         let mut stamps = self.stamps.clone();
         let mut changed = false;
         for (i, module) in next.iter_mut().enumerate() {
-            let stamp = stamp_of(&module.path, module.kind)?;
+            let source = &self.sources[i];
+            let stamp = stamp_of(source, module.kind)?;
             if stamp == stamps[i] {
                 continue;
             }
-            let (stamp, sha256) = read_module(&module.path, module.kind)?;
+            let (stamp, sha256, path) = read_module(source, module.kind, self.cache.as_deref())?;
             stamps[i] = stamp;
             if sha256 != module.sha256 {
                 module.sha256 = sha256;
+                module.path = path;
                 changed = true;
             }
         }
         self.stamps = stamps;
         if changed {
             self.current = Arc::new(ModuleSet::new(next).expect("one module per kind"));
+            self.prune_cache();
         }
         Ok(changed)
     }
@@ -151,19 +210,30 @@ fn stamp_of(path: &Path, kind: Kind) -> Result<Stamp, ModuleError> {
     })
 }
 
-fn read_module(path: &Path, kind: Kind) -> Result<(Stamp, String), ModuleError> {
+/// Reads and hashes a module; with a cache, makes sure `<cache>/<sha256>.wasm` holds these
+/// very bytes and returns that path (else the source path).
+fn read_module(
+    path: &Path,
+    kind: Kind,
+    cache: Option<&Path>,
+) -> Result<(Stamp, String, PathBuf), ModuleError> {
     let stamp = stamp_of(path, kind)?;
-    let mut file = std::fs::File::open(path).map_err(read_error(path, kind))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf).map_err(read_error(path, kind))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
+    let mut bytes = Vec::with_capacity(usize::try_from(stamp.len).unwrap_or(0));
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(read_error(path, kind))?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let Some(cache) = cache else {
+        return Ok((stamp, sha256, path.to_path_buf()));
+    };
+    let cached = cached_module(cache, &sha256).expect("a sha256 is 64 hex digits");
+    if !cached.exists() {
+        let tmp = cache.join(format!(".{sha256}.tmp"));
+        std::fs::write(&tmp, &bytes)
+            .and_then(|()| std::fs::rename(&tmp, &cached))
+            .map_err(read_error(&cached, kind))?;
     }
-    Ok((stamp, hex::encode(hasher.finalize())))
+    Ok((stamp, sha256, cached))
 }
 
 #[cfg(test)]
@@ -194,6 +264,27 @@ mod tests {
         assert!(trace.path.ends_with("meshwarden_trace.wasm"));
         assert_eq!(trace.sha256, hex::encode(Sha256::digest(b"fake trace")));
         assert_eq!(set.get(Kind::RateLimitPolicy).kind, Kind::RateLimitPolicy);
+    }
+
+    #[test]
+    fn cached_copies_are_immutable_and_advertised() {
+        let (dir, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        write_fake_modules(dir.path());
+        let mut catalog =
+            ModuleCatalog::load_cached(dir.path(), Some(cache.path().to_path_buf())).unwrap();
+        let before = catalog.current().get(Kind::FaultPolicy).clone();
+        assert_eq!(
+            before.path,
+            cache.path().join(format!("{}.wasm", before.sha256))
+        );
+        std::fs::write(dir.path().join("meshwarden_fault.wasm"), b"v2").unwrap();
+        assert!(catalog.refresh().unwrap());
+        let after = catalog.current().get(Kind::FaultPolicy).clone();
+        assert_ne!(after.path, before.path);
+        // The old version stays loadable under its own hash.
+        assert_eq!(std::fs::read(&before.path).unwrap(), b"fake fault");
+        assert_eq!(std::fs::read(&after.path).unwrap(), b"v2");
+        assert_eq!(cached_module(cache.path(), "../x"), None);
     }
 
     #[test]

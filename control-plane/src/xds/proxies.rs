@@ -6,6 +6,7 @@
 
 use super::extension_configs::TYPED_EXTENSION_CONFIG;
 use super::node::node_info;
+use super::rejections::Rejections;
 use meshwarden_common::NodeInfo;
 use meshwarden_xds::{Observer, Resource, StreamInfo, StreamObserver, Transport};
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +17,10 @@ pub use meshwarden_xds::{Protocol as XdsProtocol, XdsStats};
 
 /// How long a disconnected proxy stays listed by default.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(600);
+
+/// Disconnected streams kept for status at most (the oldest go first), so clients that
+/// connect with ever new node ids cannot grow the registry without bound.
+pub const MAX_DISCONNECTED: usize = 10_000;
 
 /// A resource version together with the policies it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +88,8 @@ struct Inner {
 pub struct ProxyRegistry {
     inner: Arc<Mutex<Inner>>,
     retention: Duration,
+    max_disconnected: usize,
+    rejections: Rejections,
 }
 
 impl Default for ProxyRegistry {
@@ -102,7 +109,21 @@ impl ProxyRegistry {
         Self {
             inner: Arc::default(),
             retention,
+            max_disconnected: MAX_DISCONNECTED,
+            rejections: Rejections::default(),
         }
+    }
+
+    /// Keeps at most `max` disconnected streams (default [`MAX_DISCONNECTED`]).
+    pub fn with_max_disconnected(mut self, max: usize) -> Self {
+        self.max_disconnected = max;
+        self
+    }
+
+    /// Records rejections in (and shows remembered ones from) `rejections`.
+    pub fn with_rejections(mut self, rejections: Rejections) -> Self {
+        self.rejections = rejections;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -134,6 +155,21 @@ impl ProxyRegistry {
         inner
             .streams
             .retain(|_, e| e.disconnected.is_none_or(|at| at.elapsed() < retention));
+        if inner.streams.len() <= self.max_disconnected {
+            return;
+        }
+        let mut gone: Vec<(Instant, u64)> = inner
+            .streams
+            .iter()
+            .filter_map(|(id, e)| Some((e.disconnected?, *id)))
+            .collect();
+        if gone.len() > self.max_disconnected {
+            gone.sort_unstable();
+            let excess = gone.len() - self.max_disconnected;
+            for (_, id) in gone.into_iter().take(excess) {
+                inner.streams.remove(&id);
+            }
+        }
     }
 
     /// Registers a new ADS stream; see [`ProxyRegistry::connect_via`].
@@ -159,6 +195,19 @@ impl ProxyRegistry {
         });
         inner.next_id += 1;
         let stream_id = inner.next_id;
+        // NACKs remembered from earlier streams and processes stay visible.
+        let mut resources: Vec<ResourceStatus> = self
+            .rejections
+            .nacks_of(&node.id)
+            .into_iter()
+            .map(|(name, nack)| ResourceStatus {
+                name,
+                sent: None,
+                accepted: None,
+                last_nack: Some(nack),
+            })
+            .collect();
+        resources.sort_by(|a, b| a.name.cmp(&b.name));
         inner.streams.insert(
             stream_id,
             Entry {
@@ -171,7 +220,7 @@ impl ProxyRegistry {
                     transport,
                     connected_at: SystemTime::now(),
                     disconnected_at: None,
-                    resources: Vec::new(),
+                    resources,
                 },
                 disconnected: None,
             },
@@ -179,6 +228,8 @@ impl ProxyRegistry {
         ProxyHandle {
             registry: self.clone(),
             stream_id,
+            node_id: node.id.clone(),
+            accepted: HashMap::new(),
         }
     }
 
@@ -212,6 +263,9 @@ impl ProxyRegistry {
 pub struct ProxyHandle {
     registry: ProxyRegistry,
     stream_id: u64,
+    node_id: String,
+    /// The version of each resource the proxy holds, as served (for rejections' fallback).
+    accepted: HashMap<String, Arc<Resource>>,
 }
 
 fn version_status(r: &Resource) -> VersionStatus {
@@ -240,23 +294,32 @@ impl StreamObserver for ProxyHandle {
         self.stream_id
     }
 
-    fn sent(&mut self, type_url: &str, resource: &Resource) {
+    fn sent(&mut self, type_url: &str, resource: &Arc<Resource>) {
         if tracked(type_url) {
             self.mark_sent(resource);
         }
     }
 
-    fn accepted(&mut self, type_url: &str, resource: &Resource) {
+    fn accepted(&mut self, type_url: &str, resource: &Arc<Resource>) {
+        self.accepted
+            .insert(resource.name.clone(), resource.clone());
         if tracked(type_url) {
             self.mark_accepted(resource);
         }
     }
 
+    /// Remembered beyond the stream: the version is not served again (see
+    /// [`Rejections`]).
     fn rejected(&mut self, _type_url: &str, name: &str, version: &str, message: &str) {
+        let previous = self.accepted.get(name).cloned();
+        self.registry
+            .rejections
+            .record(&self.node_id, name, version, message, previous);
         self.mark_rejected(name, version, message);
     }
 
     fn removed(&mut self, _type_url: &str, name: &str) {
+        self.accepted.remove(name);
         self.forget(name);
     }
 }
@@ -359,6 +422,22 @@ mod tests {
         assert_eq!(reg.connected_count(), 0);
         std::thread::sleep(Duration::from_millis(80));
         assert!(reg.list().is_empty());
+    }
+
+    #[test]
+    fn disconnected_entries_are_capped() {
+        let reg = ProxyRegistry::new().with_max_disconnected(100);
+        for i in 0..150 {
+            drop(reg.connect(&node(&format!("fake-{i}")), XdsProtocol::Sotw));
+        }
+        let _live = reg.connect(&node("live"), XdsProtocol::Sotw);
+        let list = reg.list();
+        assert_eq!(list.len(), 101);
+        assert!(list.iter().any(|p| p.node_id == "live"));
+        assert!(
+            !list.iter().any(|p| p.node_id == "fake-0"),
+            "oldest went first"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use super::cache::{spawn_snapshotter_for, Snapshot, SnapshotterConfig};
 use super::extension_configs::ExtensionConfigs;
 use super::modules::{ModuleCatalog, ModuleError};
 use super::proxies::{ProxyRegistry, XdsStats, DEFAULT_RETENTION};
+use super::rejections::Rejections;
 use super::types::ResourceTypes;
 use crate::policy_set::SharedPolicySet;
 use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer;
@@ -31,6 +32,10 @@ pub struct XdsConfig {
     /// Cluster through which proxies fetch modules over HTTP by default (see
     /// [`ExtensionConfigs`]); `None` keeps local paths.
     pub module_cluster: Option<String>,
+    /// The memory of rejected versions (in-process only by default; `serve` persists it).
+    pub rejections: Rejections,
+    /// Directory of content-addressed module copies (see [`ModuleCatalog::load_cached`]).
+    pub module_cache: Option<PathBuf>,
 }
 
 impl XdsConfig {
@@ -41,6 +46,8 @@ impl XdsConfig {
             snapshotter: SnapshotterConfig::default(),
             retention: DEFAULT_RETENTION,
             module_cluster: None,
+            rejections: Rejections::default(),
+            module_cache: None,
         }
     }
 }
@@ -62,12 +69,16 @@ impl XdsServer {
         policies: watch::Receiver<SharedPolicySet>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, ModuleError> {
-        let catalog = ModuleCatalog::load(&config.wasm_dir)?;
-        let types = Arc::new(ResourceTypes::new(ExtensionConfigs {
-            default_module_cluster: config.module_cluster.clone(),
-        }));
+        let catalog = ModuleCatalog::load_cached(&config.wasm_dir, config.module_cache.clone())?;
+        let types = Arc::new(
+            ResourceTypes::new(ExtensionConfigs {
+                default_module_cluster: config.module_cluster.clone(),
+            })
+            .with_rejections(config.rejections.clone()),
+        );
         let snapshots = spawn_snapshotter_for(policies, catalog, config.snapshotter, types);
-        let proxies = ProxyRegistry::with_retention(config.retention);
+        let proxies = ProxyRegistry::with_retention(config.retention)
+            .with_rejections(config.rejections.clone());
         let stats = Arc::new(XdsStats::default());
         let server =
             Server::new(snapshots.clone(), proxies.clone(), stats.clone()).with_shutdown(shutdown);

@@ -2,7 +2,7 @@
 //! ADS client stubs playing the proxy.
 
 use super::*;
-use crate::policy_set::{content_version, PolicySet, SharedPolicySet, StoredPolicy};
+use crate::policy_set::{PolicySet, SharedPolicySet, StoredPolicy};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{Node, TypedExtensionConfig};
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
@@ -14,7 +14,6 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::envoy::service::extension::v3::extension_config_discovery_service_client::ExtensionConfigDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::{value, Any, StringValue, Struct, Value};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
-use meshwarden_common::PolicyDocument;
 use prost::Message;
 use serde_json::json;
 use std::collections::HashMap;
@@ -35,19 +34,7 @@ const WAIT: Duration = Duration::from_secs(5);
 const SILENCE: Duration = Duration::from_millis(300);
 
 fn trace_policy(name: &str, spec: serde_json::Value) -> StoredPolicy {
-    let doc = PolicyDocument::from_value(&json!({
-        "apiVersion": "meshwarden.dev/v1alpha1",
-        "kind": "TracePolicy",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .unwrap();
-    StoredPolicy {
-        version: content_version(&doc),
-        doc,
-        generation: 1,
-        updated_unix_ms: 0,
-    }
+    crate::test_fixtures::trace(name, spec)
 }
 
 fn policy_set(generation: u64, mut policies: Vec<StoredPolicy>) -> SharedPolicySet {
@@ -155,62 +142,68 @@ impl Harness {
         self.policies.send_replace(policy_set(generation, policies));
     }
 
-    async fn sotw(&self) -> Stream<DiscoveryRequest, DiscoveryResponse> {
+    /// Opens a stream with `call` on a client of this server's channel.
+    async fn open<Req, Resp, F, Fut>(&self, call: F) -> Stream<Req, Resp>
+    where
+        F: FnOnce(Channel, ReceiverStream<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Streaming<Resp>>, tonic::Status>>,
+    {
         let (tx, rx) = mpsc::channel(16);
-        let mut client = AggregatedDiscoveryServiceClient::new(self.channel.clone());
-        let responses = client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
+        let responses = call(self.channel.clone(), ReceiverStream::new(rx))
             .await
             .unwrap()
             .into_inner();
         Stream { tx, responses }
     }
 
+    /// A state-of-the-world ADS stream.
+    async fn sotw(&self) -> Stream<DiscoveryRequest, DiscoveryResponse> {
+        self.open(|c, rx| async move {
+            AggregatedDiscoveryServiceClient::new(c)
+                .stream_aggregated_resources(rx)
+                .await
+        })
+        .await
+    }
+
+    /// A delta ADS stream.
     async fn delta(&self) -> Stream<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
-        let (tx, rx) = mpsc::channel(16);
-        let mut client = AggregatedDiscoveryServiceClient::new(self.channel.clone());
-        let responses = client
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        Stream { tx, responses }
+        self.open(|c, rx| async move {
+            AggregatedDiscoveryServiceClient::new(c)
+                .delta_aggregated_resources(rx)
+                .await
+        })
+        .await
     }
 
     /// A state-of-the-world stream on the standalone ECDS service.
     async fn ecds_sotw(&self) -> Stream<DiscoveryRequest, DiscoveryResponse> {
-        let (tx, rx) = mpsc::channel(16);
-        let mut client = ExtensionConfigDiscoveryServiceClient::new(self.channel.clone());
-        let responses = client
-            .stream_extension_configs(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        Stream { tx, responses }
+        self.open(|c, rx| async move {
+            ExtensionConfigDiscoveryServiceClient::new(c)
+                .stream_extension_configs(rx)
+                .await
+        })
+        .await
     }
 
     /// A delta stream on the standalone ECDS service.
     async fn ecds_delta(&self) -> Stream<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
-        let (tx, rx) = mpsc::channel(16);
-        let mut client = ExtensionConfigDiscoveryServiceClient::new(self.channel.clone());
-        let responses = client
-            .delta_extension_configs(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        Stream { tx, responses }
+        self.open(|c, rx| async move {
+            ExtensionConfigDiscoveryServiceClient::new(c)
+                .delta_extension_configs(rx)
+                .await
+        })
+        .await
     }
 
     /// A state-of-the-world stream on the standalone CDS service.
     async fn cds_sotw(&self) -> Stream<DiscoveryRequest, DiscoveryResponse> {
-        let (tx, rx) = mpsc::channel(16);
-        let mut client = ClusterDiscoveryServiceClient::new(self.channel.clone());
-        let responses = client
-            .stream_clusters(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        Stream { tx, responses }
+        self.open(|c, rx| async move {
+            ClusterDiscoveryServiceClient::new(c)
+                .stream_clusters(rx)
+                .await
+        })
+        .await
     }
 
     /// Waits until `check` holds for the registry's view of the only proxy with `node_id`.
@@ -683,18 +676,11 @@ fn mirror_policy(name: &str, hosts: &[&str], selector: serde_json::Value) -> Sto
         .iter()
         .map(|h| json!({"target": {"host": h}}))
         .collect();
-    let doc = PolicyDocument::from_value(&json!({
-        "apiVersion": "meshwarden.dev/v1alpha1", "kind": "MirrorPolicy",
-        "metadata": {"name": name},
-        "spec": {"mirrors": mirrors, "selector": selector},
-    }))
-    .unwrap();
-    StoredPolicy {
-        version: content_version(&doc),
-        doc,
-        generation: 1,
-        updated_unix_ms: 0,
-    }
+    crate::test_fixtures::stored(
+        "MirrorPolicy",
+        name,
+        json!({"mirrors": mirrors, "selector": selector}),
+    )
 }
 
 fn cluster_request(node: Option<Node>, version: &str, nonce: &str) -> DiscoveryRequest {

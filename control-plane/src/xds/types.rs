@@ -5,6 +5,7 @@
 
 use super::modules::ModuleSet;
 use super::node::ProxyNode;
+use super::rejections::Rejections;
 use crate::policy_set::StoredPolicy;
 use meshwarden_common::Kind;
 use meshwarden_xds::Resource;
@@ -41,11 +42,13 @@ pub trait ResourceType: Send + Sync + std::fmt::Debug {
     ) -> Vec<Arc<Resource>>;
 }
 
-/// The resource types served, in the order their responses go out on an aggregated stream.
+/// The resource types served, in the order their responses go out on an aggregated stream,
+/// and the memory of versions proxies rejected (never served again).
 #[derive(Debug)]
 pub struct ResourceTypes {
     types: Vec<Box<dyn ResourceType>>,
     urls: Vec<&'static str>,
+    rejections: Rejections,
 }
 
 impl ResourceTypes {
@@ -61,7 +64,22 @@ impl ResourceTypes {
     /// A set of explicit types (in response order).
     pub fn from_types(types: Vec<Box<dyn ResourceType>>) -> Self {
         let urls = types.iter().map(|t| t.type_url()).collect();
-        Self { types, urls }
+        Self {
+            types,
+            urls,
+            rejections: Rejections::default(),
+        }
+    }
+
+    /// Serves around the versions remembered in `rejections`.
+    pub fn with_rejections(mut self, rejections: Rejections) -> Self {
+        self.rejections = rejections;
+        self
+    }
+
+    /// The memory of rejected versions.
+    pub fn rejections(&self) -> &Rejections {
+        &self.rejections
     }
 
     /// The type serving `type_url`.

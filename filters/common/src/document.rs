@@ -184,7 +184,9 @@ impl PolicyDocument {
             KindBody::Mirror(s) => serde_json::to_value(s),
             KindBody::RateLimit(s) => serde_json::to_value(s),
         };
-        v.expect("policy specs always serialize")
+        let mut v = v.expect("policy specs always serialize");
+        normalize_negative_zero(&mut v);
+        v
     }
 
     /// The canonical JSON form of the whole document (defaults filled in, keys sorted), used
@@ -212,6 +214,19 @@ impl PolicyDocument {
             "metadata": self.metadata,
             "spec": spec,
         })
+    }
+}
+
+/// Rewrites every `-0.0` as `0.0`: equal numbers, so they must give equal canonical bytes
+/// (and content versions).
+fn normalize_negative_zero(value: &mut Value) {
+    match value {
+        Value::Number(n) if n.as_f64().is_some_and(|f| f == 0.0 && f.is_sign_negative()) => {
+            *n = serde_json::Number::from_f64(0.0).expect("0.0 is finite");
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalize_negative_zero),
+        Value::Object(map) => map.values_mut().for_each(normalize_negative_zero),
+        _ => {}
     }
 }
 
@@ -246,6 +261,21 @@ mod tests {
         assert_eq!(d.kind(), Kind::TracePolicy);
         let again = PolicyDocument::from_value(&d.to_value()).unwrap();
         assert_eq!(again, d);
+    }
+
+    #[test]
+    fn negative_zero_has_the_canonical_form_of_zero() {
+        let fault = |value: Value| {
+            let spec = json!({"abort": {"httpStatus": 503, "percentage": {"value": value}}});
+            PolicyDocument::from_value(&doc("FaultPolicy", spec))
+                .unwrap()
+                .to_value()
+                .to_string()
+        };
+        let zero = fault(json!(0));
+        assert_eq!(fault(json!(-0.0)), zero);
+        assert_eq!(fault(json!(0.0)), zero);
+        assert!(!zero.contains("-0"), "{zero}");
     }
 
     #[test]

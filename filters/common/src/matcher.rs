@@ -99,6 +99,17 @@ impl RequestMatch {
     }
 }
 
+impl RequestMatch {
+    /// How many regular expressions the block holds (path, authority and header values),
+    /// counted against [`crate::limits::MAX_REGEXES_PER_FILTER`].
+    pub fn regex_count(&self) -> usize {
+        let is_regex = |m: &Option<StringMatchSpec>| m.as_ref().is_some_and(|m| m.regex.is_some());
+        usize::from(is_regex(&self.path))
+            + usize::from(is_regex(&self.authority))
+            + self.headers.iter().filter(|h| h.regex.is_some()).count()
+    }
+}
+
 impl HeaderMatchSpec {
     fn compile(&self) -> Result<HeaderCondition, ValidationError> {
         let value = StringMatchSpec {
@@ -187,6 +198,17 @@ mod tests {
         assert!(!m.matches(&req("/api", "PUT", &[("x-user", "u42")])));
         assert!(!m.matches(&req("/api", "GET", &[("x-user", "admin")])));
         assert!(!m.matches(&req("/api", "GET", &[("x-user", "u1"), ("x-debug", "1")])));
+    }
+
+    #[test]
+    fn regexes_are_counted() {
+        let m: RequestMatch = serde_json::from_str(
+            r#"{"path":{"regex":"/a.*"},"authority":{"prefix":"x"},
+                "headers":[{"name":"a","regex":"1"},{"name":"b","exact":"2"},{"name":"c","regex":"3"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(m.regex_count(), 3);
+        assert_eq!(RequestMatch::default().regex_count(), 0);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// A policy name: a DNS-1123 subdomain as in Kubernetes (`[a-z0-9]([-a-z0-9.]*[a-z0-9])?`,
-/// at most 253 characters). It appears in metric names, so it is kept strict.
+/// A policy name: a DNS-1123 subdomain as in Kubernetes (dot-separated labels
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 253 characters in all). It appears in metric names, so it is kept strict.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct PolicyName(String);
@@ -36,6 +36,15 @@ impl TryFrom<String> for PolicyName {
             |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         if !alnum(s.chars().next()) || !alnum(s.chars().last()) {
             return Err(format!("{s:?} must start and end with a letter or digit"));
+        }
+        // Every dot-separated label is itself `[a-z0-9]([-a-z0-9]*[a-z0-9])?`: no empty
+        // label (`a..b`), none starting or ending with '-' (`a.-b`, `a-.b`).
+        if s.split('.')
+            .any(|label| !alnum(label.chars().next()) || !alnum(label.chars().last()))
+        {
+            return Err(format!(
+                "{s:?} must have a letter or digit on both sides of every '.'"
+            ));
         }
         Ok(Self(s))
     }
@@ -103,10 +112,27 @@ mod tests {
     fn policy_names_follow_dns_1123() {
         assert!(PolicyName::try_from("checkout-trace".to_string()).is_ok());
         assert!(PolicyName::try_from("a.b-1".to_string()).is_ok());
-        for bad in ["", "Upper", "-lead", "trail-", "sp ace", "under_score"] {
+        assert!(PolicyName::try_from("checkout.v2.eu-1".to_string()).is_ok());
+        for bad in [
+            "",
+            "Upper",
+            "-lead",
+            "trail-",
+            "sp ace",
+            "under_score",
+            "a..b",
+            "a.-b",
+            "a-.b",
+            ".a",
+            "a.",
+        ] {
             assert!(PolicyName::try_from(bad.to_string()).is_err(), "{bad}");
         }
         assert!(PolicyName::try_from("a".repeat(254)).is_err());
+        assert_eq!(
+            PolicyName::try_from("a..b".to_string()).unwrap_err(),
+            r#""a..b" must have a letter or digit on both sides of every '.'"#
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! String matching: exact, prefix or regular expression, one of them.
 
 use crate::error::ValidationError;
+use crate::limits::{MAX_REGEX_NESTING, MAX_REGEX_PATTERN_BYTES, MAX_REGEX_PROGRAM_BYTES};
 use serde::{Deserialize, Serialize};
 
 /// How a policy writes a string match: exactly one of `exact`, `prefix`, `regex`.
@@ -24,9 +25,6 @@ pub enum StringMatch {
     Regex(regex_lite::Regex),
 }
 
-/// Longest regular expression accepted, to bound compile time and memory in the proxy.
-const MAX_REGEX_LEN: usize = 1024;
-
 impl StringMatchSpec {
     /// Checks that exactly one form is set and compiles it.
     pub fn compile(&self) -> Result<StringMatch, ValidationError> {
@@ -46,13 +44,32 @@ impl StringMatchSpec {
     }
 }
 
+/// Compiles an anchored regular expression within the limits that bound its compile time
+/// and memory in every filter VM (see [`crate::limits`]).
 fn compile_regex(pattern: &str) -> Result<StringMatch, String> {
-    if pattern.len() > MAX_REGEX_LEN {
-        return Err(format!("must be at most {MAX_REGEX_LEN} characters"));
+    if pattern.len() > MAX_REGEX_PATTERN_BYTES {
+        return Err(format!(
+            "pattern is {} bytes, more than the limit of {MAX_REGEX_PATTERN_BYTES} bytes",
+            pattern.len()
+        ));
     }
-    regex_lite::Regex::new(&format!("^(?:{pattern})$"))
+    regex_lite::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(MAX_REGEX_PROGRAM_BYTES)
+        .nest_limit(MAX_REGEX_NESTING)
+        .build()
         .map(StringMatch::Regex)
-        .map_err(|e| format!("invalid regular expression: {e}"))
+        .map_err(|e| {
+            let e = e.to_string();
+            if e.contains("size limit") {
+                format!(
+                    "compiled program is larger than the limit of {MAX_REGEX_PROGRAM_BYTES} bytes; use smaller counted repetitions ({{n}}, {{n,m}}) or fewer alternatives"
+                )
+            } else if e.contains("nesting") {
+                format!("nested more than the limit of {MAX_REGEX_NESTING} levels")
+            } else {
+                format!("invalid regular expression: {e}")
+            }
+        })
 }
 
 impl StringMatch {
@@ -93,6 +110,34 @@ mod tests {
         let err = spec(None, None, Some("(")).compile().unwrap_err();
         assert_eq!(err.field, "regex");
         assert!(!m.matches(&[0xff, 0xfe]));
+    }
+
+    #[test]
+    fn regex_limits_name_the_limit() {
+        let at = |p: &str| spec(None, None, Some(p)).compile().map(|_| ());
+        // Length: bytes, not characters.
+        at(&"a".repeat(MAX_REGEX_PATTERN_BYTES)).unwrap();
+        let err = at(&"é".repeat(MAX_REGEX_PATTERN_BYTES / 2 + 1)).unwrap_err();
+        assert_eq!(err.field, "regex");
+        assert_eq!(
+            err.message,
+            "pattern is 1002 bytes, more than the limit of 1000 bytes"
+        );
+        // Program size: counted repetitions multiply.
+        at("[a-z]{1,64}").unwrap();
+        at("[a-z]{700}").unwrap();
+        let err = at("(?:[a-z]{100}){100}").unwrap_err();
+        assert!(
+            err.message
+                .starts_with("compiled program is larger than the limit of 32768 bytes"),
+            "{err}"
+        );
+        let err = at("a{1000}{1000}{1000}").unwrap_err();
+        assert!(err.message.contains("32768"), "{err}");
+        // Nesting.
+        at(&format!("{}a{}", "(".repeat(20), ")".repeat(20))).unwrap();
+        let err = at(&format!("{}a{}", "(".repeat(40), ")".repeat(40))).unwrap_err();
+        assert_eq!(err.message, "nested more than the limit of 32 levels");
     }
 
     #[test]

@@ -206,7 +206,19 @@ async fn policy_change_applies_without_restart_and_status_shows_it_accepted() ->
     .await?;
     assert_ne!(first, second);
 
-    let (resp, seen) = through(&s, "/changed", &[]).await?;
+    // An ACK means the main thread took the configuration; each worker picks it up a
+    // moment later, so poll until a request sees it.
+    let (resp, seen) =
+        meshwarden_e2e::wait_until(Duration::from_secs(5), "new config on the workers", || {
+            let r = through(&s, "/changed", &[]);
+            async move {
+                let (resp, seen) = r.await.ok()?;
+                resp.headers()
+                    .contains_key("x-trace-id")
+                    .then_some((resp, seen))
+            }
+        })
+        .await?;
     let echoed = resp
         .headers()
         .get("x-trace-id")
@@ -275,13 +287,7 @@ async fn invalid_policy_is_rejected_with_the_field_and_changes_nothing() -> anyh
 async fn rejected_config_shows_as_nack_is_not_resent_and_traffic_keeps_flowing(
 ) -> anyhow::Result<()> {
     // The control plane serves modules from a private copy that the test can break.
-    let modules = tempfile::tempdir()?;
-    for entry in std::fs::read_dir(meshwarden_e2e::paths::wasm_dir())? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "wasm") {
-            std::fs::copy(&path, modules.path().join(path.file_name().unwrap()))?;
-        }
-    }
+    let modules = crate::support::module_copy()?;
     let cp = ControlPlane::start_with_wasm_dir(modules.path().to_path_buf()).await?;
     let s = stack(
         cp,

@@ -4,14 +4,12 @@
 //! workload labels, metrics labelled through the shipped bootstrap override.
 
 use crate::oci::{wasmplugin_envoy_yaml, ModuleCode};
-use crate::support::policy;
+use crate::support::{policy, SteadyTraffic};
 use meshwarden_e2e::istio::{Sidecar, SidecarOptions, SERVICE_PORT, SHADOW_SERVICE};
 use meshwarden_e2e::ports::free_port;
 use meshwarden_e2e::Envoy;
 use meshwarden_e2e::{wait_until, ControlPlane, EchoUpstream};
 use serde_json::Value;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// What every test here starts: a control plane, the app and its shadow, and a sidecar of
@@ -180,7 +178,9 @@ async fn enforces_every_kind_by_namespace_and_labels(delta: bool) -> anyhow::Res
         ("meshwarden.mirror", "reviews-mirror"),
     ])
     .await?;
-    assert_eq!(m.status("/abort/x").await, 418);
+    // An ACK precedes the workers' switch to the new configuration by a moment.
+    m.wait_status("/abort/x", 418).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Trace: the trace id is echoed and the app sees a traceparent.
     let r = m.sidecar.envoy.get("/traced", &[]).await?;
@@ -257,13 +257,7 @@ async fn sidecar_over_standalone_ecds_delta_enforces_every_kind() -> anyhow::Res
 async fn sidecar_takes_changes_live_shows_nacks_and_survives_a_killed_control_plane(
 ) -> anyhow::Result<()> {
     // The control plane serves modules from a private copy the test can break.
-    let modules = tempfile::tempdir()?;
-    for entry in std::fs::read_dir(meshwarden_e2e::paths::wasm_dir())? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "wasm") {
-            std::fs::copy(&path, modules.path().join(path.file_name().unwrap()))?;
-        }
-    }
+    let modules = crate::support::module_copy()?;
     let cp = ControlPlane::start_with_wasm_dir(modules.path().to_path_buf()).await?;
     let app = EchoUpstream::start().await?;
     let shadow = EchoUpstream::start().await?;
@@ -309,41 +303,19 @@ async fn sidecar_takes_changes_live_shows_nacks_and_survives_a_killed_control_pl
     );
 
     // SIGKILL the control plane under traffic: no request fails.
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let traffic = {
-        let (stop, failures, sent) = (stop.clone(), failures.clone(), sent.clone());
-        let client = m.sidecar.envoy.client().clone();
-        let url = m.sidecar.envoy.url("/steady");
-        tokio::spawn(async move {
-            for _ in 0..2_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let ok = client
-                    .get(&url)
-                    .timeout(Duration::from_secs(5))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                sent.fetch_add(1, Ordering::Relaxed);
-                if !ok {
-                    failures.fetch_add(1, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let traffic = SteadyTraffic::start(
+        m.sidecar.envoy.client().clone(),
+        m.sidecar.envoy.url("/steady"),
+        Duration::from_millis(5),
+        2_000,
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     m.cp.kill9();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    traffic.await?;
-    assert!(sent.load(Ordering::Relaxed) > 20, "traffic ran");
+    let (sent, failed) = traffic.stop().await?;
+    assert!(sent > 20, "traffic ran");
     assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
+        failed, 0,
         "requests failed while the control plane was gone"
     );
     assert_eq!(m.status("/abort/x").await, 451, "policies stay in force");

@@ -4,7 +4,12 @@
 mod fault;
 mod foundation;
 mod istio;
+mod limits;
 mod mirror;
 mod oci;
+mod operations;
 mod ratelimit;
+mod ratelimit_service;
+mod recovery;
+mod soak;
 mod support;

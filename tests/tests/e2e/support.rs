@@ -28,6 +28,61 @@ pub fn is_uuid(v: &str) -> bool {
             .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// A private copy of the built modules, which a test may break.
+pub fn module_copy() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    for entry in std::fs::read_dir(meshwarden_e2e::paths::wasm_dir())? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "wasm") {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap()))?;
+        }
+    }
+    Ok(dir)
+}
+
+/// Steady GETs to `url` (one every `every`) until stopped, counting sent and failed
+/// (non-2xx or no answer) requests. Bounded by `max` requests.
+pub struct SteadyTraffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(u64, u64)>,
+}
+
+impl SteadyTraffic {
+    pub fn start(
+        client: reqwest::Client,
+        url: String,
+        every: std::time::Duration,
+        max: u64,
+    ) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut sent, mut failed) = (0u64, 0u64);
+            let mut tick = tokio::time::interval(every);
+            while sent < max && !flag.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let ok = client
+                    .get(&url)
+                    .timeout(std::time::Duration::from_secs(5))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                sent += 1;
+                failed += u64::from(!ok);
+            }
+            (sent, failed)
+        });
+        Self { stop, task }
+    }
+
+    /// Stops and returns (sent, failed).
+    pub async fn stop(self) -> anyhow::Result<(u64, u64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(self.task.await?)
+    }
+}
+
 /// A policy document of `kind` with `spec` (YAML, unindented).
 pub fn policy(kind: &str, name: &str, spec: &str) -> String {
     format!(
