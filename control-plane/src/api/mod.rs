@@ -7,9 +7,11 @@ mod convert;
 pub mod pb;
 mod policy;
 mod status;
+pub mod targets;
 
 pub use policy::PolicyApi;
 pub use status::ProxyStatusApi;
+pub use targets::TargetGuard;
 
 #[cfg(test)]
 mod tests;

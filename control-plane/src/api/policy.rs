@@ -10,9 +10,11 @@
 use super::convert;
 use super::pb;
 use super::pb::policy_service_server::PolicyService;
+use super::targets::TargetGuard;
 use crate::policy_set::PolicySet;
 use crate::registry::{ChangeEvent, PolicyRegistry};
 use futures::{Stream, StreamExt};
+use meshwarden_common::document::KindBody;
 use meshwarden_common::limits::{
     MAX_APPLY_REQUEST_BYTES, MAX_CONCURRENT_WRITES, MAX_DOCUMENT_BYTES, MAX_WRITE_WAIT_SECS,
 };
@@ -31,6 +33,7 @@ pub struct PolicyApi {
     registry: Arc<PolicyRegistry>,
     shutdown: Option<watch::Receiver<bool>>,
     writes: Arc<WriteGate>,
+    targets: Arc<TargetGuard>,
 }
 
 /// Admission of writes, and the filter-limit check of applies.
@@ -60,7 +63,14 @@ impl PolicyApi {
                 wait: Duration::from_secs(MAX_WRITE_WAIT_SECS),
                 usage: Mutex::new(HashMap::new()),
             }),
+            targets: Arc::new(TargetGuard::new(Vec::new(), Vec::new(), Vec::new())),
         }
+    }
+
+    /// Checks MirrorPolicy `host` targets with `guard` (by default: the built-in rules only).
+    pub fn with_targets(mut self, guard: TargetGuard) -> Self {
+        self.targets = Arc::new(guard);
+        self
     }
 
     /// Ends open Watch streams once `shutdown` turns true, so a graceful server shutdown
@@ -121,7 +131,10 @@ impl PolicyApi {
 /// Parses the documents of an apply (dropping each text once parsed) and validates them
 /// enough to know what they would cost against the filter limits. Invalid documents get no
 /// usage: the registry refuses them with its own message.
-fn parse_documents(texts: Vec<String>) -> Result<(Vec<Value>, Vec<IncomingUsage>), Status> {
+fn parse_documents(
+    texts: Vec<String>,
+    targets: &TargetGuard,
+) -> Result<(Vec<Value>, Vec<IncomingUsage>), Status> {
     let mut values = Vec::with_capacity(texts.len());
     let mut usages = Vec::with_capacity(texts.len());
     for (i, text) in texts.into_iter().enumerate() {
@@ -129,7 +142,11 @@ fn parse_documents(texts: Vec<String>) -> Result<(Vec<Value>, Vec<IncomingUsage>
             Status::invalid_argument(format!("document {}: not valid JSON: {e}", i + 1))
         })?;
         drop(text);
-        usages.push(PolicyDocument::from_value(&value).ok().map(|doc| {
+        let doc = PolicyDocument::from_value(&value).ok();
+        if let Some(doc) = &doc {
+            check_targets(i, doc, targets)?;
+        }
+        usages.push(doc.map(|doc| {
             (
                 doc.kind(),
                 doc.name().as_str().to_string(),
@@ -139,6 +156,23 @@ fn parse_documents(texts: Vec<String>) -> Result<(Vec<Value>, Vec<IncomingUsage>
         values.push(value);
     }
     Ok((values, usages))
+}
+
+/// Refuses a MirrorPolicy whose `host` target the guard denies, naming the field.
+fn check_targets(index: usize, doc: &PolicyDocument, targets: &TargetGuard) -> Result<(), Status> {
+    let KindBody::Mirror(spec) = &doc.body else {
+        return Ok(());
+    };
+    for (field, target) in spec.host_targets_at() {
+        if let Some(why) = targets.refusal(&target.host, target.port) {
+            return Err(Status::invalid_argument(format!(
+                "document {} (MirrorPolicy {:?}): spec.{field}: {why}",
+                index + 1,
+                doc.name().as_str()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses an apply that would take a kind past the filter limits (unless it does not make
@@ -216,8 +250,9 @@ impl PolicyService for PolicyApi {
             }
         }
         let _permit = self.write_permit("apply").await?;
+        let targets = self.targets.clone();
         let (docs, usages) =
-            tokio::task::spawn_blocking(move || parse_documents(req.documents_json))
+            tokio::task::spawn_blocking(move || parse_documents(req.documents_json, &targets))
                 .await
                 .map_err(convert::join_error)??;
         let mut cache = self.writes.usage.lock().await;

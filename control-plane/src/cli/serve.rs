@@ -5,7 +5,7 @@
 //! API and the xDS services (ADS, and the standalone ECDS and CDS for proxies whose ADS
 //! belongs to another control plane, such as istiod). SIGTERM or SIGINT stop accepting, end open streams and exit.
 
-use crate::api::{PolicyApi, ProxyStatusApi};
+use crate::api::{PolicyApi, ProxyStatusApi, TargetGuard};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::registry::PolicyRegistry;
@@ -52,6 +52,15 @@ pub struct ServeArgs {
     /// `MESHWARDEN_MODULE_CLUSTER`.
     #[arg(long)]
     pub module_cluster: Option<String>,
+    /// Refuse MirrorPolicy `host` targets matching this IP, CIDR network or host name, on
+    /// top of the built-in rules (link-local and cloud-metadata addresses, this server's own
+    /// ports). Repeatable.
+    #[arg(long = "mirror-deny", value_name = "NET|HOST")]
+    pub mirror_deny: Vec<crate::api::targets::Rule>,
+    /// Allow MirrorPolicy `host` targets matching this IP, CIDR network or host name even if
+    /// a rule denies them. Repeatable.
+    #[arg(long = "mirror-allow", value_name = "NET|HOST")]
+    pub mirror_allow: Vec<crate::api::targets::Rule>,
     /// Log format on stderr: `text` (for people) or `json` (one object per line, for log
     /// pipelines).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -145,6 +154,11 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
         .max_concurrent_streams(GRPC_MAX_STREAMS_PER_CONNECTION)
         .add_service(
             PolicyApi::new(registry.clone())
+                .with_targets(TargetGuard::new(
+                    args.mirror_deny.clone(),
+                    args.mirror_allow.clone(),
+                    vec![args.grpc_addr, args.http_addr],
+                ))
                 .with_shutdown(shutdown.clone())
                 .into_server(),
         )

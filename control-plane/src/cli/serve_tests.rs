@@ -62,6 +62,8 @@ async fn start(data_dir: &Path, wasm_dir: &Path) -> Running {
         wasm_dir: wasm_dir.to_path_buf(),
         module_cluster: None,
         log_format: super::serve::LogFormat::Text,
+        mirror_deny: Vec::new(),
+        mirror_allow: Vec::new(),
     };
     let (shutdown, rx) = watch::channel(false);
     let task = tokio::spawn(serve(args.clone(), rx));
@@ -217,6 +219,8 @@ async fn missing_modules_fail_startup_with_the_path() {
         wasm_dir: wasm.path().to_path_buf(),
         module_cluster: None,
         log_format: super::serve::LogFormat::Text,
+        mirror_deny: Vec::new(),
+        mirror_allow: Vec::new(),
     };
     let (_tx, rx) = watch::channel(false);
     let err = tokio::time::timeout(WAIT, serve(args, rx))

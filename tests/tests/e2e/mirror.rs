@@ -190,6 +190,7 @@ addHeaders: {{x-echo-status: "503", x-shadow: "yes"}}"#,
         .client()
         .post(s.envoy.url("/orders/42?dry=1"))
         .header("authorization", "Bearer secret")
+        .header("cookie", "session=s3cr3t")
         .header("x-custom", "abc")
         .header("content-type", "application/x-www-form-urlencoded")
         .body(body)
@@ -230,6 +231,8 @@ addHeaders: {{x-echo-status: "503", x-shadow: "yes"}}"#,
     assert_eq!(copy.header(MARKER).as_deref(), Some("orders-shadow"));
     assert_eq!(copy.header("x-shadow").as_deref(), Some("yes"));
     assert!(copy.header_all("authorization").is_empty());
+    // Credentials are dropped from copies by default (no `keepHeaders`).
+    assert!(copy.header_all("cookie").is_empty());
     // The primary request is untouched.
     assert_eq!(
         primary.header("authorization").as_deref(),
@@ -243,7 +246,13 @@ addHeaders: {{x-echo-status: "503", x-shadow: "yes"}}"#,
     );
     // Every other header the primary got, the copy got too, with the same value(s); the copy
     // has nothing else but the documented additions (and what Envoy adds to call-outs).
-    let changed = ["host", "authorization", "x-envoy-expected-rq-timeout-ms"];
+    assert_eq!(primary.header("cookie").as_deref(), Some("session=s3cr3t"));
+    let changed = [
+        "host",
+        "authorization",
+        "cookie",
+        "x-envoy-expected-rq-timeout-ms",
+    ];
     for (name, _) in &primary.headers {
         if !changed.contains(&name.as_str()) {
             assert_eq!(
@@ -819,5 +828,32 @@ async fn delete_and_wait_for_cluster_removal(
         s.envoy.get("/after-delete", &[]).await?.status().as_u16(),
         200
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn metadata_link_local_and_own_targets_are_refused_at_apply() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    for (target, why) in [
+        ("169.254.169.254:80", "link-local or cloud-metadata"),
+        ("metadata.google.internal:80", "cloud-metadata"),
+        (
+            &*format!("127.0.0.1:{}", cp.grpc_port),
+            "own listen address",
+        ),
+    ] {
+        let out = cp.cli().apply_yaml(&mirror_policy(
+            "exfil",
+            &format!("mirrors:\n- target: {{host: \"{target}\"}}\nallowUnsafeMethods: true"),
+        ));
+        assert!(!out.success, "{target} accepted");
+        assert!(
+            out.stderr.contains("spec.mirrors[0].target.host") && out.stderr.contains(why),
+            "{target}: {}",
+            out.stderr
+        );
+    }
+    let list = cp.cli().run(&["get", "-o", "json"]);
+    assert!(!list.stdout.contains("exfil"), "nothing was stored");
     Ok(())
 }

@@ -110,13 +110,23 @@ pub struct MirrorSpec {
     /// Headers set on copies (replacing original values).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub add_headers: BTreeMap<HeaderName, String>,
-    /// Headers removed from copies (e.g. `authorization`).
+    /// Headers removed from copies (e.g. `x-api-key`). The credential headers
+    /// ([`CREDENTIAL_HEADERS`]) are removed anyway unless listed in `keep_headers`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove_headers: Vec<HeaderName>,
+    /// Credential headers copies keep on purpose (by default they are dropped, so a mirror
+    /// target never sees users' credentials).
+    /// (Boxed: most policies keep none, and the spec stays small.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_headers: Option<Box<Vec<HeaderName>>>,
     /// Compare each mirror's response with the primary's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diff: Option<Box<DiffSpec>>,
 }
+
+/// Headers dropped from copies unless a policy keeps them (`keepHeaders`): a mirror target
+/// is often a build under test, and should not receive users' credentials.
+pub const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 
 impl Default for MirrorSpec {
     fn default() -> Self {
@@ -134,6 +144,7 @@ impl Default for MirrorSpec {
             marker_header: default_marker(),
             add_headers: BTreeMap::new(),
             remove_headers: Vec::new(),
+            keep_headers: None,
             diff: None,
         }
     }
@@ -164,10 +175,16 @@ impl MirrorSpec {
     /// The `host:port` targets (valid ones only) for which the control plane must push a
     /// cluster.
     pub fn host_targets(&self) -> Vec<HostPort> {
+        self.host_targets_at().into_iter().map(|(_, h)| h).collect()
+    }
+
+    /// [`MirrorSpec::host_targets`] with the field of each (`mirrors[0].target.host`),
+    /// relative to `spec`.
+    pub fn host_targets_at(&self) -> Vec<(String, HostPort)> {
         self.entries()
             .into_iter()
-            .filter_map(|(_, t, _)| match t.resolve() {
-                Ok(ResolvedTarget::Host(h)) => Some(h),
+            .filter_map(|(field, t, _)| match t.resolve() {
+                Ok(ResolvedTarget::Host(h)) => Some((format!("{field}.host"), h)),
                 _ => None,
             })
             .collect()
@@ -331,6 +348,33 @@ impl MirrorSpec {
                 ));
             }
         }
+        let keep: &[HeaderName] = self.keep_headers.as_deref().map_or(&[], |k| k.as_slice());
+        for (i, name) in keep.iter().enumerate() {
+            let field = format!("keepHeaders[{i}]");
+            if !CREDENTIAL_HEADERS.contains(&name.as_str()) {
+                return Err(ValidationError::new(
+                    field,
+                    format!(
+                        "{name} is kept anyway; only the credential headers ({}) are dropped by default",
+                        CREDENTIAL_HEADERS.join(", ")
+                    ),
+                ));
+            }
+            if self.remove_headers.contains(name) {
+                return Err(ValidationError::new(
+                    field,
+                    format!("{name} is also in removeHeaders"),
+                ));
+            }
+        }
+        let mut remove = self.remove_headers.clone();
+        for credential in CREDENTIAL_HEADERS {
+            let name = HeaderName::try_from(credential.to_string())
+                .expect("credential header names are valid");
+            if !keep.contains(&name) && !remove.contains(&name) {
+                remove.push(name);
+            }
+        }
         Ok(HeaderRewrite {
             host_suffix: self.host_suffix,
             marker: self.marker_header.clone(),
@@ -339,7 +383,7 @@ impl MirrorSpec {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            remove: self.remove_headers.clone(),
+            remove,
         })
     }
 }
@@ -391,6 +435,38 @@ mod tests {
         );
         assert!(c.methods.allows(b"GET", false) && !c.methods.allows(b"POST", false));
         assert!(c.diff.is_none());
+    }
+
+    #[test]
+    fn credentials_are_dropped_unless_kept() {
+        let remove = |v| {
+            let names: Vec<String> = parse(v)
+                .unwrap()
+                .compile()
+                .unwrap()
+                .headers
+                .remove
+                .iter()
+                .map(|h| h.as_str().to_string())
+                .collect();
+            names
+        };
+        let target = json!([{"target": {"cluster": "shadow"}}]);
+        assert_eq!(
+            remove(json!({"mirrors": target})),
+            ["authorization", "cookie", "proxy-authorization"]
+        );
+        assert_eq!(
+            remove(
+                json!({"mirrors": target, "keepHeaders": ["cookie"], "removeHeaders": ["x-key"]})
+            ),
+            ["x-key", "authorization", "proxy-authorization"]
+        );
+        let bad = err(json!({"mirrors": target, "keepHeaders": ["x-other"]}));
+        assert_eq!(bad.field, "spec.keepHeaders[0]");
+        let both =
+            err(json!({"mirrors": target, "keepHeaders": ["cookie"], "removeHeaders": ["cookie"]}));
+        assert_eq!(both.field, "spec.keepHeaders[0]");
     }
 
     #[test]
