@@ -273,9 +273,13 @@ struct Round {
 }
 
 impl Round {
-    fn meets_bounds(&self, base_p50: f64) -> bool {
+    /// The delay is accurate: the median within 5 ms of 100 ms, and the tail no longer than
+    /// 100 ms plus the tail requests have without the policy (`base_tail`, p99 − p50 of the
+    /// baseline) plus 10 ms — the proxy path's own tail on a busy 2-core machine is not the
+    /// filter's inaccuracy.
+    fn meets_bounds(&self, base_p50: f64, base_tail: f64) -> bool {
         (self.p50 - 100.0).abs() <= 5.0
-            && (self.p99 - 100.0).abs() <= 10.0
+            && self.p99 - 100.0 <= base_tail + 10.0
             && self.min >= 97.0
             && self.fast_max < 50.0
             && self.fast_p50 <= base_p50 + 2.0
@@ -291,6 +295,7 @@ async fn injected_delay_is_accurate_and_unselected_requests_are_not_delayed() ->
     let baseline = load(&s.envoy, 200, 8, "/lat", no_headers).await?;
     let base = sorted_ms(&baseline.iter().collect::<Vec<_>>());
     let base_p50 = percentile(&base, 0.5);
+    let base_tail = (percentile(&base, 0.99) - base_p50).max(0.0);
     s.apply(&fault_policy(
         "lat",
         "match: {path: {prefix: /lat}}\ndelay: {fixedDelay: 100ms, percentage: {value: 50}}",
@@ -326,7 +331,7 @@ async fn injected_delay_is_accurate_and_unselected_requests_are_not_delayed() ->
             "delay 100ms, {} delayed: min {:.2} p50 {:.2} p99 {:.2}; not delayed p50 {:.2} max {:.2} (no policy: p50 {:.2} p99 {:.2})",
             round.delayed, round.min, round.p50, round.p99, round.fast_p50, round.fast_max, base_p50, percentile(&base, 0.99)
         );
-        let done = round.meets_bounds(base_p50);
+        let done = round.meets_bounds(base_p50, base_tail);
         rounds.push(round);
         if done {
             break;
@@ -342,7 +347,11 @@ async fn injected_delay_is_accurate_and_unselected_requests_are_not_delayed() ->
     // Released at the timer tick nearest the deadline: at most half a tick (~2 ms) early.
     assert!(last.min >= 97.0, "too short: {:.2} ms", last.min);
     assert!((last.p50 - 100.0).abs() <= 5.0, "p50 {:.2} ms", last.p50);
-    assert!((last.p99 - 100.0).abs() <= 10.0, "p99 {:.2} ms", last.p99);
+    assert!(
+        last.p99 - 100.0 <= base_tail + 10.0,
+        "p99 {:.2} ms (the baseline's own p99 - p50 is {base_tail:.2} ms)",
+        last.p99
+    );
     // Not selected: nowhere near the delay, and as fast as without the policy.
     assert!(
         last.fast_max < 50.0,
