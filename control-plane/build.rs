@@ -11,7 +11,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = "../proto";
     let policy = "../proto/meshwarden/v1alpha1/policy.proto";
     println!("cargo:rerun-if-changed={root}");
+    // The descriptors also feed gRPC server reflection (`grpcurl` against the API).
+    let descriptors =
+        std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("meshwarden_descriptor.bin");
     tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptors)
         .build_server(true)
         .build_client(true)
         // Undecodable requests (e.g. non-UTF-8 strings) are INVALID_ARGUMENT, not INTERNAL.

@@ -4,3 +4,6 @@
 #![allow(missing_docs, clippy::doc_lazy_continuation)]
 
 tonic::include_proto!("meshwarden.v1alpha1");
+
+/// The encoded file descriptors of the policy API, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("meshwarden_descriptor");

@@ -163,6 +163,7 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
                 .into_server(),
         )
         .add_service(ProxyStatusApi::new(xds.proxies()).into_server())
+        .add_service(reflection()?)
         .add_service(xds.ads_service())
         .add_service(xds.ecds_service())
         .add_service(xds.cds_service())
@@ -181,6 +182,19 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
     }
     tracing::info!("stopped");
     result
+}
+
+/// gRPC server reflection of the policy and status APIs (so `grpcurl` can list and call
+/// them without the .proto files).
+fn reflection() -> anyhow::Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::api::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the gRPC reflection service")
 }
 
 /// Sub-directory of `--data-dir` holding content-addressed module copies.

@@ -231,3 +231,50 @@ async fn missing_modules_fail_startup_with_the_path() {
     assert!(text.contains("cannot start the xDS server"), "{text}");
     assert!(text.contains("meshwarden_"), "{text}");
 }
+
+#[tokio::test]
+async fn reflection_lists_the_policy_api_and_describes_it() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let (data, wasm) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    fake_modules(wasm.path());
+    let running = start(data.path(), wasm.path()).await;
+    let mut client = ServerReflectionClient::new(running.channel.clone());
+    let ask = |m: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
+    let requests = tokio_stream::iter(vec![
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol(
+            "meshwarden.v1alpha1.PolicyService".into(),
+        )),
+    ]);
+    let mut answers = client
+        .server_reflection_info(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("a service list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"meshwarden.v1alpha1.PolicyService".to_string())
+            && names.contains(&"meshwarden.v1alpha1.ProxyStatusService".to_string()),
+        "{names:?}"
+    );
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("the file describing PolicyService")
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+    drop(answers);
+    running.stop().await;
+}
