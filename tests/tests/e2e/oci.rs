@@ -5,6 +5,7 @@
 use meshwarden_e2e::paths::wasm_dir;
 use meshwarden_e2e::ports::free_port;
 use meshwarden_e2e::process::ChildGuard;
+use meshwarden_e2e::static_envoy::{static_cluster, StaticEnvoy};
 use meshwarden_e2e::{wait_until, EchoUpstream, Envoy};
 use meshwarden_wasm_image as wasm_image;
 use serde_json::{json, Value};
@@ -184,12 +185,12 @@ fn which(program: &str) -> Option<PathBuf> {
     })
 }
 
-/// The Envoy bootstrap of a proxy running a Wasm module the way istiod configures a
+/// The Envoy bootstrap for a WasmPlugin-style filter: what istiod generates from a
 /// `WasmPlugin` (`url: oci://…`, `sha256`, `pluginName`, `pluginConfig`) once the Istio
 /// agent has pulled the image: an `envoy.filters.http.wasm` filter named
-/// `<namespace>.<plugin>`, `root_id` = `pluginName`, the V8 runtime loading the pulled
-/// file, the `pluginConfig` as JSON in a `StringValue`, `FAIL_OPEN`; then the router to a
-/// static upstream cluster. Static here, where istiod sends the filter over ECDS.
+/// `<namespace>.<plugin>`, `root_id` = `pluginName`, the V8 runtime loading the module,
+/// the `pluginConfig` as JSON in a `StringValue`, `FAIL_OPEN`. Static here, where istiod
+/// sends the filter over ECDS.
 pub(crate) fn wasmplugin_envoy_yaml(
     module: ModuleCode<'_>,
     plugin_config: &Value,
@@ -197,87 +198,44 @@ pub(crate) fn wasmplugin_envoy_yaml(
     listen_port: u16,
     upstream_port: u16,
 ) -> String {
-    // JSON strings are valid YAML double-quoted scalars.
-    let (code, modules_cluster) = match module {
+    let (code, clusters) = match module {
         ModuleCode::Local(path) => (
             json!({"local": {"filename": path.display().to_string()}}),
-            String::new(),
+            vec![],
         ),
         ModuleCode::Remote { uri, sha256, port } => (
             json!({"remote": {
                 "http_uri": {"uri": uri, "cluster": "meshwarden_modules", "timeout": "10s"},
                 "sha256": sha256
             }}),
-            format!(
-                r#"
-  - name: meshwarden_modules
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: meshwarden_modules
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {port} }}"#
-            ),
+            vec![static_cluster("meshwarden_modules", port, false)],
         ),
     };
-    let configuration = json!(plugin_config.to_string());
-    format!(
-        r#"admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
-static_resources:
-  listeners:
-  - name: wasmplugin_ingress
-    address:
-      socket_address: {{ address: 127.0.0.1, port_value: {listen_port} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          codec_type: AUTO
-          route_config:
-            name: local
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: upstream, timeout: 30s }}
-          http_filters:
-          - name: demo.meshwarden-fault
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: demo.meshwarden-fault
-                root_id: meshwarden.fault
-                vm_config:
-                  runtime: envoy.wasm.runtime.v8
-                  code: {code}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {configuration}
-                failure_policy: FAIL_OPEN
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: upstream
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: upstream
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }}{modules_cluster}
-"#
-    )
+    let filter = json!({
+        "name": "demo.meshwarden-fault",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "demo.meshwarden-fault",
+                "root_id": "meshwarden.fault",
+                "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": code},
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": plugin_config.to_string()
+                },
+                "failure_policy": "FAIL_OPEN"
+            }
+        }
+    });
+    StaticEnvoy {
+        admin_port,
+        listen_port,
+        upstream_port,
+        route_extra: json!({}),
+        http_filters: vec![filter],
+        clusters,
+    }
+    .bootstrap()
 }
 
 /// Where the WasmPlugin-style Envoy loads its module from.

@@ -6,12 +6,13 @@
 //! failure mode (allow) answers, not Envoy's error path.
 
 use meshwarden_e2e::ports::free_port;
+use meshwarden_e2e::static_envoy::{static_cluster, StaticEnvoy};
 use meshwarden_e2e::{wait_until, EchoUpstream, Envoy};
 use meshwarden_ratelimit_service::testing::{command, RedisServer};
 use meshwarden_ratelimit_service::{
     FailureMode, LimitsConfig, Server, ServerOptions, StoreOptions,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -29,78 +30,29 @@ domains:
 "#;
 
 fn envoy_yaml(admin_port: u16, listen_port: u16, upstream_port: u16, rls: SocketAddr) -> String {
-    let rls_port = rls.port();
-    format!(
-        r#"admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
-static_resources:
-  listeners:
-  - name: ingress
-    address:
-      socket_address: {{ address: 127.0.0.1, port_value: {listen_port} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          codec_type: AUTO
-          route_config:
-            name: local
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route:
-                  cluster: upstream
-                  timeout: 30s
-                  rate_limits:
-                  - actions:
-                    - request_headers: {{ header_name: x-tenant, descriptor_key: tenant }}
-          http_filters:
-          - name: envoy.filters.http.ratelimit
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
-              domain: e2e
-              timeout: 2s
-              failure_mode_deny: true
-              rate_limit_service:
-                transport_api_version: V3
-                grpc_service:
-                  envoy_grpc: {{ cluster_name: ratelimit }}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: upstream
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: upstream
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }}
-  - name: ratelimit
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config:
-          http2_protocol_options: {{}}
-    load_assignment:
-      cluster_name: ratelimit
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {rls_port} }}
-"#
-    )
+    StaticEnvoy {
+        admin_port,
+        listen_port,
+        upstream_port,
+        route_extra: json!({"rate_limits": [{"actions": [
+            {"request_headers": {"header_name": "x-tenant", "descriptor_key": "tenant"}}
+        ]}]}),
+        http_filters: vec![json!({
+            "name": "envoy.filters.http.ratelimit",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+                "domain": "e2e",
+                "timeout": "2s",
+                "failure_mode_deny": true,
+                "rate_limit_service": {
+                    "transport_api_version": "V3",
+                    "grpc_service": {"envoy_grpc": {"cluster_name": "ratelimit"}}
+                }
+            }
+        })],
+        clusters: vec![static_cluster("ratelimit", rls.port(), true)],
+    }
+    .bootstrap()
 }
 
 async fn status(envoy: &Envoy, tenant: Option<&str>) -> anyhow::Result<u16> {
