@@ -176,10 +176,7 @@ impl<S: Snapshot, O: StreamObserver> Machine for SotwStream<S, O> {
     }
 
     fn next_wakeup(&self) -> Option<tokio::time::Instant> {
-        self.watches
-            .values()
-            .filter_map(|w| w.retry.as_ref().and_then(|r| r.at))
-            .min()
+        Retry::earliest(self.watches.values().map(|w| w.retry.as_ref()))
     }
 
     fn has_pending(&mut self, snapshot: &S) -> bool {

@@ -68,6 +68,13 @@ impl Retry {
         retry.is_some_and(|r| !r.due())
     }
 
+    /// When the first of `retries` falls due, if any is scheduled.
+    pub fn earliest<'a>(
+        retries: impl Iterator<Item = Option<&'a Retry>>,
+    ) -> Option<tokio::time::Instant> {
+        retries.filter_map(|r| r.and_then(|r| r.at)).min()
+    }
+
     /// Whether the retry is due.
     pub fn due(&self) -> bool {
         self.at.is_some_and(|at| tokio::time::Instant::now() >= at)
