@@ -17,7 +17,7 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod store;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use config::{ConfigError, LimitsConfig};

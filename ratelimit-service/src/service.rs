@@ -515,9 +515,8 @@ mod tests {
     use super::*;
     use crate::config::LimitsConfig;
     use crate::store::StoreOptions;
-    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
-        Entry, RateLimitOverride,
-    };
+    use crate::testing::{descriptor, request};
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
 
     const LIMITS: &str = r#"
 domains:
@@ -557,27 +556,6 @@ domains:
         .unwrap();
         let limits = Limits::new(&LimitsConfig::parse(LIMITS).unwrap());
         RateLimiter::new(limits, store, mode, "t:", metrics)
-    }
-
-    fn descriptor(kv: &[(&str, &str)]) -> RateLimitDescriptor {
-        RateLimitDescriptor {
-            entries: kv
-                .iter()
-                .map(|(k, v)| Entry {
-                    key: k.to_string(),
-                    value: v.to_string(),
-                })
-                .collect(),
-            ..Default::default()
-        }
-    }
-
-    fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
-        RateLimitRequest {
-            domain: domain.into(),
-            descriptors,
-            hits_addend: 0,
-        }
     }
 
     fn headers(r: &RateLimitResponse) -> Vec<(String, String)> {

@@ -221,3 +221,34 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A descriptor with these `(key, value)` entries.
+pub fn descriptor(
+    kv: &[(&str, &str)],
+) -> envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor {
+        entries: kv
+            .iter()
+            .map(|(k, v)| Entry {
+                key: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A request for `domain` with `descriptors` (one hit each).
+pub fn request(
+    domain: &str,
+    descriptors: Vec<
+        envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor,
+    >,
+) -> envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest {
+    envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest {
+        domain: domain.into(),
+        descriptors,
+        hits_addend: 0,
+    }
+}

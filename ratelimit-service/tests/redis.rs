@@ -3,13 +3,11 @@
 //! buckets, overrides, all-or-nothing decisions, and the failure mode when Redis is slow,
 //! down, or back.
 
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::UInt64Value;
-use meshwarden_ratelimit_service::testing::{command, RedisServer};
+use meshwarden_ratelimit_service::testing::{command, descriptor, request, RedisServer};
 use meshwarden_ratelimit_service::{
     FailureMode, LimitsConfig, Server, ServerOptions, StoreOptions,
 };
@@ -56,27 +54,6 @@ async fn start(opts: ServerOptions, limits: &str) -> (Server, Client) {
         .await
         .expect("connect to the service");
     (server, client)
-}
-
-fn descriptor(kv: &[(&str, &str)]) -> RateLimitDescriptor {
-    RateLimitDescriptor {
-        entries: kv
-            .iter()
-            .map(|(k, v)| Entry {
-                key: k.to_string(),
-                value: v.to_string(),
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
-fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
-    RateLimitRequest {
-        domain: domain.into(),
-        descriptors,
-        hits_addend: 0,
-    }
 }
 
 async fn ask(client: &mut Client, req: RateLimitRequest) -> RateLimitResponse {
