@@ -8,6 +8,9 @@ ENVOY_VERSION := 1.40.0
 VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 FILTERS := trace fault mirror ratelimit
+# The combined module (meshwarden.wasm: every stage, what the control plane serves) and the
+# single-purpose ones (meshwarden_<filter>.wasm), built from the same stage crates.
+MODULES := meshwarden $(FILTERS)
 # Honour CARGO_TARGET_DIR like cargo does.
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 WASM_DIR := $(TARGET_DIR)/filters
@@ -38,8 +41,8 @@ $(ENVOY):
 	@$(ENVOY) --version
 
 wasm: toolchain
-	$(CARGO) build --profile wasm --target wasm32-wasip1 $(FILTERS:%=-p meshwarden-%)
-	scripts/package-wasm.sh $(TARGET_DIR)/wasm32-wasip1/wasm $(WASM_DIR) $(FILTERS)
+	$(CARGO) build --profile wasm --target wasm32-wasip1 -p meshwarden-module $(FILTERS:%=-p meshwarden-%-module)
+	scripts/package-wasm.sh $(TARGET_DIR)/wasm32-wasip1/wasm $(WASM_DIR) $(MODULES)
 
 build: wasm
 	$(CARGO) build -p meshwarden-control-plane -p meshwarden-e2e --bins
@@ -57,16 +60,18 @@ test: deps build
 run: deps build
 	scripts/run-local.sh
 
-# Push the four filter modules as Wasm OCI images (Istio's "compat" variant) to
-# $(REGISTRY)/meshwarden/<filter>:$(IMAGE_TAG); prints each WasmPlugin url and sha256.
+# Push the single-purpose filter modules as Wasm OCI images (Istio's "compat" variant) to
+# $(REGISTRY)/meshwarden/<filter>:$(IMAGE_TAG), and the combined module to
+# $(REGISTRY)/meshwarden/meshwarden:$(IMAGE_TAG); prints each WasmPlugin url and sha256.
 # Plain HTTP (--insecure) for a registry on localhost or 127.x.
 REGISTRY ?= localhost:5000
 IMAGE_TAG ?= 0.1.0
 .PHONY: images
 images: wasm
 	$(CARGO) build -p meshwarden-wasm-image --bin meshwarden-image
-	set -e; for f in $(FILTERS); do \
-	  $(TARGET_DIR)/debug/meshwarden-image push --module $(WASM_DIR)/meshwarden_$$f.wasm \
+	set -e; for f in $(MODULES); do \
+	  if [ $$f = meshwarden ]; then m=meshwarden.wasm; else m=meshwarden_$$f.wasm; fi; \
+	  $(TARGET_DIR)/debug/meshwarden-image push --module $(WASM_DIR)/$$m \
 	    --image $(REGISTRY)/meshwarden/$$f:$(IMAGE_TAG) $(if $(filter localhost% 127.%,$(REGISTRY)),--insecure); \
 	done
 
@@ -95,7 +100,7 @@ bench-smoke: deps build
 lint: toolchain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) clippy --target wasm32-wasip1 $(FILTERS:%=-p meshwarden-%) -p meshwarden-filter-runtime -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 $(FILTERS:%=-p meshwarden-%) $(FILTERS:%=-p meshwarden-%-module) -p meshwarden-module -p meshwarden-stages -p meshwarden-filter-runtime -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Copies the built filter modules to one directory, optimised with wasm-opt when present.
-# Usage: package-wasm.sh BUILD_DIR OUT_DIR FILTER...
+# Usage: package-wasm.sh BUILD_DIR OUT_DIR MODULE...
+#   meshwarden -> meshwarden.wasm (the combined module); <filter> -> meshwarden_<filter>.wasm
 set -euo pipefail
 build_dir=$1 out_dir=$2
 shift 2
 mkdir -p "$out_dir"
 for f in "$@"; do
-  src="$build_dir/meshwarden_$f.wasm"
-  dst="$out_dir/meshwarden_$f.wasm"
+  if [ "$f" = meshwarden ]; then
+    src="$build_dir/meshwarden_module.wasm" dst="$out_dir/meshwarden.wasm"
+  else
+    src="$build_dir/meshwarden_${f}_module.wasm" dst="$out_dir/meshwarden_$f.wasm"
+  fi
   # The features rustc enables by default for wasm32-wasip1, all supported by Envoy's V8.
   if ! { command -v wasm-opt >/dev/null 2>&1 &&
          wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \

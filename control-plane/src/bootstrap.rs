@@ -32,23 +32,43 @@ pub struct BootstrapParams {
     pub upstream_port: u16,
     /// Use the delta (incremental) ADS protocol instead of state-of-the-world.
     pub delta: bool,
+    /// One combined filter or one filter per kind.
+    pub layout: Layout,
 }
 
-/// Filter-chain order: trace first (every request gets an id, also local replies), then
-/// rate limiting (shed load before doing anything else), faults, and the mirror last (only
-/// requests that really go upstream are copied).
-pub const FILTER_ORDER: [Kind; 4] = [
-    Kind::TracePolicy,
-    Kind::RateLimitPolicy,
-    Kind::FaultPolicy,
-    Kind::MirrorPolicy,
-];
+/// How the meshwarden stages sit in the filter chain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    /// One filter (`meshwarden.all`) running every stage in one pass: the fastest.
+    #[default]
+    Combined,
+    /// One filter per kind (`meshwarden.trace`, ...), sharing one Wasm VM per worker.
+    Separate,
+}
+
+impl Layout {
+    /// The ECDS resource names of the filters, in chain order.
+    pub fn filter_names(self) -> Vec<String> {
+        match self {
+            Layout::Combined => vec![crate::xds::extension_configs::COMBINED_RESOURCE.into()],
+            Layout::Separate => FILTER_ORDER
+                .iter()
+                .map(|k| crate::xds::extension_configs::resource_name(*k))
+                .collect(),
+        }
+    }
+}
+
+/// Filter-chain order of separate filters ([`Kind::CHAIN`]).
+pub const FILTER_ORDER: [Kind; 4] = Kind::CHAIN;
 
 /// Renders the bootstrap YAML.
 pub fn render(p: &BootstrapParams) -> String {
-    let filters: String = FILTER_ORDER
+    let filters: String = p
+        .layout
+        .filter_names()
         .iter()
-        .map(|k| filter_block(k.filter()))
+        .map(|name| filter_block(name))
         .collect();
     let json = |s: &str| serde_json::to_string(s).expect("strings serialize");
     let vars: [(&str, String); 13] = [
@@ -77,8 +97,7 @@ pub fn render(p: &BootstrapParams) -> String {
     })
 }
 
-fn filter_block(filter: &str) -> String {
-    let name = format!("meshwarden.{filter}");
+fn filter_block(name: &str) -> String {
     format!(
         r#"          - name: {name}
             config_discovery:
@@ -118,6 +137,7 @@ mod tests {
             upstream_address: "127.0.0.1".into(),
             upstream_port: 8080,
             delta: true,
+            layout: Layout::Separate,
         });
         assert!(!out.contains("{{"), "{out}");
         assert!(out.contains("DELTA_GRPC"));
@@ -128,9 +148,25 @@ mod tests {
                 .count(),
             4
         );
+        assert!(out.find("meshwarden.trace") < out.find("meshwarden.ratelimit"));
         assert!(
             !out.contains("filename"),
             "no module is loaded before the control plane answers"
+        );
+    }
+
+    #[test]
+    fn the_default_layout_is_one_combined_filter() {
+        assert_eq!(Layout::default(), Layout::Combined);
+        assert_eq!(Layout::Combined.filter_names(), ["meshwarden.all"]);
+        assert_eq!(
+            Layout::Separate.filter_names(),
+            [
+                "meshwarden.trace",
+                "meshwarden.ratelimit",
+                "meshwarden.fault",
+                "meshwarden.mirror"
+            ]
         );
     }
 }

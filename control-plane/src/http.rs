@@ -97,10 +97,8 @@ async fn module(State(state): State<HttpState>, Path(file): Path<String>) -> Res
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
     };
     let snapshot = snapshots.borrow().clone();
-    let path = snapshot
-        .modules
-        .iter()
-        .find(|m| m.sha256 == sha)
+    let path = Some(snapshot.modules.module())
+        .filter(|m| m.sha256 == sha)
         .map(|m| m.path.clone())
         .or_else(|| {
             let cached = cached_module(state.module_cache.get()?, sha)?;

@@ -5,6 +5,7 @@ use crate::paths::envoy_bin;
 use crate::ports::free_port;
 use crate::process::ChildGuard;
 use crate::wait::wait_until;
+pub use meshwarden_cp::bootstrap::Layout;
 use meshwarden_cp::bootstrap::{render, BootstrapParams};
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -23,6 +24,8 @@ pub struct EnvoyOptions {
     /// Wait in [`Envoy::start`] until every meshwarden filter took its first configuration
     /// from the control plane (set false when it is down on purpose).
     pub wait_for_config: bool,
+    /// One combined filter (the default) or one filter per kind.
+    pub layout: Layout,
 }
 
 impl Default for EnvoyOptions {
@@ -34,6 +37,7 @@ impl Default for EnvoyOptions {
             delta: false,
             concurrency: 2,
             wait_for_config: true,
+            layout: Layout::Combined,
         }
     }
 }
@@ -70,12 +74,13 @@ impl Envoy {
             upstream_address: "127.0.0.1".into(),
             upstream_port,
             delta: opts.delta,
+            layout: opts.layout,
         });
         let envoy =
             Self::start_bootstrap(dir, &bootstrap, admin_port, listen_port, opts.concurrency)
                 .await?;
         if opts.wait_for_config {
-            envoy.wait_for_filter_configs().await?;
+            envoy.wait_for_filter_configs(opts.layout).await?;
         }
         Ok(envoy)
     }
@@ -83,18 +88,18 @@ impl Envoy {
     /// Waits until each meshwarden filter loaded a configuration over ECDS. Traffic flows
     /// before (the filters start as pass-throughs), but the first configuration starts the
     /// Wasm VMs, which takes a moment; tests start from configured filters.
-    pub async fn wait_for_filter_configs(&self) -> anyhow::Result<()> {
+    pub async fn wait_for_filter_configs(&self, layout: Layout) -> anyhow::Result<()> {
+        let names = layout.filter_names();
         let loaded = wait_until(
             Duration::from_secs(60),
             "filters' first configuration",
             || async {
                 let stats = self.stats().await.ok()?;
-                ["trace", "ratelimit", "fault", "mirror"]
+                names
                     .iter()
                     .all(|f| {
-                        let key = format!(
-                            "extension_config_discovery.http_filter.meshwarden.{f}.config_reload"
-                        );
+                        let key =
+                            format!("extension_config_discovery.http_filter.{f}.config_reload");
                         stats.get(&key).is_some_and(|n| *n >= 1)
                     })
                     .then_some(())

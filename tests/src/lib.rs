@@ -14,6 +14,6 @@ pub mod wait;
 
 pub use cli::{Cli, CliOutput};
 pub use control_plane::ControlPlane;
-pub use envoy::{Envoy, EnvoyOptions};
+pub use envoy::{Envoy, EnvoyOptions, Layout};
 pub use upstream::{EchoUpstream, RecordedRequest};
 pub use wait::wait_until;

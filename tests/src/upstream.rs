@@ -76,6 +76,16 @@ impl EchoUpstream {
         self.requests().into_iter().rev().find(|r| r.path == path)
     }
 
+    /// How many requests with path `path` were seen.
+    pub fn requests_with_path(&self, path: &str) -> usize {
+        self.seen
+            .lock()
+            .expect("upstream lock")
+            .iter()
+            .filter(|r| r.path == path)
+            .count()
+    }
+
     /// Forgets the requests seen so far.
     pub fn clear(&self) {
         self.seen.lock().expect("upstream lock").clear();

@@ -1,6 +1,6 @@
 //! `meshwarden bootstrap`: prints an Envoy bootstrap (see [`crate::bootstrap`]).
 
-use crate::bootstrap::{render, BootstrapParams};
+use crate::bootstrap::{render, BootstrapParams, Layout};
 use std::collections::BTreeMap;
 
 /// `bootstrap` arguments.
@@ -33,6 +33,10 @@ pub struct BootstrapArgs {
     /// Use delta (incremental) ADS instead of state-of-the-world.
     #[arg(long)]
     pub delta: bool,
+    /// `combined`: one filter running every stage in one pass (fastest); `separate`: one
+    /// filter per kind, sharing one Wasm VM per worker.
+    #[arg(long, value_enum, default_value_t = Layout::Combined)]
+    pub layout: Layout,
 }
 
 /// Prints the rendered bootstrap to stdout.
@@ -49,6 +53,7 @@ pub fn run(args: BootstrapArgs) -> anyhow::Result<()> {
         upstream_address: args.upstream_addr.0,
         upstream_port: args.upstream_addr.1,
         delta: args.delta,
+        layout: args.layout,
     };
     super::output::print(&render(&params))
 }

@@ -9,7 +9,6 @@ use crate::api::pb::proxy_status_service_client::ProxyStatusServiceClient;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use meshwarden_common::Kind;
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -25,10 +24,7 @@ fn free_addr() -> std::net::SocketAddr {
 }
 
 fn fake_modules(dir: &Path) {
-    for kind in Kind::ALL {
-        let file = dir.join(format!("meshwarden_{}.wasm", kind.filter()));
-        std::fs::write(file, format!("fake {}", kind.filter())).unwrap();
-    }
+    crate::xds::modules::test_support::write_fake_modules(dir);
 }
 
 /// Raw HTTP/1.1 GET, returning status and body.
@@ -229,7 +225,7 @@ async fn missing_modules_fail_startup_with_the_path() {
         .unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("cannot start the xDS server"), "{text}");
-    assert!(text.contains("meshwarden_"), "{text}");
+    assert!(text.contains("meshwarden.wasm"), "{text}");
 }
 
 #[tokio::test]

@@ -28,8 +28,9 @@ pub struct Snapshot {
     memo: Mutex<Memo>,
 }
 
-/// Key of a composed resource list: (type URL, kind, variant, selected policy indices).
-type MemoKey = (&'static str, Kind, Option<String>, Vec<u32>);
+/// Key of a composed resource list: (type URL, kind — `None` for the resources made from
+/// every kind together —, variant, selected policy indices).
+type MemoKey = (&'static str, Option<Kind>, Option<String>, Vec<u32>);
 type Memo = HashMap<MemoKey, Arc<Vec<Arc<Resource>>>>;
 
 impl Snapshot {
@@ -72,28 +73,53 @@ impl Snapshot {
         let variant = t.variant(node);
         let mut selection = self.selection(&node.info);
         let mut out: Vec<Arc<Resource>> = Vec::new();
+        let mut every_kind: Vec<u32> = Vec::new();
         for &kind in t.kinds() {
             let indices = selection.remove(&kind).unwrap_or_default();
-            let key = (t.type_url(), kind, variant.clone(), indices);
-            let cached = self.lock_memo().get(&key).cloned();
-            let composed = match cached {
-                Some(c) => c,
-                None => {
-                    let policies: Vec<&StoredPolicy> = key
-                        .3
-                        .iter()
-                        .map(|&i| &self.policies.policies[i as usize])
-                        .collect();
-                    let c = Arc::new(t.compose(kind, &policies, &self.modules, variant.as_deref()));
-                    self.lock_memo().insert(key, c.clone());
-                    c
-                }
-            };
-            out.extend(composed.iter().cloned());
+            every_kind.extend(&indices);
+            let key = (t.type_url(), Some(kind), variant.clone(), indices);
+            out.extend(self.memoized(key, |policies| {
+                t.compose(kind, policies, &self.modules, variant.as_deref())
+            }));
         }
+        // Policy indices are unique across kinds, so the union identifies the selection.
+        let key = (t.type_url(), None, variant.clone(), every_kind);
+        out.extend(self.memoized(key, |policies| {
+            let by_kind: Vec<(Kind, Vec<&StoredPolicy>)> = t
+                .kinds()
+                .iter()
+                .map(|&k| {
+                    (
+                        k,
+                        policies.iter().copied().filter(|p| p.kind() == k).collect(),
+                    )
+                })
+                .collect();
+            t.compose_all(&by_kind, &self.modules, variant.as_deref())
+        }));
         self.types.rejections().substitute(&mut out);
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Some(Arc::new(out))
+    }
+
+    /// The resources composed for `key` (composed now, from the policies at its indices, if
+    /// no proxy needed them before).
+    fn memoized(
+        &self,
+        key: MemoKey,
+        compose: impl FnOnce(&[&StoredPolicy]) -> Vec<Arc<Resource>>,
+    ) -> Vec<Arc<Resource>> {
+        if let Some(c) = self.lock_memo().get(&key) {
+            return c.as_ref().clone();
+        }
+        let policies: Vec<&StoredPolicy> = key
+            .3
+            .iter()
+            .map(|&i| &self.policies.policies[i as usize])
+            .collect();
+        let composed = Arc::new(compose(&policies));
+        self.lock_memo().insert(key, composed.clone());
+        composed.as_ref().clone()
     }
 
     fn lock_memo(&self) -> std::sync::MutexGuard<'_, Memo> {
@@ -317,7 +343,7 @@ mod tests {
         assert_eq!(t(&us).summary, vec!["all"]);
         // Different node ids, same selection: the very same composed resource.
         assert!(Arc::ptr_eq(&t(&eu1), &t(&eu2)));
-        assert_eq!(eu1.len(), 4);
+        assert_eq!(eu1.len(), 5, "four separate filters and the combined one");
         assert!(get(&eu1, "meshwarden.fault").summary.is_empty());
         // Clusters are served too (none without mirror targets); other types are not.
         assert!(snap
@@ -356,14 +382,14 @@ mod tests {
         snaps.changed().await.unwrap();
         let s = snaps.borrow_and_update().clone();
         assert_eq!((s.id, s.policies.generation), (2, 5));
-        let before = s.modules.get(Kind::MirrorPolicy).sha256.clone();
-        std::fs::write(dir.path().join("meshwarden_mirror.wasm"), b"new mirror").unwrap();
+        let before = s.modules.module().sha256.clone();
+        std::fs::write(dir.path().join("meshwarden.wasm"), b"new module").unwrap();
         tokio::time::timeout(Duration::from_secs(10), snaps.changed())
             .await
             .expect("module change noticed")
             .unwrap();
         let s = snaps.borrow_and_update().clone();
         assert_eq!(s.id, 3);
-        assert_ne!(s.modules.get(Kind::MirrorPolicy).sha256, before);
+        assert_ne!(s.modules.module().sha256, before);
     }
 }

@@ -1,7 +1,16 @@
-//! ECDS: for every kind, a `TypedExtensionConfig` named `meshwarden.<filter>` holding the
-//! Wasm filter configuration with the policies of that kind that select the proxy. The Wasm
-//! module comes from a local path (the default) or, for proxies without the module files,
-//! over HTTP from the control plane (`code.remote` with its SHA-256).
+//! ECDS: the Wasm filter configurations with the policies that select a proxy, in two
+//! layouts a proxy picks by the names its filter chain subscribes to:
+//!
+//! - the combined filter, `meshwarden.all`: one filter running every stage in one pass
+//!   (trace → rate limit → fault → mirror), its configuration one section per stage
+//!   (`{"trace": {"policies": [...]}, ...}`);
+//! - separate filters, `meshwarden.<filter>` per kind: the same module under root id
+//!   `meshwarden.<filter>`, running that stage alone. Every filter names the same VM
+//!   (`vm_id` `meshwarden`, same code and settings), so Envoy runs one VM per worker for all.
+//!
+//! The module (`meshwarden.wasm`) comes from a local path (the default) or, for proxies
+//! without the module file, over HTTP from the control plane (`code.remote` with its
+//! SHA-256).
 
 use super::modules::{ModuleInfo, ModuleSet};
 use super::node::ProxyNode;
@@ -43,7 +52,14 @@ const MODULE_FETCH_RETRY: std::time::Duration = std::time::Duration::from_millis
 /// How long Envoy may take to fetch a module over HTTP.
 const MODULE_FETCH_TIMEOUT_S: i64 = 30;
 
-/// ECDS resource name of a kind's filter (`meshwarden.trace`).
+/// ECDS resource name of the combined filter (every stage in one pass).
+pub const COMBINED_RESOURCE: &str = "meshwarden.all";
+
+/// VM id every meshwarden filter uses: identical VM settings make Envoy share one VM per
+/// worker between the separate filters (and the combined one).
+pub const VM_ID: &str = "meshwarden";
+
+/// ECDS resource name of a kind's separate filter (`meshwarden.trace`).
 pub fn resource_name(kind: Kind) -> String {
     format!("meshwarden.{}", kind.filter())
 }
@@ -104,6 +120,19 @@ impl ResourceType for ExtensionConfigs {
             source,
         ))]
     }
+
+    fn compose_all(
+        &self,
+        selected: &[(Kind, Vec<&StoredPolicy>)],
+        modules: &ModuleSet,
+        variant: Option<&str>,
+    ) -> Vec<Arc<Resource>> {
+        let source = match variant {
+            Some(cluster) => ModuleSource::Remote { cluster },
+            None => ModuleSource::Local,
+        };
+        vec![Arc::new(compose_combined(selected, modules, source))]
+    }
 }
 
 /// Where Envoy loads a module from.
@@ -131,8 +160,8 @@ pub fn wire_config<'a>(policies: impl IntoIterator<Item = &'a StoredPolicy>) -> 
     }
 }
 
-/// Builds the resource of `kind` from the selected policies (in name order). Its summary
-/// lists the policy names.
+/// Builds the separate filter resource of `kind` from the selected policies (in name
+/// order). Its summary lists the policy names.
 pub fn compose<'a>(
     kind: Kind,
     selected: impl IntoIterator<Item = &'a StoredPolicy>,
@@ -142,12 +171,59 @@ pub fn compose<'a>(
     let wire = wire_config(selected);
     let summary = wire.policies.iter().map(|p| p.name.to_string()).collect();
     let value = serde_json::to_value(&wire).expect("wire configs always serialize");
-    let wire_json = canonical_json(&value);
-    let module = modules.get(kind);
     let name = resource_name(kind);
+    filter_resource(name.clone(), &name, &value, summary, modules, source)
+}
+
+/// Builds the combined filter resource ([`COMBINED_RESOURCE`]): one configuration section
+/// per kind (named by the kind's filter), each holding that kind's selected policies.
+/// Its summary lists the policy names, kind by kind in chain order.
+pub fn compose_combined(
+    selected: &[(Kind, Vec<&StoredPolicy>)],
+    modules: &ModuleSet,
+    source: ModuleSource<'_>,
+) -> Resource {
+    let mut sections = serde_json::Map::new();
+    let mut summary = Vec::new();
+    for &kind in &Kind::CHAIN {
+        let policies = selected
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, p)| p.as_slice())
+            .unwrap_or_default();
+        let wire = wire_config(policies.iter().copied());
+        summary.extend(wire.policies.iter().map(|p| p.name.to_string()));
+        sections.insert(
+            kind.filter().to_string(),
+            serde_json::to_value(&wire).expect("wire configs always serialize"),
+        );
+    }
+    filter_resource(
+        COMBINED_RESOURCE.to_string(),
+        "meshwarden",
+        &Value::Object(sections),
+        summary,
+        modules,
+        source,
+    )
+}
+
+/// A Wasm filter resource `name` running the module under `root_id` with `config`.
+fn filter_resource(
+    name: String,
+    root_id: &str,
+    config: &Value,
+    summary: Vec<String>,
+    modules: &ModuleSet,
+    source: ModuleSource<'_>,
+) -> Resource {
+    let wire_json = canonical_json(config);
+    let module = modules.module();
     let body = pack_any(TypedExtensionConfig {
         name: name.clone(),
-        typed_config: Some(pack_any(wasm_filter(&name, &wire_json, module, source))),
+        typed_config: Some(pack_any(wasm_filter(
+            &name, root_id, &wire_json, module, source,
+        ))),
     });
     // The module's location is part of the content: a proxy moved from a local path to
     // HTTP delivery must see a new version.
@@ -210,9 +286,15 @@ fn code_source(module: &ModuleInfo, source: ModuleSource<'_>) -> AsyncDataSource
     }
 }
 
-fn wasm_filter(name: &str, wire_json: &str, module: &ModuleInfo, source: ModuleSource<'_>) -> Wasm {
+fn wasm_filter(
+    name: &str,
+    root_id: &str,
+    wire_json: &str,
+    module: &ModuleInfo,
+    source: ModuleSource<'_>,
+) -> Wasm {
     let vm_config = VmConfig {
-        vm_id: name.to_string(),
+        vm_id: VM_ID.to_string(),
         runtime: WASM_RUNTIME.to_string(),
         code: Some(code_source(module, source)),
         // Remote modules: Envoy cannot fail an xDS update asynchronously, so it rejects the
@@ -227,7 +309,7 @@ fn wasm_filter(name: &str, wire_json: &str, module: &ModuleInfo, source: ModuleS
     Wasm {
         config: Some(PluginConfig {
             name: name.to_string(),
-            root_id: name.to_string(),
+            root_id: root_id.to_string(),
             configuration: Some(pack_any(StringValue {
                 value: wire_json.to_string(),
             })),
@@ -287,17 +369,10 @@ mod tests {
     use std::path::PathBuf;
 
     fn modules() -> ModuleSet {
-        ModuleSet::new(
-            Kind::ALL
-                .into_iter()
-                .map(|kind| ModuleInfo {
-                    kind,
-                    path: PathBuf::from(format!("/m/meshwarden_{}.wasm", kind.filter())),
-                    sha256: format!("sha-{}", kind.filter()),
-                })
-                .collect(),
-        )
-        .unwrap()
+        ModuleSet::new(ModuleInfo {
+            path: PathBuf::from("/m/meshwarden.wasm"),
+            sha256: "sha-m".into(),
+        })
     }
 
     fn stored(name: &str, spec: Value) -> StoredPolicy {
@@ -340,9 +415,9 @@ mod tests {
         let Some(async_data_source::Specifier::Remote(remote)) = vm.code.unwrap().specifier else {
             panic!("remote code expected")
         };
-        assert_eq!(remote.sha256, "sha-trace");
+        assert_eq!(remote.sha256, "sha-m");
         let uri = remote.http_uri.unwrap();
-        assert_eq!(uri.uri, "http://meshwarden/modules/sha-trace.wasm");
+        assert_eq!(uri.uri, "http://meshwarden/modules/sha-m.wasm");
         assert_eq!(
             uri.http_upstream_type,
             Some(
@@ -391,7 +466,7 @@ mod tests {
         let Some(Vm::VmConfig(vm)) = cfg.vm else {
             panic!("vm config missing")
         };
-        assert_eq!(vm.vm_id, "meshwarden.trace");
+        assert_eq!(vm.vm_id, VM_ID);
         assert_eq!(vm.runtime, WASM_RUNTIME);
         let Some(async_data_source::Specifier::Local(local)) = vm.code.unwrap().specifier else {
             panic!("local code expected")
@@ -399,7 +474,7 @@ mod tests {
         assert_eq!(
             local.specifier,
             Some(data_source::Specifier::Filename(
-                "/m/meshwarden_trace.wasm".into()
+                "/m/meshwarden.wasm".into()
             ))
         );
         let conf = cfg.configuration.unwrap();
@@ -436,12 +511,49 @@ mod tests {
             v1,
             compose(Kind::TracePolicy, [&a, &b], &m, ModuleSource::Local).version
         );
-        let mut other = m.iter().cloned().collect::<Vec<_>>();
-        other[0].sha256 = "different".into();
-        let other = ModuleSet::new(other).unwrap();
+        let other = ModuleSet::new(ModuleInfo {
+            sha256: "different".into(),
+            ..m.module().clone()
+        });
         assert_ne!(
             v1,
             compose(Kind::TracePolicy, [&a], &other, ModuleSource::Local).version
         );
+    }
+
+    #[test]
+    fn the_combined_filter_has_a_section_per_kind_and_shares_the_vm() {
+        let t = stored("t1", json!({}));
+        let m = modules();
+        let r = compose_combined(
+            &[(Kind::TracePolicy, vec![&t]), (Kind::FaultPolicy, vec![])],
+            &m,
+            ModuleSource::Local,
+        );
+        assert_eq!(r.name, COMBINED_RESOURCE);
+        assert_eq!(r.summary, vec!["t1".to_string()]);
+        let json: Value = serde_json::from_str(&wire_json(&r)).unwrap();
+        let sections: Vec<&String> = json.as_object().unwrap().keys().collect();
+        assert_eq!(sections, ["fault", "mirror", "ratelimit", "trace"]);
+        assert_eq!(json["trace"]["policies"][0]["name"], "t1");
+        assert_eq!(json["fault"]["policies"], json!([]));
+        let tec = TypedExtensionConfig::decode(r.body.value.as_slice()).unwrap();
+        let cfg = Wasm::decode(tec.typed_config.unwrap().value.as_slice())
+            .unwrap()
+            .config
+            .unwrap();
+        assert_eq!(cfg.root_id, "meshwarden");
+        let Some(Vm::VmConfig(vm)) = cfg.vm else {
+            panic!("vm config missing")
+        };
+        assert_eq!(vm.vm_id, VM_ID);
+        // A separate filter runs the same VM (same id, code and settings).
+        let separate = compose(Kind::TracePolicy, [&t], &m, ModuleSource::Local);
+        let tec = TypedExtensionConfig::decode(separate.body.value.as_slice()).unwrap();
+        let cfg2 = Wasm::decode(tec.typed_config.unwrap().value.as_slice())
+            .unwrap()
+            .config
+            .unwrap();
+        assert_eq!(cfg2.vm, Some(Vm::VmConfig(vm)));
     }
 }

@@ -449,7 +449,7 @@ async fn sotw_unserved_type_does_not_break_the_stream() {
     s.send(sotw_request(None, "", "", &[])).await;
     let resp = s.next().await;
     assert_eq!(resp.type_url, TYPED_EXTENSION_CONFIG);
-    assert_eq!(resp.resources.len(), 4, "empty names mean every resource");
+    assert_eq!(resp.resources.len(), 5, "empty names mean every resource");
     s.assert_silent().await;
 }
 
@@ -627,7 +627,7 @@ async fn delta_wildcard_gets_everything() {
     let mut s = h.delta().await;
     s.send(delta_request(Some(node("p1", &[])))).await;
     let resp = s.next().await;
-    assert_eq!(resp.resources.len(), 4);
+    assert_eq!(resp.resources.len(), 5);
     s.send(DeltaDiscoveryRequest {
         response_nonce: resp.nonce.clone(),
         ..delta_request(None)

@@ -40,6 +40,17 @@ pub trait ResourceType: Send + Sync + std::fmt::Debug {
         modules: &ModuleSet,
         variant: Option<&str>,
     ) -> Vec<Arc<Resource>>;
+
+    /// Resources made from every kind's selection together (the combined filter), given
+    /// the policies selecting one proxy for each of [`ResourceType::kinds`], in that order.
+    fn compose_all(
+        &self,
+        _selected: &[(Kind, Vec<&StoredPolicy>)],
+        _modules: &ModuleSet,
+        _variant: Option<&str>,
+    ) -> Vec<Arc<Resource>> {
+        Vec::new()
+    }
 }
 
 /// The resource types served, in the order their responses go out on an aggregated stream,

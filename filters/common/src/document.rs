@@ -24,12 +24,24 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// Every kind, in filter-chain order.
+    /// Every kind, in declaration order (listings, storage).
     pub const ALL: [Kind; 4] = [
         Kind::TracePolicy,
         Kind::FaultPolicy,
         Kind::MirrorPolicy,
         Kind::RateLimitPolicy,
+    ];
+
+    /// Every kind, in the order a request meets them — the single source of the filter
+    /// chain's order, for the combined module and the separate filters alike: trace first
+    /// (every request gets an id, local answers too), then rate limiting (shed load before
+    /// doing anything else), faults, and the mirror last (only requests that really go
+    /// upstream are copied).
+    pub const CHAIN: [Kind; 4] = [
+        Kind::TracePolicy,
+        Kind::RateLimitPolicy,
+        Kind::FaultPolicy,
+        Kind::MirrorPolicy,
     ];
 
     /// The kind's name as written in documents.

@@ -27,7 +27,14 @@ impl ValidationError {
         self
     }
 
+    /// Converts a serde error without a path (builds without `field-paths`) into a
+    /// validation error at `prefix`; serde's message still names unknown or missing fields.
+    pub fn from_json(prefix: &str, err: &serde_json::Error) -> Self {
+        Self::new(prefix, strip_serde_position(&err.to_string()))
+    }
+
     /// Converts a serde error that knows its path into a validation error under `prefix`.
+    #[cfg(feature = "field-paths")]
     pub fn from_serde(prefix: &str, err: serde_path_to_error::Error<serde_json::Error>) -> Self {
         let path = err.path().to_string();
         let path = if path == "." { String::new() } else { path };

@@ -2,6 +2,7 @@
 //! proxy, in evaluation order.
 
 use crate::error::ValidationError;
+use crate::index::PolicyIndex;
 use crate::limits::{MAX_FILTER_CONFIG_BYTES, MAX_POLICIES_PER_FILTER, MAX_REGEXES_PER_FILTER};
 use crate::matcher::{CompiledMatch, RequestMatch};
 use crate::names::PolicyName;
@@ -45,12 +46,15 @@ pub struct CompiledPolicy<S> {
 #[derive(Debug, Clone)]
 pub struct FilterConfig<S> {
     pub policies: Vec<CompiledPolicy<S>>,
+    /// Which policies can match a request (by path).
+    pub index: PolicyIndex,
 }
 
 impl<S> Default for FilterConfig<S> {
     fn default() -> Self {
         Self {
             policies: Vec::new(),
+            index: PolicyIndex::default(),
         }
     }
 }
@@ -80,11 +84,20 @@ impl<S: KindSpec> FilterConfig<S> {
             ValidationError::new("", format!("configuration is not JSON: {e}"))
         };
         let mut de = serde_json::Deserializer::from_slice(bytes);
+        #[cfg(feature = "field-paths")]
         let wire: WireConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             if e.inner().is_syntax() || e.inner().is_eof() {
                 not_json(e.into_inner())
             } else {
                 ValidationError::from_serde("", e)
+            }
+        })?;
+        #[cfg(not(feature = "field-paths"))]
+        let wire = WireConfig::deserialize(&mut de).map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
+                not_json(e)
+            } else {
+                ValidationError::from_json("", &e)
             }
         })?;
         de.end().map_err(not_json)?;
@@ -130,13 +143,18 @@ impl<S: KindSpec> FilterConfig<S> {
                     spec,
                 })
             })
-            .collect::<Result<_, ValidationError>>()?;
-        Ok(Self { policies })
+            .collect::<Result<Vec<CompiledPolicy<S>>, ValidationError>>()?;
+        let index = PolicyIndex::new(policies.iter().map(|p| &p.matcher));
+        Ok(Self { policies, index })
     }
 
     /// The first policy (in configuration order) whose match selects the request.
     pub fn first_match(&self, req: &RequestHeaders) -> Option<&CompiledPolicy<S>> {
-        self.policies.iter().find(|p| p.matcher.matches(req))
+        self.index
+            .candidates(req)
+            .into_iter()
+            .map(|i| &self.policies[i as usize])
+            .find(|p| p.matcher.matches(req))
     }
 }
 

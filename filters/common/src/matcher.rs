@@ -133,7 +133,23 @@ impl HeaderMatchSpec {
     }
 }
 
+/// A path condition a [`crate::index::PolicyIndex`] can look up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKey<'a> {
+    Exact(&'a [u8]),
+    Prefix(&'a [u8]),
+}
+
 impl CompiledMatch {
+    /// The path condition, if it is an exact path or a prefix.
+    pub fn path_key(&self) -> Option<PathKey<'_>> {
+        match self.path.as_ref()? {
+            StringMatch::Exact(p) => Some(PathKey::Exact(p.as_bytes())),
+            StringMatch::Prefix(p) => Some(PathKey::Prefix(p.as_bytes())),
+            _ => None,
+        }
+    }
+
     /// Whether the request satisfies every condition.
     pub fn matches(&self, req: &RequestHeaders) -> bool {
         if let Some(p) = &self.path {

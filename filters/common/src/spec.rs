@@ -21,5 +21,9 @@ pub fn from_value<T: DeserializeOwned>(
     prefix: &str,
     value: &serde_json::Value,
 ) -> Result<T, ValidationError> {
-    serde_path_to_error::deserialize(value).map_err(|e| ValidationError::from_serde(prefix, e))
+    #[cfg(feature = "field-paths")]
+    return serde_path_to_error::deserialize(value)
+        .map_err(|e| ValidationError::from_serde(prefix, e));
+    #[cfg(not(feature = "field-paths"))]
+    T::deserialize(value).map_err(|e| ValidationError::from_json(prefix, &e))
 }

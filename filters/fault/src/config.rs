@@ -4,7 +4,7 @@
 use crate::metrics::FaultMetrics;
 use crate::shared::{self, PolicyKeys};
 use meshwarden_common::fault::FaultSpec;
-use meshwarden_common::{CompiledMatch, FilterConfig, RequestHeaders};
+use meshwarden_common::{CompiledMatch, FilterConfig, PolicyIndex, RequestHeaders};
 
 /// One policy, ready to run.
 pub struct ActivePolicy {
@@ -20,11 +20,13 @@ pub struct ActivePolicy {
 #[derive(Default)]
 pub struct ActiveConfig {
     pub policies: Vec<ActivePolicy>,
+    index: PolicyIndex,
 }
 
 impl ActiveConfig {
     /// Prepares each policy of a validated configuration received at `now_ms`.
     pub fn new(config: FilterConfig<FaultSpec>, now_ms: i64) -> Self {
+        let index = config.index;
         let policies = config
             .policies
             .into_iter()
@@ -41,16 +43,21 @@ impl ActiveConfig {
                 }
             })
             .collect();
-        Self { policies }
+        Self { policies, index }
     }
 
     /// The first policy that applies to the request at `now_ms`: its match and source
     /// select the request and it has not expired.
     pub fn select(&self, headers: &RequestHeaders, now_ms: i64) -> Option<usize> {
-        self.policies.iter().position(|p| {
-            p.matcher.matches(headers)
-                && p.spec.source_matches(headers)
-                && !p.spec.expired(p.first_seen_ms, now_ms)
-        })
+        self.index
+            .candidates(headers)
+            .into_iter()
+            .map(|i| i as usize)
+            .find(|&i| {
+                let p = &self.policies[i];
+                p.matcher.matches(headers)
+                    && p.spec.source_matches(headers)
+                    && !p.spec.expired(p.first_seen_ms, now_ms)
+            })
     }
 }

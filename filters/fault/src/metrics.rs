@@ -48,7 +48,7 @@ impl FaultMetrics {
     }
 
     /// Adds 1 to a counter.
-    pub fn inc(&self, counter: &str) {
+    pub fn inc(&self, counter: &'static str) {
         METRICS.increment(counter, &self.policy);
     }
 

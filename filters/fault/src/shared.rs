@@ -3,11 +3,7 @@
 //! version was first seen. Updates use compare-and-swap with bounded retries.
 
 use meshwarden_common::fault::{GuardSpec, GuardWindow};
-use meshwarden_filter_runtime::proxy_wasm::hostcalls;
-use meshwarden_filter_runtime::proxy_wasm::types::Status;
-
-/// Attempts of one compare-and-swap update before giving up.
-const CAS_TRIES: usize = 32;
+use meshwarden_filter_runtime::shared::{self, ensure_exists, HostShared, Update};
 
 /// Shared-data keys of one policy.
 #[derive(Debug, Clone)]
@@ -26,43 +22,30 @@ impl PolicyKeys {
     }
 }
 
-/// Applies `update` to the value at `key` until the compare-and-swap succeeds. `update`
-/// returns the new value, or `None` to leave the value alone (the result is then `false`).
-fn update(key: &str, mut update: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>) -> bool {
-    for _ in 0..CAS_TRIES {
-        let Ok((value, cas)) = hostcalls::get_shared_data(key) else {
-            return false;
-        };
-        let Some(new) = update(value.as_deref()) else {
-            return false;
-        };
-        match hostcalls::set_shared_data(key, Some(&new), cas) {
-            Ok(()) => return true,
-            Err(Status::CasMismatch) => continue,
-            Err(_) => return false,
-        }
-    }
-    false
+/// Applies `f` to the value at `key` until the compare-and-swap succeeds. `f` returns the
+/// new value, or `None` to leave the value alone (the result is then `false`).
+fn update(key: &str, mut f: impl FnMut(&[u8]) -> Option<Vec<u8>>) -> bool {
+    shared::update(&HostShared, key, |v| match f(v) {
+        Some(new) => Update::Write(new, true),
+        None => Update::Keep(false),
+    })
+    .unwrap_or(false)
 }
 
 /// Creates the policy's shared entries if absent, so later updates always carry a
 /// compare-and-swap token (two workers creating a key at once could lose an update).
 pub fn init(keys: &PolicyKeys) {
     for key in [&keys.active, &keys.guard] {
-        if let Ok((_, None)) = hostcalls::get_shared_data(key) {
-            let _ = hostcalls::set_shared_data(key, Some(&[]), None);
-        }
+        ensure_exists(&HostShared, key);
     }
 }
 
 fn read(key: &str) -> Option<Vec<u8>> {
-    hostcalls::get_shared_data(key).ok().and_then(|(v, _)| v)
+    shared::read(key)
 }
 
-fn decode_u32(bytes: Option<&[u8]>) -> u32 {
-    bytes
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u32::from_le_bytes)
+fn decode_u32(bytes: &[u8]) -> u32 {
+    bytes.try_into().map_or(0, u32::from_le_bytes)
 }
 
 /// Takes one of `max` active-fault slots; `false` when all are taken (or contention did
@@ -94,7 +77,7 @@ pub fn guard_trips(key: &str, guard: &GuardSpec, now_ms: u64) -> bool {
 /// Counts a real upstream response in the guard window.
 pub fn guard_record(key: &str, guard: &GuardSpec, now_ms: u64, status: u16) {
     update(key, |v| {
-        let mut w = GuardWindow::decode(v, guard.window.as_millis());
+        let mut w = GuardWindow::decode(Some(v), guard.window.as_millis());
         w.record(now_ms, GuardSpec::is_error(status));
         Some(w.encode())
     });
@@ -108,14 +91,12 @@ pub fn first_seen(name: &str, version: &str, now_ms: i64) -> i64 {
         return i64::from_le_bytes(stored);
     }
     let mut seen = now_ms;
-    update(&key, |v| {
-        match v.and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-            Some(stored) => {
-                seen = i64::from_le_bytes(stored);
-                None
-            }
-            None => Some(now_ms.to_le_bytes().to_vec()),
+    update(&key, |v| match <[u8; 8]>::try_from(v).ok() {
+        Some(stored) => {
+            seen = i64::from_le_bytes(stored);
+            None
         }
+        None => Some(now_ms.to_le_bytes().to_vec()),
     });
     seen
 }

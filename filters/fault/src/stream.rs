@@ -1,23 +1,33 @@
 //! One HTTP stream: picks the policy, decides the faults and carries them out. Delays park
-//! the stream in the worker's queue; the root context's timer resumes it.
+//! the stream on the pipeline's timer; [`FaultStream::wake`] finishes what the delay began.
 
 use crate::config::ActiveConfig;
-use crate::host;
 use crate::metrics;
 use crate::shared;
-use crate::worker::{Waiting, Wake, Worker};
-use meshwarden_common::fault::{AbortPlan, AbortResponse, FaultPlan};
-use meshwarden_common::RequestHeaders;
-use meshwarden_filter_runtime::{headers, proxy_wasm};
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use meshwarden_common::fault::{AbortPlan, AbortResponse, FaultPlan, SplitMix64};
+use meshwarden_filter_runtime::host::{now_ms, now_us};
+use meshwarden_filter_runtime::{headers, host, Flow, LocalResponse, Phase, Stream, StreamStage};
 use std::cell::RefCell;
 use std::rc::Rc;
 
-/// The policy a stream matched and what the filter did about it.
+/// Response code details Envoy records for an injected abort (`%RESPONSE_CODE_DETAILS%`).
+const DETAILS: &str = "meshwarden_fault_abort";
+
+/// What to do when a stream's delay ends.
+#[derive(Debug, Clone, Copy)]
+enum Wake {
+    /// Forward the request.
+    ResumeRequest,
+    /// Answer the request locally (a delay followed by an abort).
+    Abort(AbortPlan),
+    /// Send the upstream's response on.
+    ResumeResponse,
+    /// Replace the upstream's response (a response delay followed by an override with body).
+    OverrideResponse,
+}
+
+/// The policy a stream matched and what the stage did about it.
 struct Matched {
-    config: Rc<ActiveConfig>,
     policy: usize,
     /// Faults being injected (empty when none were selected, or when dry run, the guard
     /// or the active-fault cap held them back).
@@ -26,32 +36,31 @@ struct Matched {
     counted_active: bool,
 }
 
-/// The filter's per-stream context.
+/// The stage's per-stream part.
 pub struct FaultStream {
-    id: u32,
-    worker: Rc<RefCell<Worker>>,
+    config: Rc<ActiveConfig>,
+    rng: Rc<RefCell<SplitMix64>>,
     matched: Option<Matched>,
+    wake: Option<Wake>,
 }
 
 impl FaultStream {
-    /// A stream of worker `worker`.
-    pub fn new(id: u32, worker: Rc<RefCell<Worker>>) -> Self {
+    /// A stream under `config`.
+    pub fn new(config: Rc<ActiveConfig>, rng: Rc<RefCell<SplitMix64>>) -> Self {
         Self {
-            id,
-            worker,
+            config,
+            rng,
             matched: None,
+            wake: None,
         }
     }
 
     /// Ends the stream's active fault: gives back its slot and lowers the gauge. Idempotent.
     fn release(&mut self) {
-        if let Ok(mut w) = self.worker.try_borrow_mut() {
-            w.waiting.remove(self.id);
-        }
         let Some(m) = self.matched.as_mut() else {
             return;
         };
-        let p = &m.config.policies[m.policy];
+        let p = &self.config.policies[m.policy];
         if std::mem::take(&mut m.holds_slot) {
             shared::release(&p.keys.active);
         }
@@ -60,19 +69,85 @@ impl FaultStream {
         }
     }
 
-    fn decide(&mut self, headers: &RequestHeaders, now_ms: u64) -> Action {
-        let (config, plan, index) = {
-            let mut w = self.worker.borrow_mut();
-            let config = w.config.clone();
-            let Some(index) = config.select(headers, now_ms as i64) else {
-                return Action::Continue;
-            };
-            let plan = config.policies[index].spec.plan(headers, &mut w.rng);
-            (config, plan, index)
+    /// Parks the stream for `delay_ms` from now, to `wake` then.
+    fn park(&mut self, s: &mut Stream<'_>, delay_ms: u64, wake: Wake) -> Flow {
+        let deadline_us = now_us().saturating_add(delay_ms.saturating_mul(1000));
+        s.park_until(deadline_us);
+        self.wake = Some(wake);
+        Flow::Pause
+    }
+
+    /// Sends the local answer of an abort and counts it; `false` if the proxy refused
+    /// (the stream then continues).
+    fn send_abort(&self, abort: &AbortPlan) -> bool {
+        let Some(m) = &self.matched else {
+            return false;
+        };
+        let p = &self.config.policies[m.policy];
+        let sent = match p.spec.abort_response(abort) {
+            AbortResponse::Http {
+                status,
+                body,
+                headers,
+            } => host().send_local_response(&LocalResponse {
+                status,
+                headers: &headers,
+                body: body.as_bytes(),
+                grpc_status: None,
+                details: DETAILS,
+            }),
+            AbortResponse::Grpc {
+                code,
+                message,
+                headers,
+            } => host().send_local_response(&LocalResponse {
+                status: 200,
+                headers: &headers,
+                body: message.as_bytes(),
+                grpc_status: Some(code),
+                details: DETAILS,
+            }),
+        };
+        if sent {
+            p.metrics.inc(metrics::ABORTS_INJECTED);
+        }
+        sent
+    }
+
+    /// Replaces the response with the policy's override (status, headers, body); `false`
+    /// if the proxy refused (the response then continues).
+    fn send_override(&self) -> bool {
+        let Some(m) = &self.matched else {
+            return false;
+        };
+        let Some(o) = &self.config.policies[m.policy].spec.response_override else {
+            return false;
+        };
+        let headers: Vec<(&str, &str)> = o
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        host().send_local_response(&LocalResponse {
+            status: o.http_status.code(),
+            headers: &headers,
+            body: o.body.as_deref().unwrap_or("").as_bytes(),
+            grpc_status: None,
+            details: DETAILS,
+        })
+    }
+}
+
+impl StreamStage for FaultStream {
+    fn request_headers(&mut self, s: &mut Stream<'_>) -> Flow {
+        let now_ms = now_ms();
+        let config = self.config.clone();
+        let Some(index) = config.select(s.headers, now_ms as i64) else {
+            return Flow::Continue;
         };
         let p = &config.policies[index];
+        let plan = p.spec.plan(s.headers, &mut *self.rng.borrow_mut());
         let mut m = Matched {
-            config: config.clone(),
             policy: index,
             plan: FaultPlan::default(),
             holds_slot: false,
@@ -102,7 +177,7 @@ impl FaultStream {
         };
         if held_back {
             self.matched = Some(m);
-            return Action::Continue;
+            return Flow::Continue;
         }
         p.metrics.active(1);
         m.counted_active = true;
@@ -112,101 +187,30 @@ impl FaultStream {
         if let Some(ms) = plan.delay_ms {
             p.metrics.inc(metrics::DELAYS_INJECTED);
             let wake = plan.abort.map_or(Wake::ResumeRequest, Wake::Abort);
-            self.park(ms, wake, config, index);
-            return Action::Pause;
+            return self.park(s, ms, wake);
         }
         if let Some(abort) = plan.abort {
-            if send_abort(&config, index, &abort) {
-                return Action::Pause;
+            if self.send_abort(&abort) {
+                return Flow::Pause;
             }
         }
-        Action::Continue
+        Flow::Continue
     }
 
-    /// Parks the stream for `delay_ms` from now.
-    fn park(&self, delay_ms: u64, wake: Wake, config: Rc<ActiveConfig>, policy: usize) {
-        let now_us = crate::now_us();
-        let deadline_us = now_us.saturating_add(delay_ms.saturating_mul(1000));
-        self.worker.borrow_mut().park(
-            self.id,
-            now_us,
-            deadline_us,
-            Waiting {
-                wake,
-                config,
-                policy,
-            },
-        );
-    }
-}
-
-/// Sends the local answer of an abort on the effective stream and counts it; `false` if
-/// the proxy refused (the caller then lets the stream continue).
-pub fn send_abort(config: &ActiveConfig, policy: usize, abort: &AbortPlan) -> bool {
-    let p = &config.policies[policy];
-    let sent = match p.spec.abort_response(abort) {
-        AbortResponse::Http {
-            status,
-            body,
-            headers,
-        } => host::send_local_response(u32::from(status), &headers, body, None),
-        AbortResponse::Grpc {
-            code,
-            message,
-            headers,
-        } => host::send_local_response(200, &headers, message, Some(code)),
-    };
-    if sent {
-        p.metrics.inc(metrics::ABORTS_INJECTED);
-    }
-    sent
-}
-
-/// Replaces the effective stream's response with the policy's override (status, headers,
-/// body); `false` if the proxy refused (the caller then lets the response continue).
-pub fn send_override(config: &ActiveConfig, policy: usize) -> bool {
-    let p = &config.policies[policy];
-    let Some(o) = &p.spec.response_override else {
-        return false;
-    };
-    let headers: Vec<(&str, &str)> = o
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let body = o.body.as_deref().unwrap_or("");
-    host::send_local_response(u32::from(o.http_status.code()), &headers, body, None)
-}
-
-impl Context for FaultStream {}
-
-impl HttpContext for FaultStream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.worker.borrow().config.policies.is_empty() {
-            return Action::Continue;
-        }
-        let headers = headers::request_headers();
-        self.decide(&headers, crate::now_ms())
-    }
-
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn response_headers(&mut self, s: &mut Stream<'_>) -> Flow {
         let Some(m) = &self.matched else {
-            return Action::Continue;
+            return Flow::Continue;
         };
         if m.plan.abort.is_some() {
             // Our own local answer: not the upstream's, and nothing more to inject.
-            return Action::Continue;
+            return Flow::Continue;
         }
-        let (config, policy, plan) = (m.config.clone(), m.policy, m.plan);
-        let p = &config.policies[policy];
-        let now = crate::now_ms();
+        let plan = m.plan;
+        let config = self.config.clone();
+        let p = &config.policies[m.policy];
         if let Some(guard) = &p.spec.guard {
-            let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
-                .ok()
-                .flatten()
-                .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
-            if let Some(status) = status {
-                shared::guard_record(&p.keys.guard, guard, now, status);
+            if let Some(status) = headers::response_status() {
+                shared::guard_record(&p.keys.guard, guard, now_ms(), status);
             }
         }
         let override_spec = p
@@ -234,22 +238,23 @@ impl HttpContext for FaultStream {
             } else {
                 Wake::ResumeResponse
             };
-            self.park(ms, wake, config.clone(), policy);
-            return Action::Pause;
+            return self.park(s, ms, wake);
         }
-        if replace_whole && send_override(&config, policy) {
-            return Action::Pause;
+        if replace_whole && self.send_override() {
+            return Flow::Pause;
         }
-        Action::Continue
+        Flow::Continue
     }
 
-    fn on_log(&mut self) {
-        self.release();
+    fn wake(&mut self, _: &mut Stream<'_>, _: Phase) -> Flow {
+        match self.wake.take() {
+            Some(Wake::Abort(abort)) if self.send_abort(&abort) => Flow::Pause,
+            Some(Wake::OverrideResponse) if self.send_override() => Flow::Pause,
+            _ => Flow::Continue,
+        }
     }
-}
 
-impl Drop for FaultStream {
-    fn drop(&mut self) {
+    fn done(&mut self) {
         self.release();
     }
 }

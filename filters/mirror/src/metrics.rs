@@ -23,13 +23,14 @@ pub enum Metric {
 }
 
 impl Metric {
-    const ALL: [Metric; 10] = [
+    const ALL: [Metric; 11] = [
         Metric::Mirrored,
         Metric::Skipped(SkipReason::SampledOut),
         Metric::Skipped(SkipReason::Method),
         Metric::Skipped(SkipReason::BodyTooLarge),
         Metric::Skipped(SkipReason::RateCapped),
         Metric::Skipped(SkipReason::QueueFull),
+        Metric::Skipped(SkipReason::BodyUnavailable),
         Metric::Errors,
         Metric::DiffMatch,
         Metric::DiffMismatch,
@@ -44,6 +45,7 @@ impl Metric {
             Metric::Skipped(SkipReason::BodyTooLarge) => "skipped_body_too_large",
             Metric::Skipped(SkipReason::RateCapped) => "skipped_rate_capped",
             Metric::Skipped(SkipReason::QueueFull) => "skipped_queue_full",
+            Metric::Skipped(SkipReason::BodyUnavailable) => "skipped_body_unavailable",
             Metric::Errors => "errors",
             Metric::DiffMatch => "diff_match",
             Metric::DiffMismatch => "diff_mismatch",

@@ -7,9 +7,8 @@ use crate::worker::{record_pair, Copy, DiffContext, Policy, Shared};
 use meshwarden_common::mirror::body::{BodyCopy, CopyError};
 use meshwarden_common::mirror::diff::CapturedResponse;
 use meshwarden_common::mirror::SkipReason;
-use meshwarden_common::RequestHeaders;
-use meshwarden_filter_runtime::proxy_wasm::traits::{Context, HttpContext};
-use meshwarden_filter_runtime::proxy_wasm::types::Action;
+use meshwarden_filter_runtime::host::{now_ms, Body};
+use meshwarden_filter_runtime::{headers, host, Flow, Stream, StreamStage};
 use std::rc::Rc;
 
 /// A request being copied.
@@ -48,23 +47,24 @@ impl MirrorStream {
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        crate::now_ms(self.get_current_time())
-    }
-
-    fn start(&mut self, end_of_stream: bool) {
-        let policies = self.shared.worker.borrow().policies.clone();
-        if policies.is_empty() {
-            return;
-        }
-        let pairs: Vec<(String, Vec<u8>)> = self.get_http_request_headers_bytes();
-        let req = RequestHeaders::new(pairs.clone());
-        let Some(policy) = policies.iter().find(|p| p.matcher.matches(&req)).cloned() else {
+    fn start(&mut self, s: &Stream<'_>) {
+        let (policies, index) = {
+            let w = self.shared.worker.borrow();
+            (w.policies.clone(), w.index.clone())
+        };
+        let req = &*s.headers;
+        let Some(policy) = index
+            .candidates(req)
+            .into_iter()
+            .map(|i| &policies[i as usize])
+            .find(|p| p.matcher.matches(req))
+            .cloned()
+        else {
             return;
         };
         let selection = {
             let mut w = self.shared.worker.borrow_mut();
-            policy.plan.select(&req, || w.random())
+            policy.plan.select(req, || w.random())
         };
         for reason in &selection.skipped {
             policy.skipped(*reason, 1);
@@ -72,8 +72,16 @@ impl MirrorStream {
         if selection.chosen.is_empty() {
             return;
         }
+        if s.missed_request_body {
+            policy.skipped(SkipReason::BodyUnavailable, selection.chosen.len());
+            return;
+        }
         let fallback = policy.plan.targets[selection.chosen[0]].cluster.clone();
-        let Some(headers) = policy.plan.headers.apply(&pairs, &policy.name, &fallback) else {
+        let Some(headers) = policy
+            .plan
+            .headers
+            .apply(req.pairs(), &policy.name, &fallback)
+        else {
             policy.count(Metric::Errors, selection.chosen.len() as u64);
             return;
         };
@@ -96,7 +104,7 @@ impl MirrorStream {
             headers: Rc::new(headers.pairs),
             path,
         });
-        if end_of_stream {
+        if s.end_of_stream {
             self.finish_request();
         }
     }
@@ -106,7 +114,7 @@ impl MirrorStream {
             return;
         }
         if size > 0 {
-            let chunk = self.get_http_request_body(0, size).unwrap_or_default();
+            let chunk = host().body(Body::Request, 0, size).unwrap_or_default();
             let Some(p) = self.pending.as_mut() else {
                 return;
             };
@@ -132,7 +140,7 @@ impl MirrorStream {
         let Some(p) = self.pending.take() else {
             return;
         };
-        let now = self.now_ms();
+        let now = now_ms();
         let body = p.body.finish().map(|data| Rc::new(self.shared.hold(data)));
         let mut targets = Vec::new();
         for t in p.targets {
@@ -208,7 +216,7 @@ impl MirrorStream {
             return;
         }
         c.reserved += size;
-        let chunk = self.get_http_response_body(0, size).unwrap_or_default();
+        let chunk = host().body(Body::Response, 0, size).unwrap_or_default();
         if let Some(c) = self.capture.as_mut() {
             c.response.body.extend_from_slice(&chunk);
         }
@@ -241,7 +249,7 @@ impl MirrorStream {
         let Some(c) = self.drop_capture() else {
             return;
         };
-        let now = self.now_ms();
+        let now = now_ms();
         let pairs = {
             let mut w = self.shared.worker.borrow_mut();
             let mut budget = self.shared.budget.borrow_mut();
@@ -253,64 +261,53 @@ impl MirrorStream {
     }
 }
 
-impl Context for MirrorStream {}
-
-impl HttpContext for MirrorStream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        self.start(end_of_stream);
-        Action::Continue
+impl StreamStage for MirrorStream {
+    fn request_headers(&mut self, s: &mut Stream<'_>) -> Flow {
+        self.start(s);
+        Flow::Continue
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.copy_chunk(body_size, end_of_stream);
-        Action::Continue
+    fn request_body(&mut self, s: &mut Stream<'_>, size: usize) {
+        self.copy_chunk(size, s.end_of_stream);
     }
 
-    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+    fn request_trailers(&mut self, _: &mut Stream<'_>) {
         self.finish_request();
-        Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+    fn response_headers(&mut self, s: &mut Stream<'_>) -> Flow {
         if let Some(c) = self.capture.as_ref() {
             let policy = c.policy.clone();
-            let status = self
-                .get_http_response_header_bytes(":status")
-                .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
-                .unwrap_or(0);
+            let status = headers::response_status().unwrap_or(0);
             let picked = match &policy.plan.diff {
-                Some(d) if !d.headers.is_empty() => {
-                    d.pick_headers(&self.get_http_response_headers_bytes())
-                }
+                Some(d) if !d.headers.is_empty() => d.pick_headers(&headers::response_headers()),
                 _ => Vec::new(),
             };
             if let Some(c) = self.capture.as_mut() {
                 c.response.status = status;
                 c.response.headers = picked;
             }
-            if end_of_stream {
+            if s.end_of_stream {
                 self.primary_done();
             }
         }
-        Action::Continue
+        Flow::Continue
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    fn response_body(&mut self, s: &mut Stream<'_>, size: usize) {
         if self.capture.is_some() {
-            self.capture_body(body_size);
-            if end_of_stream {
+            self.capture_body(size);
+            if s.end_of_stream {
                 self.primary_done();
             }
         }
-        Action::Continue
     }
 
-    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+    fn response_trailers(&mut self, _: &mut Stream<'_>) {
         self.primary_done();
-        Action::Continue
     }
 
-    fn on_log(&mut self) {
+    fn done(&mut self) {
         // The stream ended: a copy still being collected is dropped; a primary that never
         // completed cannot be compared.
         if let Some(mut p) = self.pending.take() {

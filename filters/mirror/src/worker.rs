@@ -9,7 +9,7 @@ use meshwarden_common::mirror::diff::{
 use meshwarden_common::mirror::queue::{BoundedQueue, ByteBudget};
 use meshwarden_common::mirror::rate::LogLimiter;
 use meshwarden_common::mirror::{CompiledMirror, SkipReason};
-use meshwarden_common::CompiledMatch;
+use meshwarden_common::{CompiledMatch, PolicyIndex};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -91,6 +91,8 @@ pub struct DiffContext {
 #[derive(Debug)]
 pub struct Worker {
     pub policies: Rc<Vec<Rc<Policy>>>,
+    /// Which policies can match a request (by path).
+    pub index: Rc<PolicyIndex>,
     pub queue: BoundedQueue<Copy>,
     pub in_flight: HashMap<u32, InFlight>,
     pub diffs: PendingDiffs<DiffContext>,
@@ -113,6 +115,7 @@ impl Shared {
         Self {
             worker: Rc::new(RefCell::new(Worker {
                 policies: Rc::new(Vec::new()),
+                index: Rc::default(),
                 queue: BoundedQueue::default(),
                 in_flight: HashMap::new(),
                 diffs: PendingDiffs::new(MAX_PENDING_DIFFS),

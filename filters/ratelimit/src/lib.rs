@@ -1,57 +1,61 @@
-//! The meshwarden rate-limit filter: token buckets and concurrency limits from
+//! The meshwarden rate-limit stage: token buckets and concurrency limits from
 //! `RateLimitPolicy`, shared by every worker of the proxy through shared data.
 //!
-//! All decisions live in `meshwarden_common::ratelimit`; this module only reads the
+//! All decisions live in `meshwarden_common::ratelimit`; this stage only reads the
 //! request, asks the [`Limiter`], answers or forwards, adds response headers, releases
 //! in-flight counts when the stream ends, and counts.
 
 mod metrics;
-mod store;
 
-use meshwarden_common::ratelimit::{
-    release_all, Decision, Held, Limiter, RateLimitSpec, Rejection, Request,
-};
-use meshwarden_filter_runtime::headers::request_headers;
-use meshwarden_filter_runtime::{install, Filter, FilterConfig};
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, GrpcStatusCode, MapType};
+use meshwarden_common::ratelimit::{release_all, Decision, Held, Limiter, RateLimitSpec, Request};
+use meshwarden_filter_runtime::shared::HostShared;
+use meshwarden_filter_runtime::{headers, host, parse_config, Commit, Flow, LocalResponse};
+use meshwarden_filter_runtime::{Stage, Stream, StreamStage, ValidationError};
 use std::cell::RefCell;
 use std::rc::Rc;
-use store::HostStore;
 
-proxy_wasm::main! {{
-    install::<RateLimitFilter>();
-}}
+/// Response code details of a rate-limit answer (`%RESPONSE_CODE_DETAILS%`).
+const DETAILS: &str = "meshwarden_rate_limited";
 
-thread_local! {
-    /// The limiter compiled from the current configuration of this VM.
-    static LIMITER: RefCell<Rc<Limiter>> = RefCell::new(Rc::new(Limiter::default()));
+/// The rate-limit stage of one worker.
+#[derive(Default)]
+pub struct RateLimitStage {
+    limiter: RefCell<Rc<Limiter>>,
 }
 
-struct RateLimitFilter;
-
-impl Filter for RateLimitFilter {
-    type Spec = RateLimitSpec;
-    const NAME: &'static str = "ratelimit";
-
-    fn configured(config: &FilterConfig<RateLimitSpec>) {
-        let limiter = Limiter::new(config);
-        limiter.prepare(&HostStore);
-        metrics::define(&limiter);
-        LIMITER.with(|l| *l.borrow_mut() = Rc::new(limiter));
+impl Stage for RateLimitStage {
+    fn name(&self) -> &'static str {
+        "ratelimit"
     }
 
-    fn http_context(_: Rc<FilterConfig<RateLimitSpec>>, _: u32) -> Box<dyn HttpContext> {
-        Box::new(RateLimitHttp {
-            limiter: LIMITER.with(|l| Rc::clone(&l.borrow())),
+    fn prepare(&self, bytes: &[u8]) -> Result<Commit<'_>, ValidationError> {
+        let config = parse_config::<RateLimitSpec>(bytes)?;
+        Ok(Box::new(move || {
+            let limiter = Limiter::new(&config);
+            limiter.prepare(&HostShared);
+            metrics::define(&limiter);
+            *self.limiter.borrow_mut() = Rc::new(limiter);
+        }))
+    }
+
+    fn policies(&self) -> usize {
+        self.limiter.borrow().policies().len()
+    }
+
+    fn stream(&self, _: u32) -> Option<Box<dyn StreamStage>> {
+        let limiter = self.limiter.borrow();
+        if limiter.is_empty() {
+            return None;
+        }
+        Some(Box::new(RateLimitStream {
+            limiter: limiter.clone(),
             held: Vec::new(),
             response_headers: Vec::new(),
-        })
+        }))
     }
 }
 
-struct RateLimitHttp {
+struct RateLimitStream {
     limiter: Rc<Limiter>,
     /// In-flight counts to release when the stream ends.
     held: Vec<Held>,
@@ -59,128 +63,85 @@ struct RateLimitHttp {
     response_headers: Vec<(String, String)>,
 }
 
-impl RateLimitHttp {
-    /// Releases the in-flight counts once, whichever end-of-stream callback comes first.
-    fn finish(&mut self) {
-        if self.held.is_empty() {
-            return;
-        }
-        let held = std::mem::take(&mut self.held);
-        for (policy, released) in release_all(&HostStore, &held) {
-            metrics::left(&policy, released);
-        }
-    }
-
-    fn reject(&self, rejection: &Rejection, grpc: bool) {
-        if grpc {
-            let code = if rejection.grpc_status == 8 {
-                GrpcStatusCode::ResourceExhausted
-            } else {
-                GrpcStatusCode::Unavailable
-            };
-            let metadata: Vec<(&str, &[u8])> = rejection
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_bytes()))
-                .collect();
-            if let Err(status) =
-                hostcalls::send_grpc_response(code, Some(rejection.grpc_message()), metadata)
-            {
-                log::warn!("ratelimit filter: cannot send gRPC answer: {status:?}");
-            }
-        } else {
-            let headers = rejection.http_headers();
-            let headers: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let body = rejection.body();
-            if let Err(status) = hostcalls::send_http_response(
-                u32::from(rejection.status),
-                headers,
-                Some(body.as_bytes()),
-            ) {
-                log::warn!("ratelimit filter: cannot send local answer: {status:?}");
-            }
-        }
-    }
-}
-
-impl Context for RateLimitHttp {
-    fn on_done(&mut self) -> bool {
-        self.finish();
-        true
-    }
-}
-
-impl Drop for RateLimitHttp {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
-fn now_ns() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-fn is_grpc(headers: &meshwarden_common::RequestHeaders) -> bool {
-    headers
+fn is_grpc(s: &Stream<'_>) -> bool {
+    s.headers
         .get("content-type")
         .is_some_and(|ct| ct.starts_with(b"application/grpc"))
 }
 
-impl HttpContext for RateLimitHttp {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        if self.limiter.is_empty() {
-            return Action::Continue;
-        }
-        let headers = request_headers();
+impl StreamStage for RateLimitStream {
+    fn request_headers(&mut self, s: &mut Stream<'_>) -> Flow {
         let peer = if self.limiter.needs_peer() {
-            hostcalls::get_property(vec!["source", "address"])
-                .ok()
-                .flatten()
+            host().property(&["source", "address"])
         } else {
             None
         };
         let verdict = self.limiter.check(
-            &HostStore,
+            &HostShared,
             &Request {
-                headers: &headers,
+                headers: s.headers,
                 peer: peer.as_deref(),
             },
-            now_ns(),
+            host().now_ns(),
         );
         metrics::record(&verdict.events);
         self.held = verdict.held;
         match verdict.decision {
             Decision::Allow { response_headers } => {
                 self.response_headers = response_headers;
-                Action::Continue
+                Flow::Continue
             }
             Decision::Reject(rejection) => {
-                self.reject(&rejection, is_grpc(&headers));
-                Action::Pause
+                let sent = if is_grpc(s) {
+                    let headers: Vec<(&str, &str)> = rejection
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    host().send_local_response(&LocalResponse {
+                        status: 200,
+                        headers: &headers,
+                        body: rejection.grpc_message().as_bytes(),
+                        grpc_status: Some(if rejection.grpc_status == 8 { 8 } else { 14 }),
+                        details: DETAILS,
+                    })
+                } else {
+                    let owned = rejection.http_headers();
+                    let headers: Vec<(&str, &str)> = owned
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    host().send_local_response(&LocalResponse {
+                        status: rejection.status,
+                        headers: &headers,
+                        body: rejection.body().as_bytes(),
+                        grpc_status: None,
+                        details: DETAILS,
+                    })
+                };
+                if !sent {
+                    log::warn!("ratelimit filter: cannot send the local answer");
+                    return Flow::Continue;
+                }
+                Flow::Pause
             }
         }
     }
 
-    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+    fn response_headers(&mut self, _: &mut Stream<'_>) -> Flow {
         for (name, value) in std::mem::take(&mut self.response_headers) {
-            if let Err(status) = hostcalls::add_map_value_bytes(
-                MapType::HttpResponseHeaders,
-                &name,
-                value.as_bytes(),
-            ) {
-                log::warn!("ratelimit filter: cannot add response header {name}: {status:?}");
-            }
+            headers::add_response_header(&name, value.as_bytes());
         }
-        Action::Continue
+        Flow::Continue
     }
 
-    fn on_log(&mut self) {
-        self.finish();
+    fn done(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        for (policy, released) in release_all(&HostShared, &held) {
+            metrics::left(&policy, released);
+        }
     }
 }

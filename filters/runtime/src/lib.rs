@@ -1,27 +1,42 @@
-//! proxy-wasm glue shared by the meshwarden filters, so each filter is only its own logic:
+//! The one place the meshwarden filters talk to the proxy, so each filter stage is plain
+//! Rust on top of it:
 //!
-//! - [`Filter`] + [`install`]: the root context (configuration loading in `on_configure`,
-//!   an `Rc` of the validated [`FilterConfig`] handed to every HTTP context);
-//! - [`passthrough_filter!`]: a whole module that accepts only an empty policy list;
-//! - [`headers`]: request-header snapshots and header writes that never panic;
-//! - [`random`]: random bytes from WASI `random_get`, with a fallback;
-//! - [`metrics`]: per-policy counters, gauges and histograms named for Prometheus.
-//!
-//! Host calls go through `proxy_wasm::hostcalls` and their `Result`s are handled (logged);
-//! nothing here unwraps a host call.
+//! - [`host`]: the [`Host`] interface — headers, bodies, local answers, shared data, clock,
+//!   timer, call-outs, properties, metrics, randomness — over the proxy-wasm ABI on Wasm
+//!   ([`wasm_host`]) and an in-memory [`fake_host`] natively (unit tests);
+//! - [`pipeline`]: the [`Stage`]s of a module run in one pass over each request, with
+//!   parking (injected delays), periodic ticks and call-out answers;
+//! - [`module`]: the proxy-wasm root and HTTP contexts around a pipeline (Wasm only);
+//! - [`headers`] (lazy request headers), [`shared`] (compare-and-swap updates),
+//!   [`metrics`] (per-policy stats), [`random`], [`calls`] (host-call accounting).
 
+pub mod calls;
 pub mod config;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod fake_host;
 pub mod headers;
+pub mod host;
 pub mod metrics;
+#[cfg(target_arch = "wasm32")]
+pub mod module;
+pub mod pipeline;
 pub mod random;
-mod root;
+pub mod shared;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm_host;
 
-pub use config::load_config;
-pub use metrics::{MetricKind, PolicyMetrics};
+pub use host::{host, Host, LocalResponse, Map, MetricKind, Phase};
+pub use metrics::PolicyMetrics;
+pub use pipeline::{Commit, Flow, Pipeline, Stage, Stream, StreamStage};
 pub use random::HostRandom;
-pub use root::{install, require_no_policies, Filter, NoopHttp};
 
 pub use meshwarden_common::{FilterConfig, KindSpec, RequestHeaders, ValidationError};
 
-/// The SDK, re-exported for [`passthrough_filter!`] and the filters.
+/// The SDK's entry-point macro, for module crates.
+#[cfg(target_arch = "wasm32")]
 pub use proxy_wasm;
+
+/// Parses a stage's configuration (`{"policies": [...]}`) as [`FilterConfig`] of `S`.
+pub fn parse_config<S: KindSpec>(bytes: &[u8]) -> Result<FilterConfig<S>, ValidationError> {
+    FilterConfig::<S>::parse(bytes)
+}

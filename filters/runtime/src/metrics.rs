@@ -23,8 +23,8 @@
 //! defining the same name again in another VM or after a reconfiguration yields the same
 //! Envoy stat.
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
+use crate::host::host;
+pub use crate::host::MetricKind;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -43,18 +43,11 @@ pub const STATS_TAGS_YAML: &str = r"  stats_tags:
   - tag_name: policy
     regex: '^wasmcustom\.meshwarden_[a-z0-9_]+(\.policy\.([a-z0-9.-]+))$'";
 
-/// Kind of a metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricKind {
-    /// Monotonic; `_total` is appended to the name.
-    Counter,
-    /// Summed across workers (Envoy `Accumulate` mode).
-    Gauge,
-    Histogram,
-}
+type Ids = HashMap<(&'static str, &'static str), HashMap<String, u32>>;
 
 thread_local! {
-    static IDS: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+    /// Defined ids by (filter, metric), then policy: an event costs no allocation.
+    static IDS: RefCell<Ids> = RefCell::new(HashMap::new());
 }
 
 /// Metrics of one filter, labelled by policy.
@@ -75,27 +68,16 @@ impl PolicyMetrics {
     }
 
     /// Defines (once per VM) and returns the id of a metric; `None` if the host refuses.
-    pub fn id(&self, metric: &str, kind: MetricKind, policy: &str) -> Option<u32> {
-        let name = self.stat_name(metric, kind, policy);
+    pub fn id(&self, metric: &'static str, kind: MetricKind, policy: &str) -> Option<u32> {
         IDS.with(|ids| {
-            if let Some(id) = ids.borrow().get(&name) {
+            let mut ids = ids.borrow_mut();
+            let by_policy = ids.entry((self.filter, metric)).or_default();
+            if let Some(id) = by_policy.get(policy) {
                 return Some(*id);
             }
-            let host_kind = match kind {
-                MetricKind::Counter => MetricType::Counter,
-                MetricKind::Gauge => MetricType::Gauge,
-                MetricKind::Histogram => MetricType::Histogram,
-            };
-            match hostcalls::define_metric(host_kind, &name) {
-                Ok(id) => {
-                    ids.borrow_mut().insert(name, id);
-                    Some(id)
-                }
-                Err(status) => {
-                    log::warn!("cannot define metric {name}: {status:?}");
-                    None
-                }
-            }
+            let id = host().define_metric(kind, &self.stat_name(metric, kind, policy))?;
+            by_policy.insert(policy.to_string(), id);
+            Some(id)
         })
     }
 
@@ -104,7 +86,7 @@ impl PolicyMetrics {
     pub fn define_all<'a>(
         &self,
         policies: impl IntoIterator<Item = &'a str>,
-        metrics: &[(&str, MetricKind)],
+        metrics: &[(&'static str, MetricKind)],
     ) {
         for policy in policies {
             for (metric, kind) in metrics {
@@ -114,42 +96,42 @@ impl PolicyMetrics {
     }
 
     /// Adds 1 to counter `metric` of `policy`.
-    pub fn increment(&self, metric: &str, policy: &str) {
+    pub fn increment(&self, metric: &'static str, policy: &str) {
         self.add(metric, policy, 1);
     }
 
     /// Adds `n` to counter `metric` of `policy`.
-    pub fn add(&self, metric: &str, policy: &str, n: u64) {
+    pub fn add(&self, metric: &'static str, policy: &str, n: u64) {
         if n == 0 {
             return;
         }
         if let Some(id) = self.id(metric, MetricKind::Counter, policy) {
             let n = i64::try_from(n).unwrap_or(i64::MAX);
-            report(hostcalls::increment_metric(id, n));
+            host().add_metric(id, n);
         }
     }
 
     /// Adds `delta` (may be negative) to gauge `metric` of `policy`.
-    pub fn gauge_add(&self, metric: &str, policy: &str, delta: i64) {
+    pub fn gauge_add(&self, metric: &'static str, policy: &str, delta: i64) {
         if delta == 0 {
             return;
         }
         if let Some(id) = self.id(metric, MetricKind::Gauge, policy) {
-            report(hostcalls::increment_metric(id, delta));
+            host().add_metric(id, delta);
         }
     }
 
     /// Sets gauge `metric` of `policy` (last writer wins across workers).
-    pub fn gauge_set(&self, metric: &str, policy: &str, value: u64) {
+    pub fn gauge_set(&self, metric: &'static str, policy: &str, value: u64) {
         if let Some(id) = self.id(metric, MetricKind::Gauge, policy) {
-            report(hostcalls::record_metric(id, value));
+            host().record_metric(id, value);
         }
     }
 
     /// Records `value` in histogram `metric` of `policy`.
-    pub fn record(&self, metric: &str, policy: &str, value: u64) {
+    pub fn record(&self, metric: &'static str, policy: &str, value: u64) {
         if let Some(id) = self.id(metric, MetricKind::Histogram, policy) {
-            report(hostcalls::record_metric(id, value));
+            host().record_metric(id, value);
         }
     }
 }
@@ -162,10 +144,4 @@ pub fn stat_name(filter: &str, metric: &str, kind: MetricKind, policy: &str) -> 
         ""
     };
     format!("{PREFIX}{filter}_{metric}{total}{POLICY_SUFFIX}{policy}")
-}
-
-fn report(result: Result<(), proxy_wasm::types::Status>) {
-    if let Err(status) = result {
-        log::debug!("metric update failed: {status:?}");
-    }
 }

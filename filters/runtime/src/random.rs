@@ -1,4 +1,4 @@
-//! Random bytes for ids and sampling: WASI `random_get` (the host's CSPRNG), falling back
+//! Random bytes for ids and sampling: the host's random source (WASI `random_get`), falling back
 //! to a time-seeded SplitMix64 stream if the host ever refuses. Never panics.
 
 use meshwarden_common::fault::Entropy;
@@ -11,7 +11,7 @@ thread_local! {
 
 /// Fills `buf` with random bytes.
 pub fn fill(buf: &mut [u8]) {
-    if getrandom::getrandom(buf).is_ok() {
+    if crate::host::host().random(buf) {
         return;
     }
     FALLBACK.with(|state| {
@@ -52,10 +52,7 @@ impl Entropy for HostRandom {
 }
 
 fn seed() -> u64 {
-    let nanos = proxy_wasm::hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as u64);
+    let nanos = crate::host::host().now_ns();
     // Mix in a stack address so two VMs started in the same nanosecond still differ.
     let local = 0u8;
     (nanos ^ (&local as *const u8 as u64).rotate_left(32)) | 1

@@ -2,6 +2,7 @@
 //! aborts, TTL without a control plane, the error-ratio guard, hostile `x-envoy-fault-*`
 //! headers, the cross-worker active-fault cap, response-phase faults and dry run.
 
+use crate::support::{filter_status, FILTER};
 use meshwarden_common::fault::{Entropy, SplitMix64};
 use meshwarden_e2e::{wait_until, ControlPlane, EchoUpstream, Envoy, EnvoyOptions};
 use serde_json::Value;
@@ -63,7 +64,7 @@ impl Stack {
                 let status = cli.status_json();
                 let (node, before) = (node.clone(), before.clone());
                 async move {
-                    let f = filter_status(&status, &node, "meshwarden.fault")?;
+                    let f = filter_status(&status, &node, FILTER)?;
                     let accepted = str_field(&f, "acceptedVersion");
                     (accepted != before && accepted == str_field(&f, "sentVersion")).then_some(())
                 }
@@ -76,7 +77,7 @@ impl Stack {
     }
 
     fn fault_status(&self, cli: &meshwarden_e2e::Cli) -> Option<Value> {
-        filter_status(&cli.status_json(), &self.node_id, "meshwarden.fault")
+        filter_status(&cli.status_json(), &self.node_id, FILTER)
     }
 
     /// A per-policy fault counter or gauge.
@@ -94,18 +95,6 @@ fn fault_stat_name(policy: &str, metric: &str) -> String {
         "_total"
     };
     format!("wasmcustom.meshwarden_fault_{metric}{total}.policy.{policy}")
-}
-
-fn filter_status(status: &Value, node_id: &str, resource: &str) -> Option<Value> {
-    let proxies = status.get("proxies")?.as_array()?;
-    let proxy = proxies
-        .iter()
-        .find(|p| p["nodeId"] == node_id && p["connected"] == true)?;
-    proxy["filters"]
-        .as_array()?
-        .iter()
-        .find(|f| f["name"] == resource)
-        .cloned()
 }
 
 fn str_field(v: &Value, key: &str) -> String {

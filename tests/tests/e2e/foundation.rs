@@ -1,7 +1,7 @@
 //! Foundation: policies applied with the CLI reach the trace filter in a real Envoy over
 //! ADS/ECDS, live, with ACK/NACK tracking, persistence and selectors.
 
-use crate::support::{is_uuid, parse_traceparent, trace_policy};
+use crate::support::{filter_status, is_uuid, parse_traceparent, trace_policy, FILTER};
 use meshwarden_e2e::{ControlPlane, EchoUpstream, Envoy, EnvoyOptions, RecordedRequest};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,19 +43,6 @@ async fn through(
         .last_with_path(path)
         .ok_or_else(|| anyhow::anyhow!("upstream never saw {path}"))?;
     Ok((resp, seen))
-}
-
-/// The status entry of `resource` on proxy `node_id`, from `meshwarden status -o json`.
-fn filter_status(status: &Value, node_id: &str, resource: &str) -> Option<Value> {
-    let proxies = status.get("proxies")?.as_array()?;
-    let proxy = proxies
-        .iter()
-        .find(|p| p["nodeId"] == node_id && p["connected"] == true)?;
-    proxy["filters"]
-        .as_array()?
-        .iter()
-        .find(|f| f["name"] == resource)
-        .cloned()
 }
 
 fn str_field(v: &Value, key: &str) -> String {
@@ -178,7 +165,7 @@ async fn policy_change_applies_without_restart_and_status_shows_it_accepted() ->
         meshwarden_e2e::wait_until(Duration::from_secs(5), "first version accepted", || {
             let status = cli.status_json();
             async move {
-                let f = filter_status(&status, "change-proxy", "meshwarden.trace")?;
+                let f = filter_status(&status, "change-proxy", FILTER)?;
                 let accepted = str_field(&f, "acceptedVersion");
                 (!accepted.is_empty() && accepted == str_field(&f, "sentVersion"))
                     .then_some(accepted)
@@ -195,7 +182,7 @@ async fn policy_change_applies_without_restart_and_status_shows_it_accepted() ->
         let status = cli.status_json();
         let first = first.clone();
         async move {
-            let f = filter_status(&status, "change-proxy", "meshwarden.trace")?;
+            let f = filter_status(&status, "change-proxy", FILTER)?;
             let accepted = str_field(&f, "acceptedVersion");
             (accepted != first
                 && accepted == str_field(&f, "sentVersion")
@@ -309,10 +296,7 @@ async fn rejected_config_shows_as_nack_is_not_resent_and_traffic_keeps_flowing(
     .await?;
 
     // A module that cannot load: Envoy must reject the update.
-    std::fs::write(
-        modules.path().join("meshwarden_trace.wasm"),
-        b"this is not wasm",
-    )?;
+    std::fs::write(modules.path().join("meshwarden.wasm"), b"this is not wasm")?;
     assert!(
         cli.apply_yaml(&trace_policy("good", "formats: [w3c, b3]"))
             .success
@@ -320,7 +304,7 @@ async fn rejected_config_shows_as_nack_is_not_resent_and_traffic_keeps_flowing(
     // Wait until the latest version sent is the NACKed one, and stays so (the module poll
     // may have pushed a version of its own just before the apply).
     let rejected_latest = || {
-        let f = filter_status(&cli.status_json(), "nack-proxy", "meshwarden.trace")?;
+        let f = filter_status(&cli.status_json(), "nack-proxy", FILTER)?;
         let nacked = str_field(&f, "nackedVersion");
         (!str_field(&f, "lastError").is_empty() && nacked == str_field(&f, "sentVersion"))
             .then_some(f)
@@ -342,7 +326,7 @@ async fn rejected_config_shows_as_nack_is_not_resent_and_traffic_keeps_flowing(
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(
-        str_field(&nack, "lastError").contains("meshwarden.trace"),
+        str_field(&nack, "lastError").contains(FILTER),
         "Envoy's message names the filter: {}",
         str_field(&nack, "lastError")
     );
@@ -353,12 +337,12 @@ async fn rejected_config_shows_as_nack_is_not_resent_and_traffic_keeps_flowing(
     );
 
     // Not re-sent in a loop: Envoy's count of rejected updates stays put.
-    let fail_stat = "extension_config_discovery.http_filter.meshwarden.trace.config_fail";
-    let fails = s.envoy.stat(fail_stat).await?;
+    let fail_stat = format!("extension_config_discovery.http_filter.{FILTER}.config_fail");
+    let fails = s.envoy.stat(&fail_stat).await?;
     assert!(fails >= 1, "Envoy counted the rejection");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        s.envoy.stat(fail_stat).await?,
+        s.envoy.stat(&fail_stat).await?,
         fails,
         "the rejected version was sent again"
     );
@@ -436,7 +420,7 @@ async fn control_plane_sigkill_loses_no_policy_and_no_request() -> anyhow::Resul
     meshwarden_e2e::wait_until(Duration::from_secs(30), "Envoy reconnected", || {
         let status = cli.status_json();
         async move {
-            let f = filter_status(&status, "crash-proxy", "meshwarden.trace")?;
+            let f = filter_status(&status, "crash-proxy", FILTER)?;
             (!str_field(&f, "acceptedVersion").is_empty()).then_some(())
         }
     })

@@ -289,7 +289,7 @@ async fn sidecar_takes_changes_live_shows_nacks_and_survives_a_killed_control_pl
 
     // A module that cannot load: the sidecar rejects the update, status shows the NACK,
     // and the last good configuration keeps serving.
-    std::fs::write(modules.path().join("meshwarden_fault.wasm"), b"not wasm")?;
+    std::fs::write(modules.path().join("meshwarden.wasm"), b"not wasm")?;
     m.apply(&abort(452));
     wait_until(Duration::from_secs(20), "NACK in status", || async {
         let f = m.filter_row("meshwarden.fault")?;
@@ -326,7 +326,9 @@ async fn sidecar_takes_changes_live_shows_nacks_and_survives_a_killed_control_pl
 async fn remote_code_from_the_control_plane_is_checked_by_sha256() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
     let app = EchoUpstream::start().await?;
-    let module = std::fs::read(meshwarden_e2e::paths::wasm_dir().join("meshwarden_fault.wasm"))?;
+    // The control plane serves the module it advertises: meshwarden.wasm (its fault stage
+    // runs under root id `meshwarden.fault`).
+    let module = std::fs::read(meshwarden_e2e::paths::wasm_dir().join("meshwarden.wasm"))?;
     let sha256 = hex_sha256(&module);
     let config = serde_json::json!({"policies": [{
         "name": "teapot",

@@ -247,7 +247,7 @@ async fn regex_churn_keeps_envoy_memory_bounded() -> anyhow::Result<()> {
                         let f = proxy["filters"]
                             .as_array()?
                             .iter()
-                            .find(|f| f["name"] == "meshwarden.trace")?
+                            .find(|f| f["name"] == crate::support::FILTER)?
                             .clone();
                         let count = f["acceptedPolicies"].as_array()?.len();
                         (count == n && f["acceptedVersion"] == f["sentVersion"]).then_some(())

@@ -4,6 +4,7 @@
 mod fault;
 mod foundation;
 mod istio;
+mod layout;
 mod limits;
 mod mirror;
 mod oci;

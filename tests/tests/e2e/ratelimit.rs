@@ -41,16 +41,7 @@ fn policy(name: &str, spec: &str) -> String {
 }
 
 fn filter_status(status: &Value, node_id: &str) -> Option<Value> {
-    let proxy = status
-        .get("proxies")?
-        .as_array()?
-        .iter()
-        .find(|p| p["nodeId"] == node_id && p["connected"] == true)?;
-    proxy["filters"]
-        .as_array()?
-        .iter()
-        .find(|f| f["name"] == "meshwarden.ratelimit")
-        .cloned()
+    crate::support::filter_status(status, node_id, crate::support::FILTER)
 }
 
 fn field(v: &Value, key: &str) -> String {

@@ -10,17 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// The trace filter's status row of a connected proxy.
+/// The filter's status row of a connected proxy.
 fn trace_row(cp: &ControlPlane, node: &str) -> Option<Value> {
-    let status = cp.cli().status_json();
-    status["proxies"].as_array()?.iter().find_map(|p| {
-        (p["nodeId"] == node && p["connected"] == true).then_some(())?;
-        p["filters"]
-            .as_array()?
-            .iter()
-            .find(|f| f["name"] == "meshwarden.trace")
-            .cloned()
-    })
+    crate::support::filter_status(&cp.cli().status_json(), node, crate::support::FILTER)
 }
 
 fn field(v: &Value, key: &str) -> String {
@@ -61,10 +53,11 @@ async fn a_nack_is_remembered_across_reconnects_restarts_and_fresh_proxies() -> 
     );
     wait_traced(&a, &up, "trace policy on nack-a").await?;
 
-    // A valid module that refuses the trace configuration: the next version is NACKed.
+    // A valid module that refuses the configuration (the single-purpose fault module
+    // expects its own section, not the combined one): the next version is NACKed.
     std::fs::copy(
         modules.path().join("meshwarden_fault.wasm"),
-        modules.path().join("meshwarden_trace.wasm"),
+        modules.path().join("meshwarden.wasm"),
     )?;
     let nack = wait_until(Duration::from_secs(20), "NACK in status", || async {
         let row = trace_row(&cp, "nack-a")?;

@@ -1,4 +1,24 @@
-//! Helpers shared by the e2e tests: independent oracles for the headers under test.
+//! Helpers shared by the e2e tests: independent oracles for the headers under test, and
+//! readers of `meshwarden status`.
+
+use serde_json::Value;
+
+/// The filter (ECDS resource) the default bootstrap runs: every stage in one pass.
+pub const FILTER: &str = "meshwarden.all";
+
+/// The status row of filter `resource` on connected proxy `node_id`, from
+/// `meshwarden status -o json`.
+pub fn filter_status(status: &Value, node_id: &str, resource: &str) -> Option<Value> {
+    let proxies = status.get("proxies")?.as_array()?;
+    let proxy = proxies
+        .iter()
+        .find(|p| p["nodeId"] == node_id && p["connected"] == true)?;
+    proxy["filters"]
+        .as_array()?
+        .iter()
+        .find(|f| f["name"] == resource)
+        .cloned()
+}
 
 /// Checks a W3C `traceparent` (version 00) independently of the filter's own parser and
 /// returns its (trace id, parent id, flags).

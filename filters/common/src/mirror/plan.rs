@@ -54,20 +54,24 @@ pub enum SkipReason {
     RateCapped,
     /// The worker's queue, in-flight or buffer bounds were reached.
     QueueFull,
+    /// Part of the request body went by before the mirror saw the request (an earlier stage
+    /// held the request, e.g. an injected delay), so no complete copy can be made.
+    BodyUnavailable,
 }
 
 impl SkipReason {
     /// Every reason, for defining metrics up front.
-    pub const ALL: [SkipReason; 5] = [
+    pub const ALL: [SkipReason; 6] = [
         SkipReason::SampledOut,
         SkipReason::Method,
         SkipReason::BodyTooLarge,
         SkipReason::RateCapped,
         SkipReason::QueueFull,
+        SkipReason::BodyUnavailable,
     ];
 
     /// The metric label: `sampled_out`, `method`, `body_too_large`, `rate_capped`,
-    /// `queue_full`.
+    /// `queue_full`, `body_unavailable`.
     pub fn as_str(self) -> &'static str {
         match self {
             SkipReason::SampledOut => "sampled_out",
@@ -75,6 +79,7 @@ impl SkipReason {
             SkipReason::BodyTooLarge => "body_too_large",
             SkipReason::RateCapped => "rate_capped",
             SkipReason::QueueFull => "queue_full",
+            SkipReason::BodyUnavailable => "body_unavailable",
         }
     }
 }
@@ -240,7 +245,8 @@ mod tests {
                 "method",
                 "body_too_large",
                 "rate_capped",
-                "queue_full"
+                "queue_full",
+                "body_unavailable"
             ]
         );
     }

@@ -226,6 +226,7 @@ pub struct Verdict {
 #[derive(Debug, Clone, Default)]
 pub struct Limiter {
     policies: Vec<CompiledLimit>,
+    index: crate::index::PolicyIndex,
 }
 
 struct RateOutcome {
@@ -243,7 +244,10 @@ impl Limiter {
             .iter()
             .map(|p| CompiledLimit::new(p.name.clone(), p.matcher.clone(), &p.spec))
             .collect();
-        Self { policies }
+        Self {
+            policies,
+            index: config.index.clone(),
+        }
     }
 
     /// The compiled policies.
@@ -285,7 +289,11 @@ impl Limiter {
         req: &Request<'_>,
         now_ns: u64,
     ) -> Verdict {
-        let matched: Vec<usize> = (0..self.policies.len())
+        let matched: Vec<usize> = self
+            .index
+            .candidates(req.headers)
+            .into_iter()
+            .map(|i| i as usize)
             .filter(|i| self.policies[*i].matcher.matches(req.headers))
             .collect();
         let mut events: Vec<PolicyEvents> = matched

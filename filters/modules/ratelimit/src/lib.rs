@@ -1,0 +1,8 @@
+//! `meshwarden_ratelimit.wasm`: the rate-limit stage alone.
+meshwarden_filter_runtime::proxy_wasm::main! {{
+    meshwarden_filter_runtime::module::install(|_| {
+        meshwarden_filter_runtime::Pipeline::single(
+            Box::<meshwarden_ratelimit::RateLimitStage>::default(),
+        )
+    });
+}}

@@ -1,0 +1,6 @@
+//! `meshwarden_trace.wasm`: the trace stage alone.
+meshwarden_filter_runtime::proxy_wasm::main! {{
+    meshwarden_filter_runtime::module::install(|_| {
+        meshwarden_filter_runtime::Pipeline::single(Box::<meshwarden_trace::TraceStage>::default())
+    });
+}}

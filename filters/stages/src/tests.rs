@@ -1,0 +1,231 @@
+//! The combined pipeline on the runtime's fake host: stage order, local answers stopping
+//! later stages, parked streams resuming through the rest of the pass, all-or-nothing
+//! configuration, and the host calls a request costs.
+
+use super::*;
+use meshwarden_filter_runtime::fake_host::FakeHost;
+use meshwarden_filter_runtime::pipeline::Request;
+use meshwarden_filter_runtime::{Flow, Map, Phase};
+use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// A combined configuration: `{"<section>": [policies...]}` → the wire form.
+fn config(sections: Value) -> Vec<u8> {
+    let mut out = serde_json::Map::new();
+    for (section, policies) in sections.as_object().unwrap() {
+        let policies: Vec<Value> = policies
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| json!({"name": p["name"], "spec": p["spec"], "match": p.get("match").cloned().unwrap_or(json!({}))}))
+            .collect();
+        out.insert(section.clone(), json!({ "policies": policies }));
+    }
+    Value::Object(out).to_string().into_bytes()
+}
+
+fn configured(sections: Value) -> (Pipeline, &'static FakeHost) {
+    let host = FakeHost::install();
+    let p = combined();
+    p.configure(&config(sections)).expect("valid configuration");
+    (p, host)
+}
+
+/// Runs a request's headers through the pipeline, as the module's HTTP context does.
+fn send(
+    p: &Pipeline,
+    host: &FakeHost,
+    id: u32,
+    headers: &[(&str, &str)],
+) -> (Rc<RefCell<Request>>, Flow) {
+    host.begin(id, headers);
+    let r = Rc::new(RefCell::new(p.request(id)));
+    let flow = r.borrow_mut().on_request_headers(p, &r, true);
+    (r, flow)
+}
+
+fn respond(p: &Pipeline, host: &FakeHost, r: &Rc<RefCell<Request>>, status: &str) -> Flow {
+    host.respond(&[(":status", status)]);
+    r.borrow_mut().on_response_headers(p, r, true)
+}
+
+const GET: [(&str, &str); 3] = [
+    (":method", "GET"),
+    (":path", "/api"),
+    (":authority", "shop"),
+];
+
+#[test]
+fn stage_order_is_the_filter_chain_order() {
+    let names: Vec<&str> = combined().stages().iter().map(|s| s.name()).collect();
+    assert_eq!(names, ["trace", "ratelimit", "fault", "mirror"]);
+    for (kind, name) in Kind::CHAIN.iter().zip(names) {
+        assert_eq!(
+            pipeline_for_root_id(&format!("meshwarden.{name}"))
+                .stages()
+                .len(),
+            1
+        );
+        assert_eq!(pipeline_for_root_id(name).stages()[0].name(), kind.filter());
+    }
+    assert_eq!(pipeline_for_root_id("meshwarden").stages().len(), 4);
+}
+
+#[test]
+fn without_policies_a_request_costs_no_host_call() {
+    let (p, host) = configured(json!({}));
+    host.take_count();
+    let (r, flow) = send(&p, host, 1, &GET);
+    assert_eq!(flow, Flow::Continue);
+    assert!(r.borrow().is_empty());
+    assert_eq!(respond(&p, host, &r, "200"), Flow::Continue);
+    r.borrow_mut().on_done(&p);
+    assert_eq!(host.take_count(), 0);
+}
+
+#[test]
+fn a_trace_only_request_reads_only_what_it_needs() {
+    let (p, host) = configured(json!({"trace": [{"name": "t", "spec": {"formats": ["w3c"]}}]}));
+    host.take_count();
+    let (r, _) = send(&p, host, 1, &GET);
+    respond(&p, host, &r, "200");
+    r.borrow_mut().on_done(&p);
+    let calls = host.take_count();
+    // traceparent, tracestate, b3 / x-b3-traceid (adoption), random ids, the write, a counter.
+    assert!(calls <= 10, "{calls} host calls");
+    let tp = host
+        .get(Map::RequestHeaders, "traceparent")
+        .expect("traceparent set");
+    assert!(tp.starts_with("00-"), "{tp}");
+    assert_eq!(host.metric("meshwarden_trace_started_total.policy.t"), 1);
+}
+
+#[test]
+fn a_rate_limit_answer_stops_the_later_stages() {
+    let (p, host) = configured(json!({
+        "trace": [{"name": "t", "spec": {}}],
+        "ratelimit": [{"name": "rl", "spec": {"rate": {"requests": 1, "unit": "minute"}, "burst": 1}}],
+        "fault": [{"name": "f", "spec": {"abort": {"httpStatus": 503, "percentage": {"value": 100}}}}],
+    }));
+    let (r1, flow) = send(&p, host, 1, &GET);
+    assert_eq!(flow, Flow::Pause, "the fault aborts the first request");
+    assert_eq!(host.sent.borrow().last().unwrap().status, 503);
+    r1.borrow_mut().on_done(&p);
+    let (_, flow) = send(&p, host, 2, &GET);
+    assert_eq!(flow, Flow::Pause);
+    assert_eq!(
+        host.sent.borrow().last().unwrap().status,
+        429,
+        "rate limited, not faulted"
+    );
+    assert_eq!(
+        host.metric("meshwarden_fault_aborts_injected_total.policy.f"),
+        1
+    );
+    assert_eq!(
+        host.metric("meshwarden_ratelimit_limited_total.policy.rl"),
+        1
+    );
+    // Trace ran first on both (ids on local answers too).
+    assert_eq!(host.metric("meshwarden_trace_started_total.policy.t"), 2);
+}
+
+#[test]
+fn a_delayed_request_resumes_through_the_rest_of_the_pass() {
+    let (p, host) = configured(json!({
+        "fault": [{"name": "slow", "spec": {"delay": {"fixedDelay": "5ms", "percentage": {"value": 100}}}}],
+        "mirror": [{"name": "m", "spec": {"mirrors": [{"target": {"cluster": "shadow"}}]}}],
+    }));
+    let (r, flow) = send(&p, host, 7, &GET);
+    assert_eq!(flow, Flow::Pause);
+    assert_eq!(
+        host.tick.get(),
+        Duration::from_millis(1),
+        "timer on while parked"
+    );
+    p.on_tick();
+    assert!(host.resumed.borrow().is_empty(), "not due yet");
+    host.advance(Duration::from_millis(6));
+    p.on_tick();
+    assert_eq!(*host.resumed.borrow(), [(7, Phase::Request)]);
+    // The mirror saw the request after the delay; its copy goes out on the next tick.
+    host.advance(Duration::from_millis(20));
+    p.on_tick();
+    let calls = host.calls.borrow();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].cluster, "shadow");
+    drop(calls);
+    assert_eq!(respond(&p, host, &r, "200"), Flow::Continue);
+    r.borrow_mut().on_done(&p);
+    assert_eq!(host.metric("meshwarden_fault_active_faults.policy.slow"), 0);
+}
+
+#[test]
+fn a_response_delay_holds_the_response_then_resumes_it() {
+    let (p, host) = configured(json!({
+        "fault": [{"name": "late", "spec": {"responseDelay": {"fixedDelay": "3ms", "percentage": {"value": 100}}}}],
+    }));
+    let (r, flow) = send(&p, host, 3, &GET);
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(respond(&p, host, &r, "200"), Flow::Pause);
+    host.advance(Duration::from_millis(4));
+    p.on_tick();
+    assert_eq!(*host.resumed.borrow(), [(3, Phase::Response)]);
+    r.borrow_mut().on_done(&p);
+}
+
+#[test]
+fn a_stream_gone_while_parked_is_not_resumed() {
+    let (p, host) = configured(json!({
+        "fault": [{"name": "slow", "spec": {"delay": {"fixedDelay": "5ms", "percentage": {"value": 100}}}}],
+    }));
+    let (r, _) = send(&p, host, 9, &GET);
+    r.borrow_mut().on_done(&p);
+    drop(r);
+    host.advance(Duration::from_millis(10));
+    p.on_tick();
+    assert!(host.resumed.borrow().is_empty());
+    assert_eq!(
+        host.tick.get(),
+        Duration::ZERO,
+        "timer off once nothing waits"
+    );
+}
+
+#[test]
+fn configuration_applies_all_or_nothing() {
+    let (p, host) = configured(json!({"trace": [{"name": "t", "spec": {}}]}));
+    let bad = config(json!({
+        "trace": [],
+        "fault": [{"name": "f", "spec": {"abort": {"httpStatus": 700, "percentage": {"value": 1}}}}],
+    }));
+    let err = p.configure(&bad).unwrap_err();
+    assert!(err.field.starts_with("fault.policies[0]"), "{err}");
+    // The trace policy still runs.
+    send(&p, host, 1, &GET);
+    assert_eq!(host.metric("meshwarden_trace_started_total.policy.t"), 1);
+    let err = p
+        .configure(br#"{"tracing": {"policies": []}}"#)
+        .unwrap_err();
+    assert_eq!(err.field, "tracing");
+    assert!(err.message.contains("unknown section"), "{err}");
+}
+
+#[test]
+fn host_calls_per_request_with_every_stage() {
+    let (p, host) = configured(json!({
+        "trace": [{"name": "t", "spec": {}}],
+        "ratelimit": [{"name": "rl", "spec": {"rate": {"requests": 1000, "unit": "second"}, "burst": 1000}}],
+        "fault": [{"name": "f", "spec": {"abort": {"httpStatus": 503, "percentage": {"value": 0.0}}}}],
+        "mirror": [{"name": "m", "match": {"path": {"exact": "/never"}}, "spec": {"mirrors": [{"target": {"cluster": "shadow"}}]}}],
+    }));
+    host.take_count();
+    let (r, _) = send(&p, host, 1, &GET);
+    respond(&p, host, &r, "200");
+    r.borrow_mut().on_done(&p);
+    let calls = host.take_count();
+    assert!(calls <= 20, "{calls} host calls");
+    println!("host calls per request, every stage: {calls}");
+}
