@@ -8,6 +8,7 @@ use meshwarden_common::{CompiledMatch, FilterConfig, PolicyIndex, RequestHeaders
 
 /// One policy, ready to run.
 pub struct ActivePolicy {
+    pub name: String,
     pub matcher: CompiledMatch,
     pub spec: FaultSpec,
     /// Unix ms when this proxy first saw this version (the start of `ttl`).
@@ -35,6 +36,7 @@ impl ActiveConfig {
                 let keys = PolicyKeys::new(&name);
                 shared::init(&keys);
                 ActivePolicy {
+                    name: name.clone(),
                     first_seen_ms: shared::first_seen(&name, &p.version, now_ms),
                     metrics: FaultMetrics::new(&name),
                     matcher: p.matcher,

@@ -5,6 +5,7 @@ use crate::config::ActiveConfig;
 use crate::metrics;
 use crate::shared;
 use meshwarden_common::fault::{AbortPlan, AbortResponse, FaultPlan, SplitMix64};
+use meshwarden_common::trace::log_id;
 use meshwarden_filter_runtime::host::{now_ms, now_us};
 use meshwarden_filter_runtime::{headers, host, Flow, LocalResponse, Phase, Stream, StreamStage};
 use std::cell::RefCell;
@@ -42,6 +43,8 @@ pub struct FaultStream {
     rng: Rc<RefCell<SplitMix64>>,
     matched: Option<Matched>,
     wake: Option<Wake>,
+    /// The request's trace id, for debug log lines (read only when debug logging is on).
+    trace_id: Option<String>,
 }
 
 impl FaultStream {
@@ -52,6 +55,7 @@ impl FaultStream {
             rng,
             matched: None,
             wake: None,
+            trace_id: None,
         }
     }
 
@@ -110,6 +114,11 @@ impl FaultStream {
         };
         if sent {
             p.metrics.inc(metrics::ABORTS_INJECTED);
+            log::debug!(
+                "fault filter: policy {} aborted the request trace={}",
+                p.name,
+                self.trace_id.as_deref().unwrap_or("-")
+            );
         }
         sent
     }
@@ -179,6 +188,9 @@ impl StreamStage for FaultStream {
             self.matched = Some(m);
             return Flow::Continue;
         }
+        if log::log_enabled!(log::Level::Debug) {
+            self.trace_id = Some(log_id(s.headers));
+        }
         p.metrics.active(1);
         m.counted_active = true;
         m.plan = plan;
@@ -186,6 +198,11 @@ impl StreamStage for FaultStream {
 
         if let Some(ms) = plan.delay_ms {
             p.metrics.inc(metrics::DELAYS_INJECTED);
+            log::debug!(
+                "fault filter: policy {} delayed the request {ms} ms trace={}",
+                p.name,
+                self.trace_id.as_deref().unwrap_or("-")
+            );
             let wake = plan.abort.map_or(Wake::ResumeRequest, Wake::Abort);
             return self.park(s, ms, wake);
         }

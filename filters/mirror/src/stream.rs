@@ -7,6 +7,7 @@ use crate::worker::{record_pair, Copy, DiffContext, Policy, Shared};
 use meshwarden_common::mirror::body::{BodyCopy, CopyError};
 use meshwarden_common::mirror::diff::CapturedResponse;
 use meshwarden_common::mirror::SkipReason;
+use meshwarden_common::trace::log_id;
 use meshwarden_filter_runtime::host::{now_ms, Body};
 use meshwarden_filter_runtime::{headers, host, Flow, Stream, StreamStage};
 use std::rc::Rc;
@@ -18,6 +19,8 @@ struct Pending {
     headers: Rc<Vec<(String, String)>>,
     body: BodyCopy,
     path: String,
+    /// The request's trace id (diff mode: for the mismatch log line).
+    trace_id: String,
 }
 
 /// The primary's answer being kept for diff mode.
@@ -86,6 +89,11 @@ impl MirrorStream {
             return;
         };
         let path = String::from_utf8_lossy(req.path()).into_owned();
+        let trace_id = if policy.plan.diff.is_some() {
+            log_id(req)
+        } else {
+            String::new()
+        };
         if policy.plan.diff.is_some() {
             let request_id = self.shared.worker.borrow_mut().next_request_id();
             self.capture = Some(Capture {
@@ -103,6 +111,7 @@ impl MirrorStream {
             targets: selection.chosen,
             headers: Rc::new(headers.pairs),
             path,
+            trace_id,
         });
         if s.end_of_stream {
             self.finish_request();
@@ -164,6 +173,7 @@ impl MirrorStream {
             let ctx = DiffContext {
                 policy: p.policy.clone(),
                 path: p.path.clone(),
+                trace_id: p.trace_id.clone(),
             };
             diff = !targets.is_empty() && w.diffs.open(request_id, ctx, targets.len() as u32, now);
             if !diff && !targets.is_empty() {

@@ -85,6 +85,8 @@ pub struct InFlight {
 pub struct DiffContext {
     pub policy: Rc<Policy>,
     pub path: String,
+    /// The request's trace id, for the mismatch log line.
+    pub trace_id: String,
 }
 
 /// The per-worker state.
@@ -168,7 +170,7 @@ pub fn record_pair(pair: ReadyPair<DiffContext>, now_ms: u64) {
             policy.count(Metric::DiffMismatch, 1);
             if policy.log.borrow_mut().allow(now_ms) {
                 log::info!(
-                    "{} target={}",
+                    "{} target={} trace={}",
                     describe_mismatch(
                         &policy.name,
                         &pair.context.path,
@@ -176,7 +178,8 @@ pub fn record_pair(pair: ReadyPair<DiffContext>, now_ms: u64) {
                         &pair.mirror,
                         &d
                     ),
-                    policy.plan.targets[pair.target].target
+                    policy.plan.targets[pair.target].target,
+                    pair.context.trace_id
                 );
             }
         }

@@ -92,6 +92,12 @@ impl StreamStage for RateLimitStream {
                 Flow::Continue
             }
             Decision::Reject(rejection) => {
+                log::debug!(
+                    "ratelimit filter: {} {} trace={}",
+                    rejection.status,
+                    rejection.grpc_message(),
+                    meshwarden_common::trace::log_id(s.headers)
+                );
                 let sent = if is_grpc(s) {
                     let headers: Vec<(&str, &str)> = rejection
                         .headers

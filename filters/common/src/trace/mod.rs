@@ -5,6 +5,7 @@
 pub mod b3;
 pub mod decision;
 pub mod ids;
+mod log_id;
 pub mod request_id;
 mod spec;
 pub mod traceparent;
@@ -12,6 +13,7 @@ pub mod tracestate;
 
 pub use decision::{decide, HeaderOp, Outcome, RandomSource, TracePlan};
 pub use ids::{SpanId, TraceId};
+pub use log_id::log_id;
 pub use spec::{SpanMode, TraceFormat, TraceSpec};
 pub use traceparent::TraceParent;
 pub use tracestate::TraceState;
