@@ -2,6 +2,9 @@
 //! `Result`; resuming and answering a stream go to the ABI directly, because the SDK's
 //! wrappers panic when the stream has gone (possible from a timer).
 
+// The only `unsafe` of the filters: raw ABI calls with pointer/length pairs.
+#![allow(unsafe_code)]
+
 use crate::host::{Body, CasMismatch, Host, LocalResponse, Map, MetricKind, Phase};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType};

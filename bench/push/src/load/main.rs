@@ -64,6 +64,7 @@ fn parse_url(url: &str) -> anyhow::Result<(SocketAddr, String, String)> {
 
 /// Asks the kernel to wake this thread within 1 µs of the requested time instead of the
 /// default 50 µs timer slack, so requests leave on schedule.
+#[allow(unsafe_code)]
 fn precise_sleeps() {
     // SAFETY: PR_SET_TIMERSLACK takes one integer argument and only affects this thread.
     unsafe {
