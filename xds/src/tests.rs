@@ -3,7 +3,7 @@
 
 use crate::observer::NoObserver;
 use crate::resource::{Resource, Resources};
-use crate::server::{drive, Protocol, Server, Transport, RESPONSE_BUFFER};
+use crate::server::{drive, Admission, Protocol, Server, Transport, RESPONSE_BUFFER};
 use crate::snapshot::Snapshot;
 use crate::{delta::DeltaStream, sotw::SotwStream, XdsStats, EXTENSION_CONFIG_TYPE};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -109,6 +109,7 @@ fn start_sotw(
     let inbound = ReceiverStream::new(req_rx).map(Ok);
     let task = tokio::spawn(
         drive::<SotwStream<TestSnapshot, NoObserver>, _, NoObserver>(
+            tonic::Extensions::default(),
             inbound,
             resp_tx,
             server,
@@ -127,6 +128,7 @@ fn start_delta(
     let inbound = ReceiverStream::new(req_rx).map(Ok);
     let task = tokio::spawn(
         drive::<DeltaStream<TestSnapshot, NoObserver>, _, NoObserver>(
+            tonic::Extensions::default(),
             inbound,
             resp_tx,
             server,
@@ -176,6 +178,62 @@ async fn a_slow_client_gets_a_bounded_queue_then_the_latest_state() {
     drop(s.tx);
     s.task.await.unwrap();
     assert_eq!(XdsStats::get(&stats.connected), 0);
+}
+
+/// Admits the nodes whose id the request's `String` extension names.
+struct NodeFromExtensions;
+
+impl Admission for NodeFromExtensions {
+    fn admit(&self, request: &tonic::Extensions, node: &Node) -> Result<(), Status> {
+        match request.get::<String>() {
+            Some(id) if *id == node.id => Ok(()),
+            _ => Err(Status::permission_denied(format!("not {}", node.id))),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stream_the_admission_refuses_gets_its_status_and_nothing_else() {
+    let (_snap_tx, snap_rx) = watch::channel(snapshot(1));
+    let stats = Arc::new(XdsStats::default());
+    let server = Server::new(snap_rx, NoObserver, stats.clone())
+        .with_admission(Arc::new(NodeFromExtensions));
+    for (claimed, admitted) in [("p", true), ("someone-else", false)] {
+        let (resp_tx, mut rx) = mpsc::channel(RESPONSE_BUFFER);
+        let mut extensions = tonic::Extensions::default();
+        extensions.insert(claimed.to_string());
+        let first = futures::stream::iter([Ok(sotw_request("", "", None))])
+            .chain(futures::stream::pending());
+        let task = tokio::spawn(
+            drive::<SotwStream<TestSnapshot, NoObserver>, _, NoObserver>(
+                extensions,
+                Box::pin(first),
+                resp_tx,
+                server.clone(),
+                Transport::Ads,
+                Protocol::Sotw,
+            ),
+        );
+        let reply = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if admitted {
+            assert_eq!(reply.unwrap().resources.len(), 1);
+            task.abort();
+        } else {
+            let status = reply.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::PermissionDenied);
+            assert_eq!(status.message(), "not p");
+            task.await.unwrap();
+            assert!(rx.recv().await.is_none(), "the stream ends");
+        }
+    }
+    assert_eq!(
+        XdsStats::get(&stats.streams_total),
+        1,
+        "a refused stream is never opened"
+    );
 }
 
 #[tokio::test]
