@@ -11,6 +11,10 @@ pub mod metrics;
 pub mod policy_set;
 pub mod registry;
 pub mod store;
+/// Test certificates, generated at run time.
+#[cfg(any(test, feature = "testing"))]
+pub mod test_pki;
+pub mod tls;
 pub mod xds;
 
 #[cfg(test)]

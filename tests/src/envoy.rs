@@ -5,7 +5,7 @@ use crate::paths::envoy_bin;
 use crate::ports::free_port;
 use crate::process::ChildGuard;
 use crate::wait::wait_until;
-use meshwarden_cp::bootstrap::{render, BootstrapParams};
+use meshwarden_cp::bootstrap::{render, with_xds_tls, BootstrapParams, XdsTls};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -23,6 +23,8 @@ pub struct EnvoyOptions {
     /// Wait in [`Envoy::start`] until every meshwarden filter took its first configuration
     /// from the control plane (set false when it is down on purpose).
     pub wait_for_config: bool,
+    /// Reach the control plane over TLS (`None`: clear text).
+    pub xds_tls: Option<XdsTls>,
 }
 
 impl Default for EnvoyOptions {
@@ -34,6 +36,7 @@ impl Default for EnvoyOptions {
             delta: false,
             concurrency: 2,
             wait_for_config: true,
+            xds_tls: None,
         }
     }
 }
@@ -71,6 +74,10 @@ impl Envoy {
             upstream_port,
             delta: opts.delta,
         });
+        let bootstrap = match &opts.xds_tls {
+            Some(tls) => with_xds_tls(&bootstrap, tls),
+            None => bootstrap,
+        };
         let envoy =
             Self::start_bootstrap(dir, &bootstrap, admin_port, listen_port, opts.concurrency)
                 .await?;

@@ -26,7 +26,7 @@ mod tests;
 
 pub use observer::{NoObserver, Observer, StreamInfo, StreamObserver, XdsStats};
 pub use resource::{aggregate_version, Resource, Resources};
-pub use server::{Protocol, Server, Transport, RESPONSE_BUFFER};
+pub use server::{Admission, Protocol, Server, Transport, RESPONSE_BUFFER};
 pub use snapshot::Snapshot;
 
 /// Type URL of `TypedExtensionConfig` (ECDS).

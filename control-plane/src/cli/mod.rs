@@ -7,6 +7,7 @@ mod client;
 pub mod documents;
 mod get;
 pub mod output;
+mod security;
 mod serve;
 #[cfg(test)]
 mod serve_tests;
@@ -33,6 +34,9 @@ pub struct Cli {
         default_value = "http://127.0.0.1:18000"
     )]
     pub server: String,
+    /// TLS and token of the connection to the control plane.
+    #[command(flatten)]
+    pub connect: client::ConnectArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -105,6 +109,7 @@ pub enum Output {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    client::configure(cli.connect.clone());
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Apply(args) => apply::run(&cli.server, args).await,

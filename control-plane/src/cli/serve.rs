@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
+use tokio_stream::StreamExt;
 
 /// HTTP/2 keepalive ping interval and timeout on the gRPC port.
 const GRPC_KEEPALIVE: Duration = Duration::from_secs(30);
@@ -65,6 +65,9 @@ pub struct ServeArgs {
     /// pipelines).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// TLS, mutual TLS and the xDS admission rule.
+    #[command(flatten)]
+    pub security: super::security::SecurityArgs,
 }
 
 /// Format of the control plane's logs.
@@ -89,12 +92,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// Runs the control plane until `shutdown` turns true.
 pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let state = HttpState::default();
+    let tls = args.security.tls()?;
+    if let Some((grpc_tls, http_tls)) = &tls {
+        let every = args.security.reload_interval();
+        grpc_tls.spawn_watch("grpc", every, shutdown.clone());
+        http_tls.spawn_watch("http", every, shutdown.clone());
+    }
     let http_listener = TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("cannot listen on --http-addr {}", args.http_addr))?;
-    tracing::info!(addr = %args.http_addr, "HTTP (metrics, health) listening");
-    let mut http_task = AbortOnDrop(tokio::spawn(http::serve(
+    crate::tls::warn_if_exposed("http", args.http_addr, tls.is_some());
+    tracing::info!(addr = %args.http_addr, tls = tls.is_some(), "HTTP (metrics, health) listening");
+    let http_conns = crate::tls::accept(
         http_listener,
+        tls.as_ref().map(|(_, http)| http.clone()),
+        shutdown.clone(),
+    );
+    let mut http_task = AbortOnDrop(tokio::spawn(http::serve(
+        crate::tls::ConnListener::new(http_conns, args.http_addr),
         http::router(state.clone()),
         signalled(shutdown.clone()),
     )));
@@ -127,7 +142,8 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
                 "cannot start the xDS server (--wasm-dir {})",
                 args.wasm_dir.display()
             )
-        })?;
+        })?
+        .with_access(args.security.xds_access());
 
     let mut metrics = Metrics::new(registry.clone());
     metrics.register(Box::new(crate::metrics::XdsCollector::new(
@@ -141,8 +157,20 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
     let grpc_listener = TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on --grpc-addr {}", args.grpc_addr))?;
-    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    tracing::info!(addr = %args.grpc_addr, wasm_dir = %args.wasm_dir.display(), "gRPC (policy API, ADS, ECDS, CDS) listening");
+    crate::tls::warn_if_exposed("grpc", args.grpc_addr, tls.is_some());
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(crate::tls::accept(
+        grpc_listener,
+        tls.as_ref().map(|(grpc, _)| grpc.clone()),
+        shutdown.clone(),
+    ))
+    .map(Ok::<_, std::io::Error>);
+    tracing::info!(
+        addr = %args.grpc_addr,
+        wasm_dir = %args.wasm_dir.display(),
+        tls = tls.is_some(),
+        mtls = tls.as_ref().is_some_and(|(grpc, _)| grpc.mutual()),
+        "gRPC (policy API, ADS, ECDS, CDS) listening"
+    );
     state.readiness.set_grpc_listening();
 
     let grpc = tonic::transport::Server::builder()

@@ -90,6 +90,13 @@ impl XdsServer {
         })
     }
 
+    /// Serves only the proxies `access` admits (by default, every one).
+    pub fn with_access(mut self, mut access: super::admission::XdsAccess) -> Self {
+        access.stats = Some(self.stats.clone());
+        self.server = self.server.with_admission(Arc::new(access));
+        self
+    }
+
     /// Counters for metrics.
     pub fn stats(&self) -> Arc<XdsStats> {
         self.stats.clone()

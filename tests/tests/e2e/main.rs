@@ -11,5 +11,6 @@ mod operations;
 mod ratelimit;
 mod ratelimit_service;
 mod recovery;
+mod security;
 mod soak;
 mod support;

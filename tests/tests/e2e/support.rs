@@ -83,6 +83,27 @@ impl SteadyTraffic {
     }
 }
 
+/// Waits until requests through `envoy` reach `up` with a `traceparent` (a trace policy
+/// is enforced).
+pub async fn wait_traced(
+    envoy: &meshwarden_e2e::Envoy,
+    up: &meshwarden_e2e::EchoUpstream,
+    what: &str,
+) -> anyhow::Result<()> {
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    meshwarden_e2e::wait_until(std::time::Duration::from_secs(20), what, || {
+        let path = format!(
+            "/traced/{}",
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        async move {
+            envoy.get(&path, &[]).await.ok()?;
+            up.last_with_path(&path)?.header("traceparent").map(|_| ())
+        }
+    })
+    .await
+}
+
 /// A policy document of `kind` with `spec` (YAML, unindented).
 pub fn policy(kind: &str, name: &str, spec: &str) -> String {
     format!(

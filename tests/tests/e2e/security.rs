@@ -1,0 +1,168 @@
+//! Secure by default (issue 12): TLS and mutual TLS on the control plane's ports with
+//! certificates generated at test time, node ids bound to client certificates, and
+//! certificates rotated on disk without dropping streams.
+
+use crate::support::{trace_policy, wait_traced};
+use meshwarden_cp::bootstrap::XdsTls;
+use meshwarden_cp::test_pki::CertFiles;
+use meshwarden_e2e::tls::{server_certificate, TestPki};
+use meshwarden_e2e::{wait_until, ControlPlane, EchoUpstream, Envoy, EnvoyOptions};
+use serde_json::Value;
+use std::time::Duration;
+
+/// A control plane requiring mutual TLS, with a CLI presenting an admin certificate.
+async fn mtls_control_plane(pki: &TestPki) -> anyhow::Result<ControlPlane> {
+    let cli_cert = pki.client("cli", &["spiffe://test/ops/cli"]);
+    ControlPlane::start_with_args(
+        pki.serve_args(),
+        Some(pki.connector(None, b"http/1.1")?),
+        pki.cli_args(&cli_cert),
+    )
+    .await
+}
+
+/// Envoy options connecting as `node_id` with the client certificate `cert`.
+fn mtls_envoy(pki: &TestPki, node_id: &str, cert: &CertFiles, wait: bool) -> EnvoyOptions {
+    EnvoyOptions {
+        node_id: node_id.into(),
+        wait_for_config: wait,
+        xds_tls: Some(XdsTls {
+            ca: pki.ca_file.clone(),
+            client: Some((cert.cert.clone(), cert.key.clone())),
+            server_name: Some("localhost".into()),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The status rows of the connected streams of `node`.
+fn connected(cp: &ControlPlane, node: &str) -> Vec<Value> {
+    let status = cp.cli().status_json();
+    status["proxies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["nodeId"] == node && p["connected"] == true)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn envoy_gets_its_config_over_mtls_and_a_proxy_with_another_identity_is_refused(
+) -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let cp = mtls_control_plane(&pki).await?;
+    let up = EchoUpstream::start().await?;
+
+    let edge1 = pki.client("edge-1", &["edge-1"]);
+    let envoy = Envoy::start(
+        &cp,
+        up.addr.port(),
+        mtls_envoy(&pki, "edge-1", &edge1, true),
+    )
+    .await?;
+    let applied = cp.cli().apply_yaml(&trace_policy("t", "formats: [w3c]"));
+    assert!(applied.success, "{}", applied.stderr);
+    wait_traced(&envoy, &up, "trace policy over mTLS").await?;
+    assert_eq!(connected(&cp, "edge-1").len(), 1);
+
+    // Another proxy claiming edge-2 with edge-1's certificate gets nothing.
+    let impostor = Envoy::start(
+        &cp,
+        up.addr.port(),
+        mtls_envoy(&pki, "edge-2", &edge1, false),
+    )
+    .await?;
+    wait_until(
+        Duration::from_secs(20),
+        "the impostor's stream refused",
+        || async {
+            cp.log()
+                .contains(r#"node id \"edge-2\" does not match the client certificate"#)
+                .then_some(())
+        },
+    )
+    .await?;
+    assert!(connected(&cp, "edge-2").is_empty());
+    let reloads = impostor
+        .stat("extension_config_discovery.http_filter.meshwarden.trace.config_reload")
+        .await?;
+    assert_eq!(reloads, 0, "the impostor received no configuration");
+
+    // Clients without a certificate, or with one from another CA, cannot even connect.
+    let anonymous = meshwarden_e2e::Cli {
+        global_args: vec!["--ca-cert".into(), pki.ca_file.display().to_string()],
+        ..cp.cli()
+    };
+    let out = anonymous.run(&["get"]);
+    assert!(
+        !out.success,
+        "a CLI without a client certificate is refused"
+    );
+    let plain = meshwarden_e2e::Cli {
+        global_args: Vec::new(),
+        ..cp.cli()
+    };
+    assert!(
+        !plain.run(&["get"]).success,
+        "clear text is refused on a TLS port"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_is_served_to_new_connections_without_dropping_streams(
+) -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let cp = mtls_control_plane(&pki).await?;
+    let up = EchoUpstream::start().await?;
+    let edge1 = pki.client("edge-1", &["edge-1"]);
+    let envoy = Envoy::start(
+        &cp,
+        up.addr.port(),
+        mtls_envoy(&pki, "edge-1", &edge1, true),
+    )
+    .await?;
+    let before = connected(&cp, "edge-1");
+    assert_eq!(before.len(), 1);
+    let xds_connections = "cluster.meshwarden_xds.upstream_cx_total";
+    let connections = envoy.stat(xds_connections).await?;
+
+    let grpc = pki.connector(Some(&edge1), b"h2")?;
+    let http = pki.connector(None, b"http/1.1")?;
+    let old_grpc = server_certificate(&grpc, cp.grpc_port).await?;
+    let old_http = server_certificate(&http, cp.http_port).await?;
+    assert_eq!(old_grpc, old_http, "both ports serve the same certificate");
+
+    pki.rotate_server();
+    wait_until(
+        Duration::from_secs(10),
+        "the new certificate on both ports",
+        || async {
+            let grpc = server_certificate(&grpc, cp.grpc_port).await.ok()?;
+            let http = server_certificate(&http, cp.http_port).await.ok()?;
+            (grpc != old_grpc && http != old_http).then_some(())
+        },
+    )
+    .await?;
+    assert!(cp.log().contains("TLS certificate reloaded"));
+
+    // The open stream carries on: same stream, same connection, and it still gets pushes.
+    let applied = cp
+        .cli()
+        .apply_yaml(&trace_policy("after-rotation", "formats: [w3c]"));
+    assert!(applied.success, "{}", applied.stderr);
+    wait_traced(&envoy, &up, "a push after the rotation").await?;
+    let after = connected(&cp, "edge-1");
+    assert_eq!(after.len(), 1);
+    assert_eq!(
+        after[0]["connectedAtUnixMs"], before[0]["connectedAtUnixMs"],
+        "the xDS stream was not reopened"
+    );
+    assert_eq!(
+        envoy.stat(xds_connections).await?,
+        connections,
+        "no new connection"
+    );
+    Ok(())
+}
