@@ -4,6 +4,8 @@
 
 mod codec;
 mod convert;
+mod diff;
+mod halts;
 pub mod pb;
 mod policy;
 mod status;

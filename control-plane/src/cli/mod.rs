@@ -4,8 +4,10 @@
 mod apply;
 mod bootstrap;
 mod client;
+mod diff;
 pub mod documents;
 mod get;
+mod halt;
 pub mod output;
 mod security;
 mod serve;
@@ -56,6 +58,58 @@ pub enum Command {
     Status(StatusArgs),
     /// Print an Envoy bootstrap for a proxy managed by this control plane.
     Bootstrap(bootstrap::BootstrapArgs),
+    /// Show what an apply would change (per policy, and which connected proxies would get
+    /// a new version), without storing anything.
+    Diff(DiffArgs),
+    /// Suspend fault injection and/or mirroring on every (or the selected) proxy, without
+    /// editing any policy, until `resume`.
+    Halt(HaltArgs),
+    /// Lift a halt (every halt if no name is given).
+    Resume(ResumeArgs),
+}
+
+/// `diff` arguments.
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// Policy file, directory, or `-` for stdin, as for `apply`. May be repeated.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// `halt` arguments. Without selector flags the halt covers every proxy.
+#[derive(Debug, clap::Args)]
+pub struct HaltArgs {
+    /// Kinds to suspend: `fault`, `mirror` (or FaultPolicy, MirrorPolicy); both if omitted.
+    #[arg(value_name = "KIND")]
+    pub kinds: Vec<String>,
+    /// Name of the halt (a halt of the same name is replaced); `default` if omitted.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Why, shown by `get` and `status`.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only proxies with these labels (`key=value[,key=value...]`, repeatable).
+    #[arg(short = 'l', long)]
+    pub selector: Vec<String>,
+    /// Only these node ids (repeatable).
+    #[arg(long = "node-id")]
+    pub node_ids: Vec<String>,
+    /// Only proxies of these Envoy clusters (repeatable).
+    #[arg(long = "cluster")]
+    pub clusters: Vec<String>,
+    /// Only proxies in these Kubernetes namespaces (repeatable).
+    #[arg(long = "namespace")]
+    pub namespaces: Vec<String>,
+}
+
+/// `resume` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ResumeArgs {
+    /// The halt to lift; every halt if omitted.
+    pub name: Option<String>,
 }
 
 /// `apply` arguments.
@@ -117,6 +171,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(args) => get::delete(&cli.server, args).await,
         Command::Status(args) => status::run(&cli.server, args).await,
         Command::Bootstrap(args) => bootstrap::run(args),
+        Command::Diff(args) => diff::run(&cli.server, args).await,
+        Command::Halt(args) => halt::halt(&cli.server, args).await,
+        Command::Resume(args) => halt::resume(&cli.server, args).await,
     }
 }
 

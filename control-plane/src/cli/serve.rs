@@ -188,6 +188,7 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
                     vec![args.grpc_addr, args.http_addr],
                 ))
                 .with_shutdown(shutdown.clone())
+                .with_xds(xds.snapshots(), xds.proxies())
                 .into_server(),
         )
         .add_service(ProxyStatusApi::new(xds.proxies()).into_server())

@@ -1,8 +1,10 @@
 //! End-to-end tests: the control plane and the filters inside a real Envoy.
 //! Each test starts its own processes on free loopback ports, so tests run in parallel.
 
+mod diff;
 mod fault;
 mod foundation;
+mod halt;
 mod istio;
 mod limits;
 mod mirror;

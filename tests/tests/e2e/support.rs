@@ -133,3 +133,57 @@ fn oracles_accept_and_reject() {
     assert!(is_uuid("3f2a6c1e-8b7d-4e2a-9c4b-1d2e3f4a5b6c"));
     assert!(!is_uuid("not-a-uuid"));
 }
+
+/// The status row of `resource` (`meshwarden.fault`, ...) of the connected proxy `node_id`
+/// in `status -o json`.
+pub fn filter_status(
+    status: &serde_json::Value,
+    node_id: &str,
+    resource: &str,
+) -> Option<serde_json::Value> {
+    status["proxies"]
+        .as_array()?
+        .iter()
+        .find(|p| p["nodeId"] == node_id && p["connected"] == true)?["filters"]
+        .as_array()?
+        .iter()
+        .find(|f| f["name"] == resource)
+        .cloned()
+}
+
+/// The version of `resource` that proxy `node_id` accepted last (empty if none).
+pub fn accepted_version(cli: &meshwarden_e2e::Cli, node_id: &str, resource: &str) -> String {
+    filter_status(&cli.status_json(), node_id, resource)
+        .and_then(|f| f["acceptedVersion"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Waits until proxy `node_id` accepted a version of `resource` other than `before`, and
+/// the one last sent (bounded by 10 s).
+pub async fn wait_accepted_change(
+    cli: &meshwarden_e2e::Cli,
+    node_id: &str,
+    resource: &str,
+    before: &str,
+) -> anyhow::Result<()> {
+    meshwarden_e2e::wait_until(
+        std::time::Duration::from_secs(10),
+        &format!("{node_id} accepted a new {resource}"),
+        || {
+            let f = filter_status(&cli.status_json(), node_id, resource);
+            async move {
+                let f = f?;
+                let accepted = f["acceptedVersion"].as_str()?;
+                (accepted != before && f["acceptedVersion"] == f["sentVersion"]).then_some(())
+            }
+        },
+    )
+    .await
+}
+
+/// Writes `text` to a temporary `.yaml` file (kept while the handle lives).
+pub fn yaml_file(text: &str) -> anyhow::Result<tempfile::NamedTempFile> {
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile()?;
+    std::fs::write(file.path(), text)?;
+    Ok(file)
+}
