@@ -5,6 +5,7 @@
 pub mod api;
 pub mod bootstrap;
 pub mod cli;
+pub mod explain;
 pub mod halt;
 pub mod http;
 pub mod idle;

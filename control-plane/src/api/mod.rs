@@ -5,7 +5,7 @@
 mod codec;
 mod convert;
 mod diff;
-mod halts;
+pub(crate) mod halts;
 pub mod pb;
 mod policy;
 mod status;

@@ -6,6 +6,7 @@ mod bootstrap;
 mod client;
 mod diff;
 pub mod documents;
+mod explain;
 mod get;
 mod halt;
 pub mod output;
@@ -66,6 +67,43 @@ pub enum Command {
     Halt(HaltArgs),
     /// Lift a halt (every halt if no name is given).
     Resume(ResumeArgs),
+    /// Explain which policies a proxy holds, which match a request, in which order, and
+    /// what each would do to it.
+    Explain(ExplainArgs),
+}
+
+/// `explain` arguments: a proxy (`--node-id` of a known proxy, or the identity it would
+/// have) and a request.
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// Node id of the proxy; looked up among the proxies the control plane knows unless
+    /// --cluster, --label or --namespace describe it.
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Envoy node cluster the proxy would have.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Node label the proxy would have (`key=value`, repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Kubernetes namespace the proxy would be in.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Request method.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// Request path (query included).
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// Request :authority (host).
+    #[arg(long)]
+    pub authority: Option<String>,
+    /// Request header (`name:value`, repeatable).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 /// `diff` arguments.
@@ -174,6 +212,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Diff(args) => diff::run(&cli.server, args).await,
         Command::Halt(args) => halt::halt(&cli.server, args).await,
         Command::Resume(args) => halt::resume(&cli.server, args).await,
+        Command::Explain(args) => explain::run(&cli.server, args).await,
     }
 }
 

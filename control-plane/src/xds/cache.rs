@@ -61,19 +61,8 @@ impl Snapshot {
         Self::with_types(self.id, policies, self.modules.clone(), self.types.clone())
     }
 
-    /// Indices of the policies selecting `node`, by kind (name order within a kind). A kind
-    /// halted on `node` selects nothing: the proxy gets an empty list, which it keeps
-    /// honouring if it loses the control plane.
     fn selection(&self, node: &NodeInfo) -> HashMap<Kind, Vec<u32>> {
-        let mut selected: HashMap<Kind, Vec<u32>> = HashMap::new();
-        let halts = &self.policies.halts;
-        for (i, p) in self.policies.policies.iter().enumerate() {
-            if p.doc.selector.selects(node) && !halted(halts, p.kind(), node) {
-                let i = u32::try_from(i).expect("fewer than 2^32 policies");
-                selected.entry(p.kind()).or_default().push(i);
-            }
-        }
-        selected
+        selection(&self.policies, node)
     }
 
     /// The resources of `type_url` for `node`, sorted by name; `None` for a type not served.
@@ -109,6 +98,20 @@ impl Snapshot {
     fn lock_memo(&self) -> std::sync::MutexGuard<'_, Memo> {
         self.memo.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Indices (into `set.policies`) of the policies selecting `node`, by kind (name order
+/// within a kind): what the proxy is sent. A kind halted on `node` selects nothing: the
+/// proxy gets an empty list, which it keeps honouring if it loses the control plane.
+pub fn selection(set: &PolicySet, node: &NodeInfo) -> HashMap<Kind, Vec<u32>> {
+    let mut selected: HashMap<Kind, Vec<u32>> = HashMap::new();
+    for (i, p) in set.policies.iter().enumerate() {
+        if p.doc.selector.selects(node) && !halted(&set.halts, p.kind(), node) {
+            let i = u32::try_from(i).expect("fewer than 2^32 policies");
+            selected.entry(p.kind()).or_default().push(i);
+        }
+    }
+    selected
 }
 
 impl meshwarden_xds::Snapshot for Snapshot {

@@ -2,6 +2,7 @@
 //! Each test starts its own processes on free loopback ports, so tests run in parallel.
 
 mod diff;
+mod explain;
 mod fault;
 mod foundation;
 mod halt;
