@@ -3,6 +3,7 @@
 //! CLI.
 
 pub mod api;
+pub mod audit;
 pub mod bootstrap;
 pub mod cli;
 pub mod explain;

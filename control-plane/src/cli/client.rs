@@ -1,5 +1,6 @@
 //! gRPC clients for the CLI commands.
 
+use crate::api::pb::audit_service_client::AuditServiceClient;
 use crate::api::pb::policy_service_client::PolicyServiceClient;
 use crate::api::pb::proxy_status_service_client::ProxyStatusServiceClient;
 use anyhow::Context;
@@ -138,6 +139,14 @@ pub async fn channel(server: &str) -> anyhow::Result<Channel> {
 pub async fn policies(server: &str) -> anyhow::Result<PolicyServiceClient<AuthChannel>> {
     Ok(
         PolicyServiceClient::with_interceptor(channel(server).await?, bearer()?)
+            .max_decoding_message_size(usize::MAX),
+    )
+}
+
+/// An AuditService client.
+pub async fn audit(server: &str) -> anyhow::Result<AuditServiceClient<AuthChannel>> {
+    Ok(
+        AuditServiceClient::with_interceptor(channel(server).await?, bearer()?)
             .max_decoding_message_size(usize::MAX),
     )
 }

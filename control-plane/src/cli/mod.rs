@@ -2,6 +2,7 @@
 //! and `status` talk to one over gRPC; `bootstrap` renders an Envoy bootstrap.
 
 mod apply;
+mod audit;
 mod bootstrap;
 mod client;
 mod diff;
@@ -59,6 +60,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Print an Envoy bootstrap for a proxy managed by this control plane.
     Bootstrap(bootstrap::BootstrapArgs),
+    /// Show the audit trail: every apply and delete, accepted or refused, with who and when.
+    Audit(audit::AuditArgs),
     /// Show what an apply would change (per policy, and which connected proxies would get
     /// a new version), without storing anything.
     Diff(DiffArgs),
@@ -209,6 +212,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(args) => get::delete(&cli.server, args).await,
         Command::Status(args) => status::run(&cli.server, args).await,
         Command::Bootstrap(args) => bootstrap::run(args),
+        Command::Audit(args) => audit::run(&cli.server, args).await,
         Command::Diff(args) => diff::run(&cli.server, args).await,
         Command::Halt(args) => halt::halt(&cli.server, args).await,
         Command::Resume(args) => halt::resume(&cli.server, args).await,

@@ -1,5 +1,7 @@
-//! `serve`'s security flags: TLS on both ports, mutual TLS, and the xDS admission rule.
+//! `serve`'s security flags: TLS on both ports, mutual TLS, the policy API's users, and
+//! the xDS admission rule.
 
+use crate::api::auth::{Authenticator, TokenFileError};
 use crate::tls::{self, Alpn, TlsFiles, TlsReloader};
 use crate::xds::admission::{XdsAccess, DEFAULT_MAX_STREAMS};
 use std::path::PathBuf;
@@ -26,6 +28,12 @@ pub struct SecurityArgs {
     /// How often the TLS files are checked for changes, in seconds (default 5).
     #[arg(long, value_name = "SECONDS")]
     pub tls_reload_interval: Option<f64>,
+    /// Users of the policy API (YAML or JSON: `users:` entries with a name, a role
+    /// viewer|editor|admin, and the sha256 of their token or their client certificate's
+    /// identity; editors optionally limited to `kinds` and `namePrefixes`). Without it the
+    /// API is open to whoever reaches the port.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Serve xDS only to this node id (`prefix*` matches by prefix). Repeatable; with
     /// --xds-allow-cluster, a node matching either is served.
     #[arg(long = "xds-allow-node", value_name = "ID|PREFIX*")]
@@ -61,6 +69,14 @@ impl SecurityArgs {
         self.tls_reload_interval
             .filter(|s| s.is_finite() && *s > 0.0)
             .map_or(tls::DEFAULT_RELOAD_INTERVAL, Duration::from_secs_f64)
+    }
+
+    /// The policy API's users, if authentication is on.
+    pub fn authenticator(&self) -> Result<Option<Authenticator>, TokenFileError> {
+        self.token_file
+            .as_deref()
+            .map(Authenticator::load)
+            .transpose()
     }
 
     /// The xDS admission rule.

@@ -5,7 +5,7 @@
 //! API and the xDS services (ADS, and the standalone ECDS and CDS for proxies whose ADS
 //! belongs to another control plane, such as istiod). SIGTERM or SIGINT stop accepting, end open streams and exit.
 
-use crate::api::{PolicyApi, ProxyStatusApi, TargetGuard};
+use crate::api::{ApiGuardLayer, AuditApi, PolicyApi, ProxyStatusApi, TargetGuard};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::registry::PolicyRegistry;
@@ -130,6 +130,12 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
 
     let rejections = xds::Rejections::persisted(registry.clone())
         .map_err(|e| anyhow::anyhow!("cannot read remembered rejections from the store: {e}"))?;
+    let audit = crate::audit::AuditLog::persisted(registry.clone())
+        .map_err(|e| anyhow::anyhow!("cannot read the audit trail from the store: {e}"))?;
+    let auth = args.security.authenticator()?;
+    if auth.is_none() && !args.grpc_addr.ip().is_loopback() {
+        tracing::warn!(addr = %args.grpc_addr, "INSECURE: the policy API takes no credentials (no --token-file); anyone who reaches the port can change policies");
+    }
     let xds_config = xds::XdsConfig {
         module_cluster: args.module_cluster.clone(),
         rejections,
@@ -180,6 +186,8 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
         .max_connection_age(GRPC_MAX_CONNECTION_AGE)
         .max_concurrent_streams(GRPC_MAX_STREAMS_PER_CONNECTION)
+        // Authentication, roles and the audit trail of the policy API (xDS passes through).
+        .layer(ApiGuardLayer::new(auth, audit.clone(), registry.clone()))
         .add_service(
             PolicyApi::new(registry.clone())
                 .with_targets(TargetGuard::new(
@@ -192,6 +200,7 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
                 .into_server(),
         )
         .add_service(ProxyStatusApi::new(xds.proxies()).into_server())
+        .add_service(AuditApi::new(audit).into_server())
         .add_service(reflection()?)
         .add_service(xds.ads_service())
         .add_service(xds.ecds_service())

@@ -2,7 +2,7 @@
 //! certificates generated at test time, node ids bound to client certificates, and
 //! certificates rotated on disk without dropping streams.
 
-use crate::support::{trace_policy, wait_traced};
+use crate::support::{policy, trace_policy, wait_traced};
 use meshwarden_cp::bootstrap::XdsTls;
 use meshwarden_cp::test_pki::CertFiles;
 use meshwarden_e2e::tls::{server_certificate, TestPki};
@@ -164,5 +164,180 @@ async fn a_rotated_certificate_is_served_to_new_connections_without_dropping_str
         connections,
         "no new connection"
     );
+    Ok(())
+}
+
+/// A token file: a viewer, an editor limited to `team-a-` FaultPolicies, and an admin,
+/// with tokens `<name>-token`.
+fn token_file(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    use sha2::{Digest, Sha256};
+    let hash = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
+    let path = dir.join("tokens.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "users:\n\
+             - {{name: viewer, sha256: {}, role: viewer}}\n\
+             - {{name: team-a, sha256: {}, role: editor, kinds: [FaultPolicy], namePrefixes: [team-a-]}}\n\
+             - {{name: admin, sha256: {}, role: admin}}\n",
+            hash("viewer-token"),
+            hash("team-a-token"),
+            hash("admin-token")
+        ),
+    )?;
+    Ok(path)
+}
+
+fn fault(name: &str) -> String {
+    policy(
+        "FaultPolicy",
+        name,
+        "abort: {httpStatus: 503, percentage: {value: 1}}",
+    )
+}
+
+/// Applies `yaml` (one JSON document) over gRPC with `token` and returns the status code.
+async fn apply_code(
+    cp: &ControlPlane,
+    token: Option<&str>,
+    yaml: &str,
+) -> anyhow::Result<tonic::Code> {
+    use meshwarden_cp::api::pb;
+    let json = serde_json::to_string(&serde_yaml::from_str::<Value>(yaml)?)?;
+    let mut client =
+        pb::policy_service_client::PolicyServiceClient::connect(cp.cli().server.clone()).await?;
+    let mut request = tonic::Request::new(pb::ApplyRequest {
+        documents_json: vec![json],
+        ..Default::default()
+    });
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+    }
+    Ok(match client.apply(request).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    })
+}
+
+#[tokio::test]
+async fn api_callers_need_credentials_and_a_role_allowing_the_call_and_every_attempt_is_audited(
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tokens = token_file(dir.path())?;
+    let cp = ControlPlane::start_with_args(
+        vec!["--token-file".into(), tokens.display().to_string()],
+        None,
+        Vec::new(),
+    )
+    .await?;
+    let as_user = |token: &str| cp.cli().with_args(&["--token".into(), token.into()]);
+
+    // No credentials, or a wrong token: UNAUTHENTICATED.
+    assert_eq!(
+        apply_code(&cp, None, &fault("team-a-x")).await?,
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(
+        apply_code(&cp, Some("guess"), &fault("team-a-x")).await?,
+        tonic::Code::Unauthenticated
+    );
+    let out = cp.cli().run(&["get"]);
+    assert!(
+        !out.success && out.stderr.contains("credentials required"),
+        "{}",
+        out.stderr
+    );
+
+    // A viewer reads but does not write.
+    assert_eq!(
+        apply_code(&cp, Some("viewer-token"), &fault("team-a-x")).await?,
+        tonic::Code::PermissionDenied
+    );
+    let out = as_user("viewer-token").apply_yaml(&fault("team-a-x"));
+    assert!(
+        !out.success && out.stderr.contains("needs editor"),
+        "{}",
+        out.stderr
+    );
+    assert!(as_user("viewer-token").run(&["get"]).success);
+    assert!(as_user("viewer-token").run(&["status"]).success);
+
+    // An editor limited to team-a- FaultPolicies writes its own, not another team's.
+    let team_a = as_user("team-a-token");
+    let out = team_a.apply_yaml(&fault("team-a-x"));
+    assert!(out.success, "{}", out.stderr);
+    let out = team_a.apply_yaml(&fault("team-b-x"));
+    assert!(!out.success, "another team's name is refused");
+    assert!(
+        out.stderr
+            .contains(r#"apply of FaultPolicy "team-b-x" refused"#)
+            && out.stderr.contains("team-a-*"),
+        "{}",
+        out.stderr
+    );
+    let admin = as_user("admin-token");
+    assert!(admin.apply_yaml(&fault("team-b-x")).success);
+    let out = team_a.run(&["delete", "fault", "team-b-x"]);
+    assert!(
+        !out.success && out.stderr.contains("team-a-*"),
+        "{}",
+        out.stderr
+    );
+    let out = team_a.apply_yaml(&policy("TracePolicy", "team-a-t", "formats: [w3c]"));
+    assert!(
+        !out.success && out.stderr.contains("may only write FaultPolicy"),
+        "{}",
+        out.stderr
+    );
+    let changed = policy(
+        "FaultPolicy",
+        "team-a-x",
+        "abort: {httpStatus: 500, percentage: {value: 2}}",
+    );
+    assert!(team_a.apply_yaml(&changed).success);
+
+    // Every attempt is in the audit trail, in order, with identity, versions and result.
+    let out = as_user("viewer-token").run(&["audit", "-o", "json"]);
+    assert!(out.success, "{}", out.stderr);
+    let trail: Vec<Value> = serde_json::from_str(&out.stdout)?;
+    let row = |e: &Value| {
+        format!(
+            "{} {} {}/{} {} {}",
+            e["identity"].as_str().unwrap(),
+            e["action"].as_str().unwrap(),
+            e["kind"].as_str().unwrap(),
+            e["name"].as_str().unwrap(),
+            e["result"].as_str().unwrap(),
+            e["code"].as_str().unwrap()
+        )
+    };
+    let rows: Vec<String> = trail.iter().map(row).collect();
+    assert_eq!(
+        rows,
+        [
+            "anonymous apply FaultPolicy/team-a-x refused UNAUTHENTICATED",
+            "anonymous apply FaultPolicy/team-a-x refused UNAUTHENTICATED",
+            "viewer apply FaultPolicy/team-a-x refused PERMISSION_DENIED",
+            "viewer apply FaultPolicy/team-a-x refused PERMISSION_DENIED",
+            "team-a apply FaultPolicy/team-a-x created OK",
+            "team-a apply FaultPolicy/team-b-x refused PERMISSION_DENIED",
+            "admin apply FaultPolicy/team-b-x created OK",
+            "team-a delete FaultPolicy/team-b-x refused PERMISSION_DENIED",
+            "team-a apply TracePolicy/team-a-t refused PERMISSION_DENIED",
+            "team-a apply FaultPolicy/team-a-x configured OK",
+        ]
+    );
+    let created = &trail[4];
+    let configured = &trail[9];
+    assert_eq!(created["oldVersion"], "");
+    assert_eq!(configured["oldVersion"], created["newVersion"]);
+    assert_ne!(configured["newVersion"], configured["oldVersion"]);
+    assert_eq!(
+        trail[7]["oldVersion"], trail[6]["newVersion"],
+        "a refused delete names what it would have removed"
+    );
+    assert!(cp.log().contains("audit"), "audit entries are logged");
     Ok(())
 }
