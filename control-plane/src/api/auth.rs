@@ -17,8 +17,8 @@
 //! ```
 //!
 //! Roles: `viewer` reads (get, list, watch, diff, status, audit); `editor` also applies
-//! and deletes, within its kinds and name prefixes; `admin` may do everything (including
-//! halts). Missing or unknown credentials are UNAUTHENTICATED; a role that does not allow
+//! and deletes, within its kinds and name prefixes, and may halt and resume (an emergency
+//! stop changes no policy); `admin` may do everything, including calls added later. Missing or unknown credentials are UNAUTHENTICATED; a role that does not allow
 //! the call is PERMISSION_DENIED, naming what was refused.
 
 use crate::tls::PeerInfo;

@@ -33,6 +33,9 @@ enum Access {
     Read,
     /// Apply or delete: editor, within its scope; audited.
     Write(Verb),
+    /// Halt and resume (an emergency stop of faults and mirrors, no policy changes):
+    /// editor, whatever its scope.
+    Operate,
     /// Anything else: admin.
     Admin,
 }
@@ -53,6 +56,7 @@ fn access(path: &str) -> Option<Access> {
     Some(match (service, method) {
         ("PolicyService", "Apply") => Access::Write(Verb::Apply),
         ("PolicyService", "Delete") => Access::Write(Verb::Delete),
+        ("PolicyService", "Halt" | "Resume") => Access::Operate,
         ("PolicyService", "Get" | "List" | "Watch" | "Diff" | "ListHalts")
         | ("ProxyStatusService", _)
         | ("AuditService", _) => Access::Read,
@@ -156,11 +160,11 @@ where
     };
     let path = request.uri().path().to_string();
     let verb = match access {
-        Access::Read | Access::Admin => {
-            let role = if access == Access::Read {
-                Role::Viewer
-            } else {
-                Role::Admin
+        Access::Read | Access::Operate | Access::Admin => {
+            let role = match access {
+                Access::Read => Role::Viewer,
+                Access::Operate => Role::Editor,
+                _ => Role::Admin,
             };
             return match principal.and_then(|p| p.require(role, &method_name(&path))) {
                 Ok(()) => inner.call(request).await,
@@ -456,7 +460,8 @@ mod tests {
         assert_eq!(p("PolicyService/Delete"), Some(Access::Write(Verb::Delete)));
         assert_eq!(p("PolicyService/List"), Some(Access::Read));
         assert_eq!(p("ProxyStatusService/ListProxies"), Some(Access::Read));
-        assert_eq!(p("PolicyService/Halt"), Some(Access::Admin));
+        assert_eq!(p("PolicyService/Halt"), Some(Access::Operate));
+        assert_eq!(p("PolicyService/Resume"), Some(Access::Operate));
         assert_eq!(p("PolicyService/SomethingNew"), Some(Access::Admin));
         assert_eq!(
             access(
