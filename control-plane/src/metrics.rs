@@ -248,7 +248,15 @@ impl Collector for XdsCollector {
             "meshwarden_xds_rejected_resources",
             "Resources on connected proxies whose latest version was rejected (NACK).",
             to_i64(rejecting),
-        )
+        )?;
+        let latency = self.proxies.push_latency();
+        let family = latency.histograms();
+        family.encode(enc.encode_descriptor(
+            "meshwarden_xds_push_latency_seconds",
+            "From a committed policy change (apply, delete, halt, resume) to a proxy's ACK of the resource version it produced; one observation per proxy and filter resource.",
+            None,
+            family.metric_type(),
+        )?)
     }
 }
 
