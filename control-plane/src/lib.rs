@@ -12,6 +12,9 @@ pub mod http;
 pub mod idle;
 pub mod metrics;
 pub mod policy_set;
+/// Properties of the untrusted-input parsers (fuzz targets and proptest).
+#[cfg(any(test, feature = "testing"))]
+pub mod properties;
 pub mod registry;
 pub mod store;
 /// Test certificates, generated at run time.

@@ -341,3 +341,134 @@ async fn api_callers_need_credentials_and_a_role_allowing_the_call_and_every_att
     assert!(cp.log().contains("audit"), "audit entries are logged");
     Ok(())
 }
+
+/// Applies `documents` (JSON texts) in one request over gRPC: the error status, if any.
+async fn apply_documents(
+    cp: &ControlPlane,
+    documents: Vec<String>,
+) -> anyhow::Result<Option<tonic::Status>> {
+    use meshwarden_cp::api::pb;
+    let mut client =
+        pb::policy_service_client::PolicyServiceClient::connect(cp.cli().server.clone()).await?;
+    let request = pb::ApplyRequest {
+        documents_json: documents,
+        ..Default::default()
+    };
+    Ok(client.apply(request).await.err())
+}
+
+/// A TracePolicy document as JSON, with `spec` (JSON) spliced in.
+fn trace_json(name: &str, spec: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"meshwarden.dev/v1alpha1","kind":"TracePolicy","metadata":{{"name":"{name}"}},"spec":{spec}}}"#
+    )
+}
+
+#[tokio::test]
+async fn hostile_documents_get_a_clear_error_and_nothing_is_applied() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let good = trace_json("good", "{}");
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let cases: [(&str, String, &str); 6] = [
+        (
+            "deeply nested",
+            trace_json("deep", &format!(r#"{{"formats":{deep}}}"#)),
+            "recursion limit",
+        ),
+        (
+            "huge number",
+            trace_json("huge", r#"{"samplingPercentage":1e999}"#),
+            "number out of range",
+        ),
+        (
+            "huge integer",
+            trace_json(
+                "int",
+                r#"{"samplingPercentage":123456789012345678901234567890}"#,
+            ),
+            "samplingPercentage",
+        ),
+        (
+            "oversized",
+            trace_json(
+                "big",
+                &format!(r#"{{"responseHeader":"{}"}}"#, "x".repeat(1_100_000)),
+            ),
+            "bytes per policy document",
+        ),
+        (
+            "regex over the compiled-size limit",
+            trace_json(
+                "re",
+                r#"{"match":{"path":{"regex":"(((a{100}){100}){100})"}}}"#,
+            ),
+            "regex",
+        ),
+        ("not a document", "[1,2,3]".to_string(), "document 2"),
+    ];
+    for (what, hostile, want) in cases {
+        let status = apply_documents(&cp, vec![good.clone(), hostile])
+            .await?
+            .unwrap_or_else(|| panic!("{what}: accepted"));
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::InvalidArgument | tonic::Code::OutOfRange
+            ),
+            "{what}: {status:?}"
+        );
+        assert!(
+            status.message().contains(want),
+            "{what}: {}",
+            status.message()
+        );
+    }
+    // The valid document beside each hostile one was never applied.
+    let listed = cp.cli().run(&["get", "-o", "json"]);
+    assert!(listed.success, "{}", listed.stderr);
+    assert!(
+        !listed.stdout.contains("good"),
+        "partial apply: {}",
+        listed.stdout
+    );
+
+    // Through the CLI: non-UTF-8 bytes and a YAML "billion laughs" are refused, fast.
+    let dir = tempfile::tempdir()?;
+    let binary = dir.path().join("binary.yaml");
+    std::fs::write(&binary, b"kind: TracePolicy\nmetadata: {name: \xff\xfe}\n")?;
+    let out = cp
+        .cli()
+        .run(&["apply", "-f", &binary.display().to_string()]);
+    assert!(
+        !out.success && out.stderr.contains("not UTF-8"),
+        "{}",
+        out.stderr
+    );
+    let laughs = dir.path().join("laughs.yaml");
+    let mut text = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    for (i, c) in ('b'..='i').enumerate() {
+        let prev = (b'a' + i as u8) as char;
+        text += &format!(
+            "{c}: &{c} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+        );
+    }
+    std::fs::write(&laughs, text)?;
+    let started = std::time::Instant::now();
+    let out = cp
+        .cli()
+        .run(&["apply", "-f", &laughs.display().to_string()]);
+    assert!(
+        !out.success && out.stderr.contains("YAML aliases"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(cp.http_get("/healthz").await?.0, 200);
+    Ok(())
+}
