@@ -14,6 +14,8 @@
 //! This crate knows nothing of what the resources mean; the compiler keeps that promise.
 
 pub mod delta;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod observer;
 pub mod resource;
 pub mod server;

@@ -360,3 +360,78 @@ async fn an_unserved_type_is_answered_once_with_nothing() {
     snap_tx.send_replace(snapshot(2));
     assert!(s.silent().await);
 }
+
+mod fuzzing_properties {
+    use proptest::prelude::*;
+
+    /// Length-prefixed request bytes: mostly well-formed requests (so streams get past
+    /// their first message), some raw bytes.
+    fn input() -> impl Strategy<Value = Vec<u8>> {
+        use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+        use prost::Message;
+        let request = (
+            prop::sample::select(vec![
+                crate::EXTENSION_CONFIG_TYPE,
+                crate::CLUSTER_TYPE,
+                "type.googleapis.com/other",
+                "",
+            ]),
+            prop::collection::vec(prop::sample::select(vec!["a", "b", "c", ""]), 0..3),
+            prop::sample::select(vec!["", "1", "nonce-1", "x"]),
+            prop::option::of(prop::sample::select(vec!["retry", "bad"])),
+        )
+            .prop_map(|(type_url, names, nonce, error)| {
+                DiscoveryRequest {
+                    node: Some(super::Node {
+                        id: "n".into(),
+                        cluster: "c".into(),
+                        ..Default::default()
+                    }),
+                    type_url: type_url.into(),
+                    resource_names: names.into_iter().map(String::from).collect(),
+                    response_nonce: nonce.into(),
+                    error_detail: error.map(|m| envoy_types::pb::google::rpc::Status {
+                        code: 3,
+                        message: m.into(),
+                        details: vec![],
+                    }),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            });
+        (
+            any::<u8>(),
+            prop::collection::vec(
+                prop_oneof![3 => request, 1 => prop::collection::vec(any::<u8>(), 0..40)],
+                0..6,
+            ),
+        )
+            .prop_map(|(mode, messages)| {
+                let mut out = vec![mode & 0x7f];
+                for m in messages {
+                    let m = &m[..m.len().min(255)];
+                    out.push(m.len() as u8);
+                    out.extend_from_slice(m);
+                }
+                out
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn sotw_streams_survive_any_requests(data in input()) {
+            crate::fuzzing::requests(&data);
+        }
+
+        #[test]
+        fn delta_streams_survive_any_bytes(data in prop::collection::vec(any::<u8>(), 0..300)) {
+            let mut data = data;
+            if let Some(first) = data.first_mut() {
+                *first |= 0x80;
+            }
+            crate::fuzzing::requests(&data);
+        }
+    }
+}
