@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // rerun-if-changed paths stay right wherever the workspace is checked out.
     let root = "../proto";
     let policy = "../proto/meshwarden/v1alpha1/policy.proto";
+    let audit = "../proto/meshwarden/v1alpha1/audit.proto";
     println!("cargo:rerun-if-changed={root}");
     // The descriptors also feed gRPC server reflection (`grpcurl` against the API).
     let descriptors =
@@ -20,6 +21,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // Undecodable requests (e.g. non-UTF-8 strings) are INVALID_ARGUMENT, not INTERNAL.
         .codec_path("crate::api::codec::Codec")
-        .compile_protos(&[policy], &[root])?;
+        .compile_protos(&[policy, audit], &[root])?;
     Ok(())
 }

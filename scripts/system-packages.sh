@@ -5,6 +5,7 @@
 #   docker-registry, skopeo   an OCI registry on loopback for the Wasm image tests
 #   kubectl         `kubectl kustomize` for the manifest check (offline)
 #   redis-server    the global rate limit service's tests
+#   prometheus      a real Prometheus (and promtool) for the dashboard test
 # As root with apt-get (CI, a fresh container), they are installed; otherwise the missing
 # ones are named once and the build goes on (the tests that need them say so clearly).
 set -euo pipefail
@@ -17,6 +18,7 @@ declare -A need=(
   [skopeo]=skopeo
   [kubectl]=kubectl
   [redis-server]=redis-server
+  [prometheus]=prometheus
 )
 missing=()
 for cmd in "${!need[@]}"; do

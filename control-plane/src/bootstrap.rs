@@ -97,6 +97,56 @@ pub fn render(p: &BootstrapParams) -> String {
     })
 }
 
+/// TLS of the proxy's connection to the control plane (the `meshwarden_xds` cluster).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsTls {
+    /// CA bundle the control plane's certificate must chain to.
+    pub ca: std::path::PathBuf,
+    /// The proxy's client certificate and key (mutual TLS), if any. With mTLS on, the
+    /// control plane serves only a node id that is one of this certificate's names.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Server name sent as SNI and required among the control plane certificate's DNS
+    /// names; `None` checks the chain only.
+    pub server_name: Option<String>,
+}
+
+/// Marker line in the template where the xDS cluster's transport socket goes.
+const XDS_TLS_MARKER: &str =
+    "    # xDS TLS: `meshwarden bootstrap --xds-ca ...` puts the transport socket here.\n";
+
+/// `bootstrap` (from [`render`]) with the xDS cluster over TLS.
+pub fn with_xds_tls(bootstrap: &str, tls: &XdsTls) -> String {
+    let json = |p: &std::path::Path| {
+        serde_json::to_string(&p.display().to_string()).expect("strings serialize")
+    };
+    let mut socket = String::from(
+        "    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n",
+    );
+    if let Some(name) = &tls.server_name {
+        let name = serde_json::to_string(name).expect("strings serialize");
+        socket += &format!("        sni: {name}\n");
+    }
+    socket += "        common_tls_context:\n          alpn_protocols: [h2]\n";
+    if let Some((cert, key)) = &tls.client {
+        socket += &format!(
+            "          tls_certificates:\n          - certificate_chain: {{filename: {}}}\n            private_key: {{filename: {}}}\n",
+            json(cert),
+            json(key)
+        );
+    }
+    socket += &format!(
+        "          validation_context:\n            trusted_ca: {{filename: {}}}\n",
+        json(&tls.ca)
+    );
+    if let Some(name) = &tls.server_name {
+        let name = serde_json::to_string(name).expect("strings serialize");
+        socket += &format!(
+            "            match_typed_subject_alt_names:\n            - san_type: DNS\n              matcher: {{exact: {name}}}\n"
+        );
+    }
+    bootstrap.replacen(XDS_TLS_MARKER, &socket, 1)
+}
+
 fn filter_block(name: &str) -> String {
     format!(
         r#"          - name: {name}
@@ -167,6 +217,52 @@ mod tests {
                 "meshwarden.fault",
                 "meshwarden.mirror"
             ]
+        );
+    }
+
+    #[test]
+    fn xds_tls_goes_into_the_xds_cluster_only() {
+        let plain = render(&BootstrapParams {
+            node_id: "edge-1".into(),
+            node_cluster: "shop".into(),
+            labels: BTreeMap::new(),
+            admin_port: 9901,
+            listen_address: "127.0.0.1".into(),
+            listen_port: 10000,
+            xds_address: "127.0.0.1".into(),
+            xds_port: 18000,
+            upstream_address: "127.0.0.1".into(),
+            upstream_port: 8080,
+            delta: false,
+            layout: Layout::Combined,
+        });
+        let out = with_xds_tls(
+            &plain,
+            &XdsTls {
+                ca: "/etc/mw/ca.pem".into(),
+                client: Some(("/etc/mw/edge-1.pem".into(), "/etc/mw/edge-1.key".into())),
+                server_name: Some("cp.mesh".into()),
+            },
+        );
+        assert_eq!(out.matches("UpstreamTlsContext").count(), 1);
+        let xds = out.split("- name: meshwarden_xds").nth(1).unwrap();
+        let xds = xds.split("- name: upstream").next().unwrap();
+        for want in [
+            r#"trusted_ca: {filename: "/etc/mw/ca.pem"}"#,
+            r#"certificate_chain: {filename: "/etc/mw/edge-1.pem"}"#,
+            r#"private_key: {filename: "/etc/mw/edge-1.key"}"#,
+            r#"sni: "cp.mesh""#,
+            "alpn_protocols: [h2]",
+        ] {
+            assert!(xds.contains(want), "{want} missing in\n{xds}");
+        }
+        // Valid YAML with the socket inside the cluster.
+        let doc: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+        let cluster = &doc["static_resources"]["clusters"][0];
+        assert_eq!(cluster["name"], "meshwarden_xds");
+        assert_eq!(
+            cluster["transport_socket"]["name"],
+            "envoy.transport_sockets.tls"
         );
     }
 }

@@ -18,7 +18,6 @@ use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Readiness conditions, set by `serve` as startup progresses and by the store watchdog.
@@ -128,11 +127,15 @@ pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60)
 
 /// Serves `router` on `listener` until `shutdown` resolves; idle connections are closed
 /// after [`IDLE_TIMEOUT`].
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L>(
+    listener: L,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     axum::serve(IdleTimeout::new(listener, IDLE_TIMEOUT), router)
         .with_graceful_shutdown(shutdown)
         .await
@@ -158,6 +161,7 @@ async fn metrics(State(state): State<HttpState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpListener;
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");

@@ -3,14 +3,24 @@
 //! CLI.
 
 pub mod api;
+pub mod audit;
 pub mod bootstrap;
 pub mod cli;
+pub mod explain;
+pub mod halt;
 pub mod http;
 pub mod idle;
 pub mod metrics;
 pub mod policy_set;
+/// Properties of the untrusted-input parsers (fuzz targets and proptest).
+#[cfg(any(test, feature = "testing"))]
+pub mod properties;
 pub mod registry;
 pub mod store;
+/// Test certificates, generated at run time.
+#[cfg(any(test, feature = "testing"))]
+pub mod test_pki;
+pub mod tls;
 pub mod xds;
 
 #[cfg(test)]

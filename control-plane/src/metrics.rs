@@ -145,6 +145,22 @@ impl Collector for PolicyCollector {
             "Stored records that failed validation at startup and are not served.",
             to_i64(self.policies.invalid_records().len()),
         )?;
+        let halted: Vec<(&str, i64)> = crate::halt::HALTABLE
+            .iter()
+            .map(|&k| {
+                (
+                    k.as_str(),
+                    to_i64(set.halts.iter().filter(|h| h.kinds.contains(&k)).count()),
+                )
+            })
+            .collect();
+        gauge_family(
+            &mut enc,
+            "meshwarden_halts",
+            "Halts in force (`meshwarden halt`), by halted kind; above 0 the kind is suspended on the halts' proxies.",
+            "kind",
+            &halted,
+        )?;
         let healthy = matches!(self.policies.store_health(), StoreHealth::Healthy);
         gauge(
             &mut enc,
@@ -232,7 +248,15 @@ impl Collector for XdsCollector {
             "meshwarden_xds_rejected_resources",
             "Resources on connected proxies whose latest version was rejected (NACK).",
             to_i64(rejecting),
-        )
+        )?;
+        let latency = self.proxies.push_latency();
+        let family = latency.histograms();
+        family.encode(enc.encode_descriptor(
+            "meshwarden_xds_push_latency_seconds",
+            "From a committed policy change (apply, delete, halt, resume) to a proxy's ACK of the resource version it produced; one observation per proxy and filter resource.",
+            None,
+            family.metric_type(),
+        )?)
     }
 }
 
@@ -250,6 +274,15 @@ mod tests {
         reg.apply(vec![doc.clone()], false).unwrap();
         reg.apply(vec![doc], false).unwrap();
         let _ = reg.apply(vec![json!({})], false);
+        let fault_only = crate::halt::Halt::new(
+            "f",
+            &["fault".into()],
+            meshwarden_common::Selector::default(),
+            String::new(),
+            0,
+        )
+        .unwrap();
+        reg.halt(fault_only).unwrap();
         let mut metrics = Metrics::new(reg);
         metrics.register(Box::new(XdsCollector::new(
             Arc::new(XdsStats::default()),
@@ -264,6 +297,8 @@ mod tests {
             "meshwarden_policy_rejections_total 1",
             "meshwarden_store_generation 1",
             "meshwarden_store_invalid_records 0",
+            "meshwarden_halts{kind=\"FaultPolicy\"} 1",
+            "meshwarden_halts{kind=\"MirrorPolicy\"} 0",
             "meshwarden_xds_connected_proxies 0",
             "meshwarden_xds_nacks_total 0",
             "meshwarden_xds_rejected_resources 0",

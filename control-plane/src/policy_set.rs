@@ -1,6 +1,7 @@
 //! The set of stored policies at one point in time: what the store holds, what the API
 //! lists, and what the xDS server composes proxy configurations from.
 
+use crate::halt::Halt;
 use meshwarden_common::{Kind, PolicyDocument};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -29,11 +30,13 @@ impl StoredPolicy {
     }
 }
 
-/// Every policy, sorted by (kind, name), at store generation `generation`.
+/// Every policy, sorted by (kind, name), at store generation `generation`, and the halts in
+/// force (sorted by name; they do not change the generation).
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
     pub generation: u64,
     pub policies: Vec<StoredPolicy>,
+    pub halts: Vec<Halt>,
 }
 
 /// Shared, immutable snapshot handed to readers.

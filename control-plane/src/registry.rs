@@ -5,6 +5,7 @@
 //! Methods that write block on a durable commit (fsync); call them from a blocking context
 //! (`tokio::task::spawn_blocking`).
 
+use crate::halt::{Halt, HaltError, HALT_PREFIX, MAX_HALTS};
 use crate::policy_set::{content_version, PolicySet, SharedPolicySet, StoredPolicy};
 use crate::store::{self, InvalidRecord, Store, StoreError, StoreHealth, Write};
 use meshwarden_common::{Kind, PolicyDocument, ValidationError};
@@ -208,9 +209,15 @@ impl PolicyRegistry {
             generation = loaded.generation,
             "policy store loaded"
         );
+        let halts = load_halts(&store)?;
+        if !halts.is_empty() {
+            let names: Vec<&str> = halts.iter().map(|h| h.name.as_str()).collect();
+            tracing::warn!(halts = ?names, "halts in force: fault injection and/or mirroring stay suspended until `meshwarden resume`");
+        }
         let set = Arc::new(PolicySet {
             generation: loaded.generation,
             policies,
+            halts,
         });
         let writer = Writer {
             invalid: loaded
@@ -314,53 +321,17 @@ impl PolicyRegistry {
         let mut writer = self.lock();
         let current = self.current();
         let generation = current.generation + 1;
-        let now = unix_ms();
-        let mut outcomes = Vec::with_capacity(parsed.len());
-        let mut changed = Vec::new();
-        for doc in parsed {
-            let version = content_version(&doc);
-            let outcome = match current.get(doc.kind(), doc.name().as_str()) {
-                None => Outcome::Created,
-                Some(p) if p.version == version => Outcome::Unchanged,
-                Some(_) => Outcome::Updated,
-            };
-            outcomes.push(ApplyOutcome {
-                kind: doc.kind(),
-                name: doc.name().as_str().to_string(),
-                outcome,
-                version: version.clone(),
-            });
-            if outcome != Outcome::Unchanged {
-                changed.push(StoredPolicy {
-                    doc,
-                    version,
-                    generation,
-                    updated_unix_ms: now,
-                });
-            }
-        }
+        let (outcomes, changed) = plan(&current, parsed, generation);
         if dry_run {
             return Ok(outcomes);
         }
         if !changed.is_empty() {
             let writes: Vec<_> = changed.iter().map(Write::Put).collect();
             self.store.commit(generation, &writes)?;
-            let mut policies = current.policies.clone();
             for p in &changed {
                 writer.invalid.remove(&store::key(p.kind(), p.name()));
-                match policies
-                    .iter_mut()
-                    .find(|q| q.kind() == p.kind() && q.name() == p.name())
-                {
-                    Some(slot) => *slot = p.clone(),
-                    None => policies.push(p.clone()),
-                }
             }
-            sort(&mut policies);
-            self.publish(PolicySet {
-                generation,
-                policies,
-            });
+            self.publish(merged(&current, &changed, generation));
             for (o, p) in outcomes
                 .iter()
                 .filter(|o| o.outcome != Outcome::Unchanged)
@@ -379,6 +350,29 @@ impl PolicyRegistry {
                 .fetch_add(1, Ordering::Relaxed);
         }
         Ok(outcomes)
+    }
+
+    /// Validates `docs` as [`PolicyRegistry::apply`] does and returns, without storing or
+    /// publishing anything, the outcomes and the policy set an apply would publish, with
+    /// the current set it is compared against.
+    pub fn preview(&self, docs: &[Value]) -> Result<Preview, ApplyError> {
+        let parsed = validate_all(docs)?;
+        let current = {
+            let _writer = self.lock();
+            self.current()
+        };
+        let generation = current.generation + 1;
+        let (outcomes, changed) = plan(&current, parsed, generation);
+        let next = if changed.is_empty() {
+            current.clone()
+        } else {
+            Arc::new(merged(&current, &changed, generation))
+        };
+        Ok(Preview {
+            current,
+            next,
+            outcomes,
+        })
     }
 
     /// Deletes one policy (or a stored record that failed to load) in one durable
@@ -410,9 +404,62 @@ impl PolicyRegistry {
         self.publish(PolicySet {
             generation,
             policies,
+            halts: current.halts.clone(),
         });
         self.emit(kind, name, ChangeType::Deleted, &version, generation);
         Ok(generation)
+    }
+
+    /// Puts `halt` in force (replacing a halt of the same name) durably, then publishes it:
+    /// the xDS side recomposes the halted kinds for the selected proxies.
+    pub fn halt(&self, halt: Halt) -> Result<(), HaltWriteError> {
+        let _writer = self.lock();
+        let current = self.current();
+        let mut halts: Vec<Halt> = current
+            .halts
+            .iter()
+            .filter(|h| h.name != halt.name)
+            .cloned()
+            .collect();
+        if halts.len() >= MAX_HALTS {
+            return Err(HaltWriteError::Invalid(HaltError::TooMany));
+        }
+        let json = serde_json::to_string(&halt).map_err(|source| StoreError::Encode {
+            key: halt.key(),
+            source,
+        })?;
+        self.store.write_aux(&[(halt.key(), Some(json))])?;
+        tracing::warn!(name = %halt.name, kinds = ?halt.kinds, selector = ?halt.selector, reason = %halt.reason, "halt in force");
+        halts.push(halt);
+        halts.sort_by(|a, b| a.name.cmp(&b.name));
+        self.publish(PolicySet {
+            halts,
+            ..(*current).clone()
+        });
+        Ok(())
+    }
+
+    /// Lifts the halt named `name`, or every halt when `None`; returns the names lifted.
+    pub fn resume(&self, name: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let _writer = self.lock();
+        let current = self.current();
+        let (lifted, kept): (Vec<Halt>, Vec<Halt>) = current
+            .halts
+            .iter()
+            .cloned()
+            .partition(|h| name.is_none_or(|n| h.name == n));
+        if lifted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let writes: Vec<_> = lifted.iter().map(|h| (h.key(), None)).collect();
+        self.store.write_aux(&writes)?;
+        let names: Vec<String> = lifted.into_iter().map(|h| h.name).collect();
+        tracing::warn!(halts = ?names, "halt lifted");
+        self.publish(PolicySet {
+            halts: kept,
+            ..(*current).clone()
+        });
+        Ok(names)
     }
 
     fn lock(&self) -> MutexGuard<'_, Writer> {
@@ -435,6 +482,93 @@ impl PolicyRegistry {
             generation,
         });
     }
+}
+
+/// What an apply would do: see [`PolicyRegistry::preview`].
+#[derive(Debug, Clone)]
+pub struct Preview {
+    pub current: SharedPolicySet,
+    pub next: SharedPolicySet,
+    pub outcomes: Vec<ApplyOutcome>,
+}
+
+/// The outcome of each document against `current`, and the documents that change as they
+/// would be stored at `generation`.
+fn plan(
+    current: &PolicySet,
+    parsed: Vec<PolicyDocument>,
+    generation: u64,
+) -> (Vec<ApplyOutcome>, Vec<StoredPolicy>) {
+    let now = unix_ms();
+    let mut outcomes = Vec::with_capacity(parsed.len());
+    let mut changed = Vec::new();
+    for doc in parsed {
+        let version = content_version(&doc);
+        let outcome = match current.get(doc.kind(), doc.name().as_str()) {
+            None => Outcome::Created,
+            Some(p) if p.version == version => Outcome::Unchanged,
+            Some(_) => Outcome::Updated,
+        };
+        outcomes.push(ApplyOutcome {
+            kind: doc.kind(),
+            name: doc.name().as_str().to_string(),
+            outcome,
+            version: version.clone(),
+        });
+        if outcome != Outcome::Unchanged {
+            changed.push(StoredPolicy {
+                doc,
+                version,
+                generation,
+                updated_unix_ms: now,
+            });
+        }
+    }
+    (outcomes, changed)
+}
+
+/// `current` with `changed` created or replaced, at `generation`.
+fn merged(current: &PolicySet, changed: &[StoredPolicy], generation: u64) -> PolicySet {
+    let mut policies = current.policies.clone();
+    for p in changed {
+        match policies
+            .iter_mut()
+            .find(|q| q.kind() == p.kind() && q.name() == p.name())
+        {
+            Some(slot) => *slot = p.clone(),
+            None => policies.push(p.clone()),
+        }
+    }
+    sort(&mut policies);
+    PolicySet {
+        generation,
+        policies,
+        halts: current.halts.clone(),
+    }
+}
+
+/// Why a halt was not put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum HaltWriteError {
+    #[error(transparent)]
+    Invalid(#[from] HaltError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Reads the stored halts, sorted by name. An unreadable halt record makes the store
+/// refused: serving without it would silently resume what it suspended.
+fn load_halts(store: &Store) -> Result<Vec<Halt>, StoreError> {
+    let mut halts = Vec::new();
+    for (key, json) in store.aux_records(HALT_PREFIX)? {
+        let halt: Halt = serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+            path: store.path().to_path_buf(),
+            detail: format!("halt record {key:?} is unreadable: {e}"),
+        })?;
+        halts.push(halt);
+    }
+    halts.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(halts)
 }
 
 /// Validates every document and rejects repeated (kind, name) pairs.
@@ -630,6 +764,36 @@ mod tests {
     }
 
     #[test]
+    fn preview_shows_the_set_an_apply_would_publish() {
+        let (_dir, reg) = registry();
+        reg.apply(vec![trace("a", json!(1)), trace("b", json!(1))], false)
+            .unwrap();
+        let sets = reg.subscribe();
+        let p = reg
+            .preview(&[
+                trace("a", json!(1)),
+                trace("b", json!(2)),
+                trace("c", json!(3)),
+            ])
+            .unwrap();
+        assert_eq!(
+            outcomes(&p.outcomes),
+            [
+                ("a", Outcome::Unchanged),
+                ("b", Outcome::Updated),
+                ("c", Outcome::Created)
+            ]
+        );
+        assert_eq!((p.current.generation, p.next.generation), (1, 2));
+        let names: Vec<_> = p.next.policies.iter().map(|p| p.name()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert!(!sets.has_changed().unwrap(), "a preview publishes nothing");
+        assert_eq!(reg.current().policies.len(), 2);
+        let same = reg.preview(&[trace("a", json!(1))]).unwrap();
+        assert!(Arc::ptr_eq(&same.current, &same.next));
+    }
+
+    #[test]
     fn delete_removes_and_reports_missing() {
         let (dir, reg) = registry();
         reg.apply(vec![trace("a", json!(1)), trace("b", json!(1))], false)
@@ -659,6 +823,44 @@ mod tests {
             .collect();
         assert_eq!(names, ["b"]);
         assert_eq!(reg.current().generation, 2);
+    }
+
+    #[test]
+    fn halts_are_published_survive_reopen_and_keep_across_applies() {
+        let (dir, reg) = registry();
+        let sets = reg.subscribe();
+        let halt = |name: &str| {
+            Halt::new(
+                name,
+                &[],
+                meshwarden_common::Selector::default(),
+                "drill".into(),
+                1,
+            )
+            .unwrap()
+        };
+        reg.halt(halt("b")).unwrap();
+        reg.halt(halt("a")).unwrap();
+        assert!(sets.has_changed().unwrap());
+        reg.apply(vec![trace("t", json!(1))], false).unwrap();
+        let names = |reg: &PolicyRegistry| -> Vec<String> {
+            reg.current().halts.iter().map(|h| h.name.clone()).collect()
+        };
+        assert_eq!(names(&reg), ["a", "b"], "an apply keeps the halts");
+        assert_eq!(
+            reg.current().generation,
+            1,
+            "halts do not bump the generation"
+        );
+        drop(reg);
+        let reg = PolicyRegistry::open(dir.path()).unwrap();
+        assert_eq!(names(&reg), ["a", "b"]);
+        assert_eq!(reg.resume(Some("a")).unwrap(), ["a"]);
+        assert!(reg.resume(Some("a")).unwrap().is_empty());
+        assert_eq!(reg.resume(None).unwrap(), ["b"]);
+        drop(reg);
+        let reg = PolicyRegistry::open(dir.path()).unwrap();
+        assert!(reg.current().halts.is_empty());
     }
 
     #[test]

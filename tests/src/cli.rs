@@ -15,14 +15,25 @@ pub struct CliOutput {
 #[derive(Debug, Clone)]
 pub struct Cli {
     pub server: String,
+    /// Flags given before the subcommand (TLS, token).
+    pub global_args: Vec<String>,
 }
 
 impl Cli {
-    /// Runs `meshwarden --server <server> <args>`.
+    /// The same CLI with `args` added to its global flags.
+    pub fn with_args(&self, args: &[String]) -> Cli {
+        let mut cli = self.clone();
+        cli.global_args.extend_from_slice(args);
+        cli
+    }
+
+    /// Runs `meshwarden --server <server> <global args> <args>`.
     pub fn run(&self, args: &[&str]) -> CliOutput {
         let out = Command::new(meshwarden_bin())
             .arg("--server")
             .arg(&self.server)
+            .args(&self.global_args)
+            .env_remove("MESHWARDEN_TOKEN")
             .args(args)
             .output()
             .expect("run meshwarden CLI");

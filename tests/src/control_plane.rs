@@ -18,6 +18,12 @@ pub struct ControlPlane {
     /// `--data-dir`; inside `dir` unless the test chose one.
     data_dir: PathBuf,
     child: Option<ChildGuard>,
+    /// Extra `serve` flags.
+    args: Vec<String>,
+    /// How the harness reaches a TLS HTTP port (`None`: clear text).
+    http_tls: Option<tokio_rustls::TlsConnector>,
+    /// Global CLI flags (TLS, token) for [`ControlPlane::cli`].
+    cli_args: Vec<String>,
 }
 
 impl ControlPlane {
@@ -47,6 +53,32 @@ impl ControlPlane {
             dir,
             data_dir,
             child: None,
+            args: Vec::new(),
+            http_tls: None,
+            cli_args: Vec::new(),
+        };
+        cp.launch().await?;
+        Ok(cp)
+    }
+
+    /// Starts a control plane with extra `serve` flags: `http_tls` reaches its HTTP port if
+    /// the flags turn TLS on, and `cli_args` are the CLI's global flags for [`Self::cli`].
+    pub async fn start_with_args(
+        args: Vec<String>,
+        http_tls: Option<tokio_rustls::TlsConnector>,
+        cli_args: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut cp = Self {
+            grpc_port: free_port(),
+            http_port: free_port(),
+            wasm_dir: wasm_dir(),
+            data_dir: dir.path().join("data"),
+            dir,
+            child: None,
+            args,
+            http_tls,
+            cli_args,
         };
         cp.launch().await?;
         Ok(cp)
@@ -78,19 +110,13 @@ impl ControlPlane {
             .arg(self.data_dir())
             .arg("--wasm-dir")
             .arg(&self.wasm_dir)
+            .args(&self.args)
             .env("RUST_LOG", "info");
         let log = self.dir.path().join("meshwarden.log");
         self.child = Some(ChildGuard::spawn(&mut cmd, &log)?);
-        let url = format!("http://127.0.0.1:{}/readyz", self.http_port);
-        let client = reqwest::Client::new();
-        let ready = wait_until(Duration::from_secs(20), "control plane /readyz", || {
-            let req = client.get(&url).timeout(Duration::from_secs(1)).send();
-            async move {
-                req.await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ())
-            }
+        let ready = wait_until(Duration::from_secs(20), "control plane /readyz", || async {
+            let (status, _) = self.http_get("/readyz").await.ok()?;
+            (status == 200).then_some(())
         })
         .await;
         if let Err(e) = ready {
@@ -116,12 +142,20 @@ impl ControlPlane {
     pub fn cli(&self) -> Cli {
         Cli {
             server: format!("http://127.0.0.1:{}", self.grpc_port),
+            global_args: self.cli_args.clone(),
         }
     }
 
     /// GET a path on the HTTP (metrics/health) port.
     pub async fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        let r = reqwest::get(format!("http://127.0.0.1:{}{path}", self.http_port)).await?;
+        if let Some(tls) = &self.http_tls {
+            return crate::tls::https_get(tls, self.http_port, path).await;
+        }
+        let r = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}{path}", self.http_port))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?;
         let status = r.status().as_u16();
         Ok((status, r.text().await?))
     }

@@ -6,7 +6,7 @@ use crate::ports::free_port;
 use crate::process::ChildGuard;
 use crate::wait::wait_until;
 pub use meshwarden_cp::bootstrap::Layout;
-use meshwarden_cp::bootstrap::{render, BootstrapParams};
+use meshwarden_cp::bootstrap::{render, with_xds_tls, BootstrapParams, XdsTls};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -26,6 +26,8 @@ pub struct EnvoyOptions {
     pub wait_for_config: bool,
     /// One combined filter (the default) or one filter per kind.
     pub layout: Layout,
+    /// Reach the control plane over TLS (`None`: clear text).
+    pub xds_tls: Option<XdsTls>,
 }
 
 impl Default for EnvoyOptions {
@@ -38,6 +40,7 @@ impl Default for EnvoyOptions {
             concurrency: 2,
             wait_for_config: true,
             layout: Layout::Combined,
+            xds_tls: None,
         }
     }
 }
@@ -76,6 +79,10 @@ impl Envoy {
             delta: opts.delta,
             layout: opts.layout,
         });
+        let bootstrap = match &opts.xds_tls {
+            Some(tls) => with_xds_tls(&bootstrap, tls),
+            None => bootstrap,
+        };
         let envoy =
             Self::start_bootstrap(dir, &bootstrap, admin_port, listen_port, opts.concurrency)
                 .await?;

@@ -9,6 +9,7 @@ pub mod paths;
 pub mod ports;
 pub mod process;
 pub mod static_envoy;
+pub mod tls;
 pub mod upstream;
 pub mod wait;
 

@@ -14,6 +14,8 @@
 //! This crate knows nothing of what the resources mean; the compiler keeps that promise.
 
 pub mod delta;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod observer;
 pub mod resource;
 pub mod server;
@@ -26,7 +28,7 @@ mod tests;
 
 pub use observer::{NoObserver, Observer, StreamInfo, StreamObserver, XdsStats};
 pub use resource::{aggregate_version, Resource, Resources};
-pub use server::{Protocol, Server, Transport, RESPONSE_BUFFER};
+pub use server::{Admission, Protocol, Server, Transport, RESPONSE_BUFFER};
 pub use snapshot::Snapshot;
 
 /// Type URL of `TypedExtensionConfig` (ECDS).

@@ -13,6 +13,7 @@ use crate::snapshot::Snapshot;
 use crate::sotw::SotwStream;
 use crate::stream::{Machine, StreamState};
 use crate::{CLUSTER_TYPE, EXTENSION_CONFIG_TYPE};
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::{
     ClusterDiscoveryService, ClusterDiscoveryServiceServer,
 };
@@ -84,6 +85,14 @@ impl Protocol {
     }
 }
 
+/// Decides whether a stream is served, once its first request named the node: from the
+/// gRPC request's extensions (the transport's peer information, such as a client
+/// certificate) and that node. A refusal ends the stream with the returned status before
+/// anything is sent or observed.
+pub trait Admission: Send + Sync + 'static {
+    fn admit(&self, request: &tonic::Extensions, node: &Node) -> Result<(), Status>;
+}
+
 /// An xDS server over snapshots of type `S`, reporting to `O`. Cheap to clone; every
 /// service it hands out shares the same snapshots, observer and counters.
 pub struct Server<S: Snapshot, O: Observer> {
@@ -91,6 +100,7 @@ pub struct Server<S: Snapshot, O: Observer> {
     observer: O,
     stats: Arc<XdsStats>,
     shutdown: Option<watch::Receiver<bool>>,
+    admission: Option<Arc<dyn Admission>>,
 }
 
 impl<S: Snapshot, O: Observer> Clone for Server<S, O> {
@@ -100,6 +110,7 @@ impl<S: Snapshot, O: Observer> Clone for Server<S, O> {
             observer: self.observer.clone(),
             stats: self.stats.clone(),
             shutdown: self.shutdown.clone(),
+            admission: self.admission.clone(),
         }
     }
 }
@@ -113,7 +124,14 @@ impl<S: Snapshot, O: Observer> Server<S, O> {
             observer,
             stats,
             shutdown: None,
+            admission: None,
         }
+    }
+
+    /// Serves only the streams `admission` admits (by default, every stream).
+    pub fn with_admission(mut self, admission: Arc<dyn Admission>) -> Self {
+        self.admission = Some(admission);
+        self
     }
 
     /// Ends every open stream (cleanly, so proxies reconnect) once `shutdown` turns true or
@@ -140,6 +158,7 @@ impl<S: Snapshot, O: Observer> Server<S, O> {
 
     fn spawn<M>(
         &self,
+        extensions: tonic::Extensions,
         inbound: Streaming<M::Request>,
         transport: Transport,
         protocol: Protocol,
@@ -149,6 +168,7 @@ impl<S: Snapshot, O: Observer> Server<S, O> {
     {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         tokio::spawn(drive::<M, _, O>(
+            extensions,
             inbound,
             tx,
             self.clone(),
@@ -164,11 +184,13 @@ type DeltaOut = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
 
 impl<S: Snapshot, O: Observer> Server<S, O> {
     fn sotw(&self, request: Request<Streaming<DiscoveryRequest>>, t: Transport) -> SotwOut {
-        self.spawn::<SotwStream<S, O::Stream>>(request.into_inner(), t, Protocol::Sotw)
+        let (_, extensions, inbound) = request.into_parts();
+        self.spawn::<SotwStream<S, O::Stream>>(extensions, inbound, t, Protocol::Sotw)
     }
 
     fn delta(&self, request: Request<Streaming<DeltaDiscoveryRequest>>, t: Transport) -> DeltaOut {
-        self.spawn::<DeltaStream<S, O::Stream>>(request.into_inner(), t, Protocol::Delta)
+        let (_, extensions, inbound) = request.into_parts();
+        self.spawn::<DeltaStream<S, O::Stream>>(extensions, inbound, t, Protocol::Delta)
     }
 }
 
@@ -250,8 +272,10 @@ fn unary_unsupported() -> Status {
     Status::unimplemented("REST-style fetch is not served; use the streaming xDS APIs")
 }
 
-/// Runs one stream until the client goes away.
+/// Runs one stream until the client goes away. `extensions` are the gRPC request's (for
+/// the admission check).
 pub(crate) async fn drive<M, I, O>(
+    extensions: tonic::Extensions,
     mut inbound: I,
     tx: mpsc::Sender<Result<M::Response, Status>>,
     server: Server<M::Snap, O>,
@@ -267,6 +291,7 @@ pub(crate) async fn drive<M, I, O>(
         observer,
         stats,
         mut shutdown,
+        admission,
     } = server;
     let first = tokio::select! {
         message = inbound.next() => message,
@@ -286,6 +311,17 @@ pub(crate) async fn drive<M, I, O>(
         let _ = tx.send(Err(status)).await;
         return;
     };
+    if let Some(refusal) = admission.and_then(|a| a.admit(&extensions, &node).err()) {
+        tracing::warn!(
+            node = %node.id,
+            cluster = %node.cluster,
+            transport = transport.as_str(),
+            reason = refusal.message(),
+            "xDS stream refused"
+        );
+        let _ = tx.send(Err(refusal)).await;
+        return;
+    }
     let _connected = stats.stream_opened();
     let stream_observer = observer.opened(StreamInfo {
         node: &node,

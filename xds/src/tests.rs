@@ -3,7 +3,7 @@
 
 use crate::observer::NoObserver;
 use crate::resource::{Resource, Resources};
-use crate::server::{drive, Protocol, Server, Transport, RESPONSE_BUFFER};
+use crate::server::{drive, Admission, Protocol, Server, Transport, RESPONSE_BUFFER};
 use crate::snapshot::Snapshot;
 use crate::{delta::DeltaStream, sotw::SotwStream, XdsStats, EXTENSION_CONFIG_TYPE};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -109,6 +109,7 @@ fn start_sotw(
     let inbound = ReceiverStream::new(req_rx).map(Ok);
     let task = tokio::spawn(
         drive::<SotwStream<TestSnapshot, NoObserver>, _, NoObserver>(
+            tonic::Extensions::default(),
             inbound,
             resp_tx,
             server,
@@ -127,6 +128,7 @@ fn start_delta(
     let inbound = ReceiverStream::new(req_rx).map(Ok);
     let task = tokio::spawn(
         drive::<DeltaStream<TestSnapshot, NoObserver>, _, NoObserver>(
+            tonic::Extensions::default(),
             inbound,
             resp_tx,
             server,
@@ -176,6 +178,62 @@ async fn a_slow_client_gets_a_bounded_queue_then_the_latest_state() {
     drop(s.tx);
     s.task.await.unwrap();
     assert_eq!(XdsStats::get(&stats.connected), 0);
+}
+
+/// Admits the nodes whose id the request's `String` extension names.
+struct NodeFromExtensions;
+
+impl Admission for NodeFromExtensions {
+    fn admit(&self, request: &tonic::Extensions, node: &Node) -> Result<(), Status> {
+        match request.get::<String>() {
+            Some(id) if *id == node.id => Ok(()),
+            _ => Err(Status::permission_denied(format!("not {}", node.id))),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stream_the_admission_refuses_gets_its_status_and_nothing_else() {
+    let (_snap_tx, snap_rx) = watch::channel(snapshot(1));
+    let stats = Arc::new(XdsStats::default());
+    let server = Server::new(snap_rx, NoObserver, stats.clone())
+        .with_admission(Arc::new(NodeFromExtensions));
+    for (claimed, admitted) in [("p", true), ("someone-else", false)] {
+        let (resp_tx, mut rx) = mpsc::channel(RESPONSE_BUFFER);
+        let mut extensions = tonic::Extensions::default();
+        extensions.insert(claimed.to_string());
+        let first = futures::stream::iter([Ok(sotw_request("", "", None))])
+            .chain(futures::stream::pending());
+        let task = tokio::spawn(
+            drive::<SotwStream<TestSnapshot, NoObserver>, _, NoObserver>(
+                extensions,
+                Box::pin(first),
+                resp_tx,
+                server.clone(),
+                Transport::Ads,
+                Protocol::Sotw,
+            ),
+        );
+        let reply = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if admitted {
+            assert_eq!(reply.unwrap().resources.len(), 1);
+            task.abort();
+        } else {
+            let status = reply.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::PermissionDenied);
+            assert_eq!(status.message(), "not p");
+            task.await.unwrap();
+            assert!(rx.recv().await.is_none(), "the stream ends");
+        }
+    }
+    assert_eq!(
+        XdsStats::get(&stats.streams_total),
+        1,
+        "a refused stream is never opened"
+    );
 }
 
 #[tokio::test]
@@ -301,4 +359,79 @@ async fn an_unserved_type_is_answered_once_with_nothing() {
     assert!(r.resources.is_empty());
     snap_tx.send_replace(snapshot(2));
     assert!(s.silent().await);
+}
+
+mod fuzzing_properties {
+    use proptest::prelude::*;
+
+    /// Length-prefixed request bytes: mostly well-formed requests (so streams get past
+    /// their first message), some raw bytes.
+    fn input() -> impl Strategy<Value = Vec<u8>> {
+        use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+        use prost::Message;
+        let request = (
+            prop::sample::select(vec![
+                crate::EXTENSION_CONFIG_TYPE,
+                crate::CLUSTER_TYPE,
+                "type.googleapis.com/other",
+                "",
+            ]),
+            prop::collection::vec(prop::sample::select(vec!["a", "b", "c", ""]), 0..3),
+            prop::sample::select(vec!["", "1", "nonce-1", "x"]),
+            prop::option::of(prop::sample::select(vec!["retry", "bad"])),
+        )
+            .prop_map(|(type_url, names, nonce, error)| {
+                DiscoveryRequest {
+                    node: Some(super::Node {
+                        id: "n".into(),
+                        cluster: "c".into(),
+                        ..Default::default()
+                    }),
+                    type_url: type_url.into(),
+                    resource_names: names.into_iter().map(String::from).collect(),
+                    response_nonce: nonce.into(),
+                    error_detail: error.map(|m| envoy_types::pb::google::rpc::Status {
+                        code: 3,
+                        message: m.into(),
+                        details: vec![],
+                    }),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            });
+        (
+            any::<u8>(),
+            prop::collection::vec(
+                prop_oneof![3 => request, 1 => prop::collection::vec(any::<u8>(), 0..40)],
+                0..6,
+            ),
+        )
+            .prop_map(|(mode, messages)| {
+                let mut out = vec![mode & 0x7f];
+                for m in messages {
+                    let m = &m[..m.len().min(255)];
+                    out.push(m.len() as u8);
+                    out.extend_from_slice(m);
+                }
+                out
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn sotw_streams_survive_any_requests(data in input()) {
+            crate::fuzzing::requests(&data);
+        }
+
+        #[test]
+        fn delta_streams_survive_any_bytes(data in prop::collection::vec(any::<u8>(), 0..300)) {
+            let mut data = data;
+            if let Some(first) = data.first_mut() {
+                *first |= 0x80;
+            }
+            crate::fuzzing::requests(&data);
+        }
+    }
 }

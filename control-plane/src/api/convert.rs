@@ -89,6 +89,12 @@ pub fn delete_error(e: DeleteError) -> Status {
     }
 }
 
+/// A store failure outside apply/delete (halts): INTERNAL.
+pub fn store_error(e: crate::store::StoreError) -> Status {
+    tracing::error!(error = %e, "store write failed");
+    Status::internal(e.to_string())
+}
+
 /// A blocking task that panicked or was cancelled.
 pub fn join_error(e: tokio::task::JoinError) -> Status {
     tracing::error!(error = %e, "registry task failed");

@@ -11,8 +11,10 @@ use super::convert;
 use super::pb;
 use super::pb::policy_service_server::PolicyService;
 use super::targets::TargetGuard;
+use super::{diff, halts};
 use crate::policy_set::PolicySet;
-use crate::registry::{ChangeEvent, PolicyRegistry};
+use crate::registry::{ChangeEvent, HaltWriteError, PolicyRegistry};
+use crate::xds::{ProxyRegistry, Snapshot};
 use futures::{Stream, StreamExt};
 use meshwarden_common::document::KindBody;
 use meshwarden_common::limits::{
@@ -34,6 +36,15 @@ pub struct PolicyApi {
     shutdown: Option<watch::Receiver<bool>>,
     writes: Arc<WriteGate>,
     targets: Arc<TargetGuard>,
+    /// What Diff composes proxy resources from; without it Diff lists no proxies.
+    xds: Option<XdsView>,
+}
+
+/// The xDS side's current snapshot and proxies, for Diff.
+#[derive(Debug, Clone)]
+struct XdsView {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    proxies: ProxyRegistry,
 }
 
 /// Admission of writes, and the filter-limit check of applies.
@@ -64,7 +75,19 @@ impl PolicyApi {
                 usage: Mutex::new(HashMap::new()),
             }),
             targets: Arc::new(TargetGuard::new(Vec::new(), Vec::new(), Vec::new())),
+            xds: None,
         }
+    }
+
+    /// Lets Diff report which of `proxies` would get new resource versions, composed from
+    /// the latest of `snapshots`.
+    pub fn with_xds(
+        mut self,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        proxies: ProxyRegistry,
+    ) -> Self {
+        self.xds = Some(XdsView { snapshots, proxies });
+        self
     }
 
     /// Checks MirrorPolicy `host` targets with `guard` (by default: the built-in rules only).
@@ -126,6 +149,20 @@ impl PolicyApi {
             }
         }
     }
+}
+
+/// Refuses a document over [`MAX_DOCUMENT_BYTES`], naming it.
+fn check_document_sizes(texts: &[String]) -> Result<(), Status> {
+    for (i, text) in texts.iter().enumerate() {
+        if text.len() > MAX_DOCUMENT_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "document {}: {} bytes of JSON, more than the limit of {MAX_DOCUMENT_BYTES} bytes per policy document",
+                i + 1,
+                text.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Parses the documents of an apply (dropping each text once parsed) and validates them
@@ -240,15 +277,7 @@ impl PolicyService for PolicyApi {
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         let req = request.into_inner();
         let dry_run = req.dry_run;
-        for (i, text) in req.documents_json.iter().enumerate() {
-            if text.len() > MAX_DOCUMENT_BYTES {
-                return Err(Status::invalid_argument(format!(
-                    "document {}: {} bytes of JSON, more than the limit of {MAX_DOCUMENT_BYTES} bytes per policy document",
-                    i + 1,
-                    text.len()
-                )));
-            }
-        }
+        check_document_sizes(&req.documents_json)?;
         let _permit = self.write_permit("apply").await?;
         let targets = self.targets.clone();
         let (docs, usages) =
@@ -273,6 +302,96 @@ impl PolicyService for PolicyApi {
             results: outcomes.iter().map(convert::apply_result).collect(),
             generation: self.registry.current().generation,
         }))
+    }
+
+    async fn diff(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::DiffResponse>, Status> {
+        let req = request.into_inner();
+        check_document_sizes(&req.documents_json)?;
+        let targets = self.targets.clone();
+        let registry = self.registry.clone();
+        let preview = tokio::task::spawn_blocking(move || {
+            let (docs, usages) = parse_documents(req.documents_json, &targets)?;
+            if usages.iter().all(Option::is_some) {
+                check_limits(&mut UsageCache::new(), &registry.current(), &usages)?;
+            }
+            registry.preview(&docs).map_err(convert::apply_error)
+        })
+        .await
+        .map_err(convert::join_error)??;
+        let proxies = match &self.xds {
+            Some(xds) => {
+                let current = xds.snapshots.borrow().clone();
+                let next = current.with_policies(preview.next.clone());
+                let current = current.with_policies(preview.current.clone());
+                let list = xds.proxies.list();
+                tokio::task::spawn_blocking(move || diff::proxy_diffs(&current, &next, &list))
+                    .await
+                    .map_err(convert::join_error)?
+            }
+            None => Vec::new(),
+        };
+        Ok(Response::new(pb::DiffResponse {
+            policies: diff::policy_diffs(&preview),
+            proxies,
+            generation: preview.current.generation,
+        }))
+    }
+
+    async fn halt(
+        &self,
+        request: Request<pb::HaltRequest>,
+    ) -> Result<Response<pb::HaltResponse>, Status> {
+        let req = request.into_inner().halt.unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let halt = halts::from_pb(req, now)?;
+        let _permit = self.write_permit("halt").await?;
+        let registry = self.registry.clone();
+        let stored = halt.clone();
+        tokio::task::spawn_blocking(move || registry.halt(stored))
+            .await
+            .map_err(convert::join_error)?
+            .map_err(|e| match e {
+                HaltWriteError::Invalid(e) => Status::failed_precondition(e.to_string()),
+                HaltWriteError::Store(e) => convert::store_error(e),
+            })?;
+        Ok(Response::new(pb::HaltResponse {
+            halt: Some(halts::to_pb(&halt)),
+        }))
+    }
+
+    async fn resume(
+        &self,
+        request: Request<pb::ResumeRequest>,
+    ) -> Result<Response<pb::ResumeResponse>, Status> {
+        let name = request.into_inner().name;
+        let _permit = self.write_permit("resume").await?;
+        let registry = self.registry.clone();
+        let resumed = tokio::task::spawn_blocking(move || {
+            registry.resume((!name.is_empty()).then_some(name.as_str()))
+        })
+        .await
+        .map_err(convert::join_error)?
+        .map_err(convert::store_error)?;
+        Ok(Response::new(pb::ResumeResponse { resumed }))
+    }
+
+    async fn list_halts(
+        &self,
+        _request: Request<pb::ListHaltsRequest>,
+    ) -> Result<Response<pb::ListHaltsResponse>, Status> {
+        let halts = self
+            .registry
+            .current()
+            .halts
+            .iter()
+            .map(halts::to_pb)
+            .collect();
+        Ok(Response::new(pb::ListHaltsResponse { halts }))
     }
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Policy>, Status> {

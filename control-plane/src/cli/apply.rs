@@ -18,8 +18,7 @@ pub async fn run(server: &str, args: ApplyArgs) -> anyhow::Result<()> {
         documents_json: docs.iter().map(|d| d.value.to_string()).collect(),
         dry_run: args.dry_run,
     };
-    check_sizes(&docs, &request)?;
-    check(&docs)?;
+    check_request(&docs, &request)?;
     let response = client::policies(server)
         .await?
         .apply(request)
@@ -41,6 +40,16 @@ pub async fn run(server: &str, args: ApplyArgs) -> anyhow::Result<()> {
         ))?;
     }
     Ok(())
+}
+
+/// The server's checks of an apply request (sizes, validation, duplicates), run locally so
+/// errors can name the file.
+pub(super) fn check_request(
+    docs: &[SourcedDocument],
+    request: &pb::ApplyRequest,
+) -> anyhow::Result<()> {
+    check_sizes(docs, request)?;
+    check(docs)
 }
 
 /// The server's size limits, checked locally so the error can name the file and what to do:
@@ -100,7 +109,7 @@ fn check(docs: &[SourcedDocument]) -> anyhow::Result<()> {
 
 /// Rewrites a server error starting with `document N` (N counted over the whole request) to
 /// name the file and the document's position in it.
-fn locate(docs: &[SourcedDocument], err: anyhow::Error) -> anyhow::Error {
+pub(super) fn locate(docs: &[SourcedDocument], err: anyhow::Error) -> anyhow::Error {
     let msg = err.to_string();
     let Some(rest) = msg.strip_prefix("document ") else {
         return err;

@@ -1,6 +1,6 @@
 //! `meshwarden bootstrap`: prints an Envoy bootstrap (see [`crate::bootstrap`]).
 
-use crate::bootstrap::{render, BootstrapParams, Layout};
+use crate::bootstrap::{render, with_xds_tls, BootstrapParams, Layout, XdsTls};
 use std::collections::BTreeMap;
 
 /// `bootstrap` arguments.
@@ -37,6 +37,20 @@ pub struct BootstrapArgs {
     /// filter per kind, sharing one Wasm VM per worker.
     #[arg(long, value_enum, default_value_t = Layout::Combined)]
     pub layout: Layout,
+    /// Connect to the control plane over TLS, trusting this CA bundle (PEM path as Envoy
+    /// will see it).
+    #[arg(long, value_name = "FILE")]
+    pub xds_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) Envoy presents to the control plane (mutual TLS); its URI
+    /// or DNS name must be the node id when the control plane requires mTLS.
+    #[arg(long, value_name = "FILE", requires = "xds_key", requires = "xds_ca")]
+    pub xds_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --xds-cert.
+    #[arg(long, value_name = "FILE", requires = "xds_cert")]
+    pub xds_key: Option<std::path::PathBuf>,
+    /// Name the control plane's certificate must carry (DNS SAN), also sent as SNI.
+    #[arg(long, value_name = "NAME", requires = "xds_ca")]
+    pub xds_server_name: Option<String>,
 }
 
 /// Prints the rendered bootstrap to stdout.
@@ -55,7 +69,19 @@ pub fn run(args: BootstrapArgs) -> anyhow::Result<()> {
         delta: args.delta,
         layout: args.layout,
     };
-    super::output::print(&render(&params))
+    let bootstrap = render(&params);
+    let bootstrap = match args.xds_ca {
+        Some(ca) => with_xds_tls(
+            &bootstrap,
+            &XdsTls {
+                ca,
+                client: args.xds_cert.zip(args.xds_key),
+                server_name: args.xds_server_name,
+            },
+        ),
+        None => bootstrap,
+    };
+    super::output::print(&bootstrap)
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

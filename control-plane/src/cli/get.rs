@@ -1,6 +1,6 @@
 //! `meshwarden get` and `meshwarden delete`.
 
-use super::{client, output, table, DeleteArgs, GetArgs, Output};
+use super::{client, halt, output, table, DeleteArgs, GetArgs, Output};
 use crate::api::pb;
 use anyhow::Context;
 use meshwarden_common::Kind;
@@ -8,6 +8,13 @@ use serde_json::Value;
 
 /// Lists policies (all, or of one kind) or shows one.
 pub async fn get(server: &str, args: GetArgs) -> anyhow::Result<()> {
+    if args
+        .kind
+        .as_deref()
+        .is_some_and(|k| k.eq_ignore_ascii_case("halt") || k.eq_ignore_ascii_case("halts"))
+    {
+        return get_halts(server, args).await;
+    }
     let kind = args.kind.as_deref().map(parse_kind).transpose()?;
     let mut api = client::policies(server).await?;
     let (policies, single) = match (kind, &args.name) {
@@ -31,7 +38,33 @@ pub async fn get(server: &str, args: GetArgs) -> anyhow::Result<()> {
     if policies.is_empty() && args.output == Output::Table {
         output::eprintln("No policies found.");
     }
+    // Halts are listed with every policy (table only: YAML and JSON stay applicable).
+    if kind.is_none() && args.output == Output::Table {
+        let halts = halt::list(server).await?;
+        if !halts.is_empty() {
+            output::print(&format!("\n{}", halt::render(&halts)))?;
+        }
+    }
     Ok(())
+}
+
+/// `get halt [NAME]`: the halts in force.
+async fn get_halts(server: &str, args: GetArgs) -> anyhow::Result<()> {
+    let mut halts = halt::list(server).await?;
+    if let Some(name) = &args.name {
+        halts.retain(|h| &h.name == name);
+        anyhow::ensure!(!halts.is_empty(), "no halt named {name:?} is in force");
+    }
+    let views: Vec<halt::HaltView> = halts.iter().map(halt::HaltView::from).collect();
+    match args.output {
+        Output::Json => output::println(&serde_json::to_string_pretty(&views)?),
+        Output::Yaml => output::print(&serde_yaml::to_string(&views)?),
+        Output::Table if halts.is_empty() => {
+            output::eprintln("No halt in force.");
+            Ok(())
+        }
+        Output::Table => output::print(&halt::render(&halts)),
+    }
 }
 
 /// Deletes one policy.

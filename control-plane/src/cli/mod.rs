@@ -2,11 +2,16 @@
 //! and `status` talk to one over gRPC; `bootstrap` renders an Envoy bootstrap.
 
 mod apply;
+mod audit;
 mod bootstrap;
 mod client;
+mod diff;
 pub mod documents;
+mod explain;
 mod get;
+mod halt;
 pub mod output;
+mod security;
 mod serve;
 #[cfg(test)]
 mod serve_tests;
@@ -33,6 +38,9 @@ pub struct Cli {
         default_value = "http://127.0.0.1:18000"
     )]
     pub server: String,
+    /// TLS and token of the connection to the control plane.
+    #[command(flatten)]
+    pub connect: client::ConnectArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -52,6 +60,97 @@ pub enum Command {
     Status(StatusArgs),
     /// Print an Envoy bootstrap for a proxy managed by this control plane.
     Bootstrap(bootstrap::BootstrapArgs),
+    /// Show the audit trail: every apply and delete, accepted or refused, with who and when.
+    Audit(audit::AuditArgs),
+    /// Show what an apply would change (per policy, and which connected proxies would get
+    /// a new version), without storing anything.
+    Diff(DiffArgs),
+    /// Suspend fault injection and/or mirroring on every (or the selected) proxy, without
+    /// editing any policy, until `resume`.
+    Halt(HaltArgs),
+    /// Lift a halt (every halt if no name is given).
+    Resume(ResumeArgs),
+    /// Explain which policies a proxy holds, which match a request, in which order, and
+    /// what each would do to it.
+    Explain(ExplainArgs),
+}
+
+/// `explain` arguments: a proxy (`--node-id` of a known proxy, or the identity it would
+/// have) and a request.
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// Node id of the proxy; looked up among the proxies the control plane knows unless
+    /// --cluster, --label or --namespace describe it.
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Envoy node cluster the proxy would have.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Node label the proxy would have (`key=value`, repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Kubernetes namespace the proxy would be in.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Request method.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// Request path (query included).
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// Request :authority (host).
+    #[arg(long)]
+    pub authority: Option<String>,
+    /// Request header (`name:value`, repeatable).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// `diff` arguments.
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// Policy file, directory, or `-` for stdin, as for `apply`. May be repeated.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// `halt` arguments. Without selector flags the halt covers every proxy.
+#[derive(Debug, clap::Args)]
+pub struct HaltArgs {
+    /// Kinds to suspend: `fault`, `mirror` (or FaultPolicy, MirrorPolicy); both if omitted.
+    #[arg(value_name = "KIND")]
+    pub kinds: Vec<String>,
+    /// Name of the halt (a halt of the same name is replaced); `default` if omitted.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Why, shown by `get` and `status`.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only proxies with these labels (`key=value[,key=value...]`, repeatable).
+    #[arg(short = 'l', long)]
+    pub selector: Vec<String>,
+    /// Only these node ids (repeatable).
+    #[arg(long = "node-id")]
+    pub node_ids: Vec<String>,
+    /// Only proxies of these Envoy clusters (repeatable).
+    #[arg(long = "cluster")]
+    pub clusters: Vec<String>,
+    /// Only proxies in these Kubernetes namespaces (repeatable).
+    #[arg(long = "namespace")]
+    pub namespaces: Vec<String>,
+}
+
+/// `resume` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ResumeArgs {
+    /// The halt to lift; every halt if omitted.
+    pub name: Option<String>,
 }
 
 /// `apply` arguments.
@@ -105,6 +204,7 @@ pub enum Output {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    client::configure(cli.connect.clone());
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Apply(args) => apply::run(&cli.server, args).await,
@@ -112,6 +212,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(args) => get::delete(&cli.server, args).await,
         Command::Status(args) => status::run(&cli.server, args).await,
         Command::Bootstrap(args) => bootstrap::run(args),
+        Command::Audit(args) => audit::run(&cli.server, args).await,
+        Command::Diff(args) => diff::run(&cli.server, args).await,
+        Command::Halt(args) => halt::halt(&cli.server, args).await,
+        Command::Resume(args) => halt::resume(&cli.server, args).await,
+        Command::Explain(args) => explain::run(&cli.server, args).await,
     }
 }
 

@@ -70,6 +70,16 @@ pub fn terminal_safe(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`terminal_safe`] for multi-line text: each line escaped, the line breaks kept.
+pub fn terminal_safe_lines(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|line| match line.strip_suffix('\n') {
+            Some(body) => format!("{}\n", terminal_safe(body)),
+            None => terminal_safe(line).into_owned(),
+        })
+        .collect()
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
@@ -86,6 +96,7 @@ mod tests {
             r"bad \u{1b}[31mred\u{1b}[0m\r\nnext\u{9b}2J\u{7f}\u{202e}"
         );
         assert_eq!(terminal_safe("tab\there"), r"tab\there");
+        assert_eq!(terminal_safe_lines("a\n\u{1b}b\nc"), "a\n\\u{1b}b\nc");
     }
 
     #[test]

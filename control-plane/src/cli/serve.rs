@@ -5,7 +5,7 @@
 //! API and the xDS services (ADS, and the standalone ECDS and CDS for proxies whose ADS
 //! belongs to another control plane, such as istiod). SIGTERM or SIGINT stop accepting, end open streams and exit.
 
-use crate::api::{PolicyApi, ProxyStatusApi, TargetGuard};
+use crate::api::{ApiGuardLayer, AuditApi, PolicyApi, ProxyStatusApi, TargetGuard};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::registry::PolicyRegistry;
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
+use tokio_stream::StreamExt;
 
 /// HTTP/2 keepalive ping interval and timeout on the gRPC port.
 const GRPC_KEEPALIVE: Duration = Duration::from_secs(30);
@@ -65,6 +65,9 @@ pub struct ServeArgs {
     /// pipelines).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// TLS, mutual TLS and the xDS admission rule.
+    #[command(flatten)]
+    pub security: super::security::SecurityArgs,
 }
 
 /// Format of the control plane's logs.
@@ -89,12 +92,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// Runs the control plane until `shutdown` turns true.
 pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let state = HttpState::default();
+    let tls = args.security.tls()?;
+    if let Some((grpc_tls, http_tls)) = &tls {
+        let every = args.security.reload_interval();
+        grpc_tls.spawn_watch("grpc", every, shutdown.clone());
+        http_tls.spawn_watch("http", every, shutdown.clone());
+    }
     let http_listener = TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("cannot listen on --http-addr {}", args.http_addr))?;
-    tracing::info!(addr = %args.http_addr, "HTTP (metrics, health) listening");
-    let mut http_task = AbortOnDrop(tokio::spawn(http::serve(
+    crate::tls::warn_if_exposed("http", args.http_addr, tls.is_some());
+    tracing::info!(addr = %args.http_addr, tls = tls.is_some(), "HTTP (metrics, health) listening");
+    let http_conns = crate::tls::accept(
         http_listener,
+        tls.as_ref().map(|(_, http)| http.clone()),
+        shutdown.clone(),
+    );
+    let mut http_task = AbortOnDrop(tokio::spawn(http::serve(
+        crate::tls::ConnListener::new(http_conns, args.http_addr),
         http::router(state.clone()),
         signalled(shutdown.clone()),
     )));
@@ -115,6 +130,12 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
 
     let rejections = xds::Rejections::persisted(registry.clone())
         .map_err(|e| anyhow::anyhow!("cannot read remembered rejections from the store: {e}"))?;
+    let audit = crate::audit::AuditLog::persisted(registry.clone())
+        .map_err(|e| anyhow::anyhow!("cannot read the audit trail from the store: {e}"))?;
+    let auth = args.security.authenticator()?;
+    if auth.is_none() && !args.grpc_addr.ip().is_loopback() {
+        tracing::warn!(addr = %args.grpc_addr, "INSECURE: the policy API takes no credentials (no --token-file); anyone who reaches the port can change policies");
+    }
     let xds_config = xds::XdsConfig {
         module_cluster: args.module_cluster.clone(),
         rejections,
@@ -127,7 +148,8 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
                 "cannot start the xDS server (--wasm-dir {})",
                 args.wasm_dir.display()
             )
-        })?;
+        })?
+        .with_access(args.security.xds_access());
 
     let mut metrics = Metrics::new(registry.clone());
     metrics.register(Box::new(crate::metrics::XdsCollector::new(
@@ -141,8 +163,20 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
     let grpc_listener = TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on --grpc-addr {}", args.grpc_addr))?;
-    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    tracing::info!(addr = %args.grpc_addr, wasm_dir = %args.wasm_dir.display(), "gRPC (policy API, ADS, ECDS, CDS) listening");
+    crate::tls::warn_if_exposed("grpc", args.grpc_addr, tls.is_some());
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(crate::tls::accept(
+        grpc_listener,
+        tls.as_ref().map(|(grpc, _)| grpc.clone()),
+        shutdown.clone(),
+    ))
+    .map(Ok::<_, std::io::Error>);
+    tracing::info!(
+        addr = %args.grpc_addr,
+        wasm_dir = %args.wasm_dir.display(),
+        tls = tls.is_some(),
+        mtls = tls.as_ref().is_some_and(|(grpc, _)| grpc.mutual()),
+        "gRPC (policy API, ADS, ECDS, CDS) listening"
+    );
     state.readiness.set_grpc_listening();
 
     let grpc = tonic::transport::Server::builder()
@@ -152,6 +186,8 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
         .max_connection_age(GRPC_MAX_CONNECTION_AGE)
         .max_concurrent_streams(GRPC_MAX_STREAMS_PER_CONNECTION)
+        // Authentication, roles and the audit trail of the policy API (xDS passes through).
+        .layer(ApiGuardLayer::new(auth, audit.clone(), registry.clone()))
         .add_service(
             PolicyApi::new(registry.clone())
                 .with_targets(TargetGuard::new(
@@ -160,9 +196,11 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
                     vec![args.grpc_addr, args.http_addr],
                 ))
                 .with_shutdown(shutdown.clone())
+                .with_xds(xds.snapshots(), xds.proxies())
                 .into_server(),
         )
         .add_service(ProxyStatusApi::new(xds.proxies()).into_server())
+        .add_service(AuditApi::new(audit).into_server())
         .add_service(reflection()?)
         .add_service(xds.ads_service())
         .add_service(xds.ecds_service())

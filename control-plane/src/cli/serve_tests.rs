@@ -60,6 +60,7 @@ async fn start(data_dir: &Path, wasm_dir: &Path) -> Running {
         log_format: super::serve::LogFormat::Text,
         mirror_deny: Vec::new(),
         mirror_allow: Vec::new(),
+        security: Default::default(),
     };
     let (shutdown, rx) = watch::channel(false);
     let task = tokio::spawn(serve(args.clone(), rx));
@@ -217,6 +218,7 @@ async fn missing_modules_fail_startup_with_the_path() {
         log_format: super::serve::LogFormat::Text,
         mirror_deny: Vec::new(),
         mirror_allow: Vec::new(),
+        security: Default::default(),
     };
     let (_tx, rx) = watch::channel(false);
     let err = tokio::time::timeout(WAIT, serve(args, rx))

@@ -13,6 +13,14 @@ struct StatusView {
     proxies: Vec<ProxyView>,
 }
 
+/// What `status -o json|yaml` prints: the proxies and the halts in force.
+#[derive(Debug, Serialize)]
+struct StatusOutput {
+    #[serde(flatten)]
+    status: StatusView,
+    halts: Vec<super::halt::HaltView>,
+}
+
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ProxyView {
@@ -88,12 +96,20 @@ pub async fn run(server: &str, args: StatusArgs) -> anyhow::Result<()> {
         .await
         .map_err(client::status_error)?
         .into_inner();
+    let halts = super::halt::list(server).await?;
     let view = StatusView {
         proxies: response.proxies.into_iter().map(ProxyView::from).collect(),
     };
+    if args.output == Output::Table && !halts.is_empty() {
+        output::print(&format!("{}\n", super::halt::render(&halts)))?;
+    }
+    let full = |status| StatusOutput {
+        status,
+        halts: halts.iter().map(super::halt::HaltView::from).collect(),
+    };
     match args.output {
-        Output::Json => output::println(&serde_json::to_string_pretty(&view)?),
-        Output::Yaml => output::print(&serde_yaml::to_string(&view)?),
+        Output::Json => output::println(&serde_json::to_string_pretty(&full(view))?),
+        Output::Yaml => output::print(&serde_yaml::to_string(&full(view))?),
         Output::Table if view.proxies.is_empty() => {
             output::eprintln("No proxies known.");
             Ok(())

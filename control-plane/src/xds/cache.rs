@@ -4,6 +4,7 @@
 use super::modules::{ModuleCatalog, ModuleSet};
 use super::node::{proxy_node, ProxyNode};
 use super::types::ResourceTypes;
+use crate::halt::halted;
 use crate::policy_set::{PolicySet, SharedPolicySet, StoredPolicy};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meshwarden_common::{Kind, NodeInfo};
@@ -55,16 +56,14 @@ impl Snapshot {
         }
     }
 
-    /// Indices of the policies selecting `node`, by kind (name order within a kind).
+    /// A snapshot serving `policies` with this one's modules and types: what the proxies
+    /// would be sent if `policies` were published (for diffs; never served).
+    pub fn with_policies(&self, policies: SharedPolicySet) -> Self {
+        Self::with_types(self.id, policies, self.modules.clone(), self.types.clone())
+    }
+
     fn selection(&self, node: &NodeInfo) -> HashMap<Kind, Vec<u32>> {
-        let mut selected: HashMap<Kind, Vec<u32>> = HashMap::new();
-        for (i, p) in self.policies.policies.iter().enumerate() {
-            if p.doc.selector.selects(node) {
-                let i = u32::try_from(i).expect("fewer than 2^32 policies");
-                selected.entry(p.kind()).or_default().push(i);
-            }
-        }
-        selected
+        selection(&self.policies, node)
     }
 
     /// The resources of `type_url` for `node`, sorted by name; `None` for a type not served.
@@ -125,6 +124,20 @@ impl Snapshot {
     fn lock_memo(&self) -> std::sync::MutexGuard<'_, Memo> {
         self.memo.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Indices (into `set.policies`) of the policies selecting `node`, by kind (name order
+/// within a kind): what the proxy is sent. A kind halted on `node` selects nothing: the
+/// proxy gets an empty list, which it keeps honouring if it loses the control plane.
+pub fn selection(set: &PolicySet, node: &NodeInfo) -> HashMap<Kind, Vec<u32>> {
+    let mut selected: HashMap<Kind, Vec<u32>> = HashMap::new();
+    for (i, p) in set.policies.iter().enumerate() {
+        if p.doc.selector.selects(node) && !halted(&set.halts, p.kind(), node) {
+            let i = u32::try_from(i).expect("fewer than 2^32 policies");
+            selected.entry(p.kind()).or_default().push(i);
+        }
+    }
+    selected
 }
 
 impl meshwarden_xds::Snapshot for Snapshot {
@@ -329,6 +342,7 @@ mod tests {
                 trace("all", json!({})),
                 trace("eu-only", json!({"labels": {"zone": "eu"}})),
             ],
+            ..PolicySet::default()
         };
         let snap = Snapshot::new(1, Arc::new(set), modules);
         let ecds = |n: &ProxyNode| snap.resources_of(TYPED_EXTENSION_CONFIG, n).unwrap();
@@ -359,6 +373,41 @@ mod tests {
         assert_ne!(t(&ecds(&remote)).version, t(&eu1).version);
     }
 
+    #[test]
+    fn a_halt_empties_the_halted_kinds_of_the_selected_proxies_only() {
+        let dir = tempfile::tempdir().unwrap();
+        write_fake_modules(dir.path());
+        let modules = ModuleCatalog::load(dir.path()).unwrap().current();
+        let abort = json!({"abort": {"httpStatus": 503, "percentage": {"value": 100}}});
+        let halt = crate::halt::Halt::new(
+            "eu",
+            &["fault".into()],
+            meshwarden_common::Selector {
+                labels: [("zone".to_string(), "eu".to_string())].into(),
+                ..Default::default()
+            },
+            String::new(),
+            0,
+        )
+        .unwrap();
+        let set = PolicySet {
+            generation: 1,
+            policies: vec![
+                trace("all", json!({})),
+                crate::test_fixtures::stored("FaultPolicy", "chaos", abort),
+            ],
+            halts: vec![halt],
+        };
+        let snap = Snapshot::new(1, Arc::new(set), modules);
+        let summary = |n: &ProxyNode, name: &str| {
+            let r = snap.resources_of(TYPED_EXTENSION_CONFIG, n).unwrap();
+            r.iter().find(|r| r.name == name).unwrap().summary.clone()
+        };
+        assert!(summary(&node("a", "eu"), "meshwarden.fault").is_empty());
+        assert_eq!(summary(&node("a", "eu"), "meshwarden.trace"), ["all"]);
+        assert_eq!(summary(&node("b", "us"), "meshwarden.fault"), ["chaos"]);
+    }
+
     #[tokio::test]
     async fn debounces_bursts_and_sees_module_changes() {
         let dir = tempfile::tempdir().unwrap();
@@ -375,7 +424,7 @@ mod tests {
         for generation in 1..=5 {
             ptx.send_replace(Arc::new(PolicySet {
                 generation,
-                policies: vec![],
+                ..PolicySet::default()
             }));
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -9,8 +9,10 @@
 //!   each proxy's resources once per selection;
 //! - [`proxies`]: what each connected proxy was sent, accepted and rejected;
 //! - [`rejections`]: rejected versions and NACKs remembered across streams and restarts;
+//! - [`admission`]: which proxies may open streams (mTLS node binding, allow-list, cap);
 //! - [`service`]: one-call startup of all of the above.
 
+pub mod admission;
 pub mod cache;
 pub mod clusters;
 pub mod extension_configs;

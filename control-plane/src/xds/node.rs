@@ -45,23 +45,35 @@ pub fn proxy_node(node: &Node) -> ProxyNode {
         })
         .unwrap_or_default();
     labels.extend(workload);
-    let namespace = labels
-        .get(NAMESPACE_KEY)
-        .filter(|ns| !ns.is_empty())
-        .cloned()
-        .or_else(|| istio_namespace(&node.id));
-    let module_cluster = labels
-        .get(MODULE_CLUSTER_KEY)
-        .filter(|c| !c.is_empty())
-        .cloned();
-    ProxyNode {
-        info: NodeInfo {
-            id: node.id.clone(),
-            cluster: node.cluster.clone(),
-            labels,
-            namespace,
-        },
-        module_cluster,
+    ProxyNode::from_parts(&node.id, &node.cluster, labels)
+}
+
+impl ProxyNode {
+    /// A proxy from its id, cluster and merged labels (as status lists them): the
+    /// namespace and module cluster are derived the way [`proxy_node`] derives them.
+    pub fn from_parts(
+        id: &str,
+        cluster: &str,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        let namespace = labels
+            .get(NAMESPACE_KEY)
+            .filter(|ns| !ns.is_empty())
+            .cloned()
+            .or_else(|| istio_namespace(id));
+        let module_cluster = labels
+            .get(MODULE_CLUSTER_KEY)
+            .filter(|c| !c.is_empty())
+            .cloned();
+        ProxyNode {
+            info: NodeInfo {
+                id: id.to_string(),
+                cluster: cluster.to_string(),
+                labels,
+                namespace,
+            },
+            module_cluster,
+        }
     }
 }
 

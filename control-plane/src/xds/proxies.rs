@@ -9,6 +9,8 @@ use super::node::node_info;
 use super::rejections::Rejections;
 use meshwarden_common::NodeInfo;
 use meshwarden_xds::{Observer, Resource, StreamInfo, StreamObserver, Transport};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -71,6 +73,54 @@ pub struct ProxyStatus {
     pub resources: Vec<ResourceStatus>,
 }
 
+/// Upper bounds (seconds) of the push latency histogram: 5 ms to about 41 s.
+fn latency_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+/// Labels of a push latency series: the filter resource (`meshwarden.fault`, ...).
+pub type LatencyLabels = Vec<(String, String)>;
+
+/// Time from a policy change (an apply, delete, halt or resume committed) until a proxy
+/// acknowledged the resource version that change produced: one observation per proxy and
+/// filter resource that got a new version.
+#[derive(Debug)]
+pub struct PushLatency {
+    last_change: Mutex<Option<Instant>>,
+    histogram: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for PushLatency {
+    fn default() -> Self {
+        Self {
+            last_change: Mutex::new(None),
+            histogram: Family::new_with_constructor(latency_buckets),
+        }
+    }
+}
+
+impl PushLatency {
+    /// A policy change was committed now.
+    pub fn note_change(&self) {
+        *self.last_change.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    fn last_change(&self) -> Option<Instant> {
+        *self.last_change.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The histograms by resource, for the metrics endpoint.
+    pub fn histograms(&self) -> &Family<LatencyLabels, Histogram, fn() -> Histogram> {
+        &self.histogram
+    }
+
+    fn observe(&self, resource: &str, latency: Duration) {
+        self.histogram
+            .get_or_create(&vec![("resource".to_string(), resource.to_string())])
+            .observe(latency.as_secs_f64());
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     status: ProxyStatus,
@@ -90,6 +140,7 @@ pub struct ProxyRegistry {
     retention: Duration,
     max_disconnected: usize,
     rejections: Rejections,
+    latency: Arc<PushLatency>,
 }
 
 impl Default for ProxyRegistry {
@@ -111,7 +162,13 @@ impl ProxyRegistry {
             retention,
             max_disconnected: MAX_DISCONNECTED,
             rejections: Rejections::default(),
+            latency: Arc::default(),
         }
+    }
+
+    /// Push latency: told of policy changes, observed at each proxy's ACK.
+    pub fn push_latency(&self) -> Arc<PushLatency> {
+        self.latency.clone()
     }
 
     /// Keeps at most `max` disconnected streams (default [`MAX_DISCONNECTED`]).
@@ -230,6 +287,8 @@ impl ProxyRegistry {
             stream_id,
             node_id: node.id.clone(),
             accepted: HashMap::new(),
+            last_sent: HashMap::new(),
+            pending: HashMap::new(),
         }
     }
 
@@ -266,6 +325,10 @@ pub struct ProxyHandle {
     node_id: String,
     /// The version of each resource the proxy holds, as served (for rejections' fallback).
     accepted: HashMap<String, Arc<Resource>>,
+    /// The last version of each filter resource sent, and when.
+    last_sent: HashMap<String, (String, Instant)>,
+    /// New versions sent and not acknowledged yet, with the instant their change began.
+    pending: HashMap<String, (String, Instant)>,
 }
 
 fn version_status(r: &Resource) -> VersionStatus {
@@ -297,6 +360,7 @@ impl StreamObserver for ProxyHandle {
     fn sent(&mut self, type_url: &str, resource: &Arc<Resource>) {
         if tracked(type_url) {
             self.mark_sent(resource);
+            self.start_push(resource);
         }
     }
 
@@ -305,6 +369,13 @@ impl StreamObserver for ProxyHandle {
             .insert(resource.name.clone(), resource.clone());
         if tracked(type_url) {
             self.mark_accepted(resource);
+            if let Some((version, since)) = self.pending.remove(&resource.name) {
+                if version == resource.version {
+                    self.registry
+                        .latency
+                        .observe(&resource.name, since.elapsed());
+                }
+            }
         }
     }
 
@@ -325,6 +396,28 @@ impl StreamObserver for ProxyHandle {
 }
 
 impl ProxyHandle {
+    /// Starts timing a new version of a resource this stream already had: from the last
+    /// policy change if it came after the previous version was sent, else from now (a
+    /// module change). A stream's first version is no push of a change and is not timed.
+    fn start_push(&mut self, r: &Resource) {
+        let now = Instant::now();
+        let previous = self
+            .last_sent
+            .insert(r.name.clone(), (r.version.clone(), now));
+        if let Some((version, at)) = previous {
+            if version != r.version {
+                let since = self
+                    .registry
+                    .latency
+                    .last_change()
+                    .filter(|c| *c > at)
+                    .unwrap_or(now);
+                self.pending
+                    .insert(r.name.clone(), (r.version.clone(), since));
+            }
+        }
+    }
+
     /// The stream's id in [`ProxyStatus::stream_id`].
     pub fn stream_id(&self) -> u64 {
         self.stream_id
@@ -411,6 +504,57 @@ mod tests {
         assert_eq!(r.accepted.as_ref().unwrap().version, "v1");
         assert_eq!(r.last_nack.as_ref().unwrap().message, "bad");
         assert_eq!(reg.connected_count(), 1);
+    }
+
+    #[test]
+    fn a_changed_version_is_timed_from_the_change_to_its_ack() {
+        let reg = ProxyRegistry::new();
+        let mut h = reg.connect(&node("a"), XdsProtocol::Sotw);
+        let url = TYPED_EXTENSION_CONFIG;
+        let (v1, v2, v3) = (
+            Arc::new(resource("v1")),
+            Arc::new(resource("v2")),
+            Arc::new(resource("v3")),
+        );
+        let count = |reg: &ProxyRegistry| {
+            let mut registry = prometheus_client::registry::Registry::default();
+            registry.register(
+                "push_latency",
+                "test",
+                reg.push_latency().histograms().clone(),
+            );
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text.lines()
+                .find(|l| l.starts_with("push_latency_count{resource=\"meshwarden.trace\"}"))
+                .map(|l| l.rsplit(' ').next().unwrap().to_string())
+                .unwrap_or_else(|| "0".into())
+        };
+        h.sent(url, &v1);
+        h.accepted(url, &v1);
+        assert_eq!(count(&reg), "0", "a stream's first version is not a push");
+        std::thread::sleep(Duration::from_millis(5));
+        reg.push_latency().note_change();
+        std::thread::sleep(Duration::from_millis(20));
+        h.sent(url, &v2);
+        h.accepted(url, &v2);
+        assert_eq!(count(&reg), "1");
+        let text = {
+            let mut registry = prometheus_client::registry::Registry::default();
+            registry.register("p", "t", reg.push_latency().histograms().clone());
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text
+        };
+        assert!(
+            text.contains("p_bucket{le=\"0.005\",resource=\"meshwarden.trace\"} 0"),
+            "timed from the change, 20 ms before the send: {text}"
+        );
+        // A NACKed version is not observed.
+        h.sent(url, &v3);
+        h.rejected(url, "meshwarden.trace", "v3", "bad");
+        h.accepted(url, &v1);
+        assert_eq!(count(&reg), "1");
     }
 
     #[test]

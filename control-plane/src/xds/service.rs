@@ -76,9 +76,17 @@ impl XdsServer {
             })
             .with_rejections(config.rejections.clone()),
         );
+        let mut changes = policies.clone();
         let snapshots = spawn_snapshotter_for(policies, catalog, config.snapshotter, types);
         let proxies = ProxyRegistry::with_retention(config.retention)
             .with_rejections(config.rejections.clone());
+        // Push latency is timed from each committed change.
+        let latency = proxies.push_latency();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                latency.note_change();
+            }
+        });
         let stats = Arc::new(XdsStats::default());
         let server =
             Server::new(snapshots.clone(), proxies.clone(), stats.clone()).with_shutdown(shutdown);
@@ -88,6 +96,13 @@ impl XdsServer {
             stats,
             snapshots,
         })
+    }
+
+    /// Serves only the proxies `access` admits (by default, every one).
+    pub fn with_access(mut self, mut access: super::admission::XdsAccess) -> Self {
+        access.stats = Some(self.stats.clone());
+        self.server = self.server.with_admission(Arc::new(access));
+        self
     }
 
     /// Counters for metrics.

@@ -42,6 +42,7 @@ fn policy_set(generation: u64, mut policies: Vec<StoredPolicy>) -> SharedPolicyS
     Arc::new(PolicySet {
         generation,
         policies,
+        ..PolicySet::default()
     })
 }
 

@@ -396,6 +396,7 @@ async fn cli_refuses_huge_and_deeply_nested_files_fast() -> anyhow::Result<()> {
     // No control plane: the CLI must refuse before it connects.
     let cli = meshwarden_e2e::Cli {
         server: "http://127.0.0.1:9".into(),
+        global_args: Vec::new(),
     };
     let dir = tempfile::tempdir()?;
 

@@ -1,8 +1,12 @@
 //! End-to-end tests: the control plane and the filters inside a real Envoy.
 //! Each test starts its own processes on free loopback ports, so tests run in parallel.
 
+mod dashboards;
+mod diff;
+mod explain;
 mod fault;
 mod foundation;
+mod halt;
 mod istio;
 mod layout;
 mod limits;
@@ -12,5 +16,6 @@ mod operations;
 mod ratelimit;
 mod ratelimit_service;
 mod recovery;
+mod security;
 mod soak;
 mod support;

@@ -687,13 +687,20 @@ async fn diff_mode_counts_matches_and_mismatches() -> anyhow::Result<()> {
     // A mismatch log line carries the request's trace id (joins the application's logs).
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let tp = format!("00-{trace}-00f067aa0ba902b7-01");
-    s.envoy.get("/status/traced", &[("traceparent", &tp)]).await?;
-    wait_until(Duration::from_secs(10), "a mismatch line with the trace id", || {
-        let found = s.envoy.log().lines().any(|l| {
-            l.contains("policy=diff-status") && l.contains(&format!("trace={trace}"))
-        });
-        async move { found.then_some(()) }
-    })
+    s.envoy
+        .get("/status/traced", &[("traceparent", &tp)])
+        .await?;
+    wait_until(
+        Duration::from_secs(10),
+        "a mismatch line with the trace id",
+        || {
+            let found =
+                s.envoy.log().lines().any(|l| {
+                    l.contains("policy=diff-status") && l.contains(&format!("trace={trace}"))
+                });
+            async move { found.then_some(()) }
+        },
+    )
     .await?;
     let n = 20;
     for prefix in ["/same", "/status", "/body"] {

@@ -2,7 +2,7 @@
 //! checks itself and recovers from a full disk, and a proxy that serves at once while the
 //! control plane is down.
 
-use crate::support::{module_copy, trace_policy};
+use crate::support::{module_copy, trace_policy, wait_traced};
 use meshwarden_e2e::paths::{meshwarden_bin, wasm_dir};
 use meshwarden_e2e::{wait_until, ControlPlane, EchoUpstream, Envoy, EnvoyOptions};
 use serde_json::Value;
@@ -17,23 +17,6 @@ fn trace_row(cp: &ControlPlane, node: &str) -> Option<Value> {
 
 fn field(v: &Value, key: &str) -> String {
     v[key].as_str().unwrap_or_default().to_string()
-}
-
-/// Waits until requests through `envoy` reach `up` with a `traceparent` (the trace policy
-/// is enforced).
-async fn wait_traced(envoy: &Envoy, up: &EchoUpstream, what: &str) -> anyhow::Result<()> {
-    let n = std::sync::atomic::AtomicUsize::new(0);
-    wait_until(Duration::from_secs(20), what, || {
-        let path = format!(
-            "/traced/{}",
-            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        async move {
-            envoy.get(&path, &[]).await.ok()?;
-            up.last_with_path(&path)?.header("traceparent").map(|_| ())
-        }
-    })
-    .await
 }
 
 #[tokio::test]

@@ -103,6 +103,27 @@ impl SteadyTraffic {
     }
 }
 
+/// Waits until requests through `envoy` reach `up` with a `traceparent` (a trace policy
+/// is enforced).
+pub async fn wait_traced(
+    envoy: &meshwarden_e2e::Envoy,
+    up: &meshwarden_e2e::EchoUpstream,
+    what: &str,
+) -> anyhow::Result<()> {
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    meshwarden_e2e::wait_until(std::time::Duration::from_secs(20), what, || {
+        let path = format!(
+            "/traced/{}",
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        async move {
+            envoy.get(&path, &[]).await.ok()?;
+            up.last_with_path(&path)?.header("traceparent").map(|_| ())
+        }
+    })
+    .await
+}
+
 /// A policy document of `kind` with `spec` (YAML, unindented).
 pub fn policy(kind: &str, name: &str, spec: &str) -> String {
     format!(
@@ -131,4 +152,41 @@ fn oracles_accept_and_reject() {
     assert!(parse_traceparent("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").is_none());
     assert!(is_uuid("3f2a6c1e-8b7d-4e2a-9c4b-1d2e3f4a5b6c"));
     assert!(!is_uuid("not-a-uuid"));
+}
+
+/// The version of `resource` that proxy `node_id` accepted last (empty if none).
+pub fn accepted_version(cli: &meshwarden_e2e::Cli, node_id: &str, resource: &str) -> String {
+    filter_status(&cli.status_json(), node_id, resource)
+        .and_then(|f| f["acceptedVersion"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Waits until proxy `node_id` accepted a version of `resource` other than `before`, and
+/// the one last sent (bounded by 10 s).
+pub async fn wait_accepted_change(
+    cli: &meshwarden_e2e::Cli,
+    node_id: &str,
+    resource: &str,
+    before: &str,
+) -> anyhow::Result<()> {
+    meshwarden_e2e::wait_until(
+        std::time::Duration::from_secs(10),
+        &format!("{node_id} accepted a new {resource}"),
+        || {
+            let f = filter_status(&cli.status_json(), node_id, resource);
+            async move {
+                let f = f?;
+                let accepted = f["acceptedVersion"].as_str()?;
+                (accepted != before && f["acceptedVersion"] == f["sentVersion"]).then_some(())
+            }
+        },
+    )
+    .await
+}
+
+/// Writes `text` to a temporary `.yaml` file (kept while the handle lives).
+pub fn yaml_file(text: &str) -> anyhow::Result<tempfile::NamedTempFile> {
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile()?;
+    std::fs::write(file.path(), text)?;
+    Ok(file)
 }

@@ -47,7 +47,10 @@ mod tests {
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
         assert_eq!(
-            log_id(&h(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")])),
+            log_id(&h(&[(
+                "b3",
+                "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"
+            )])),
             "80f198ee56343ba864fe8b2a57d3eff7"
         );
         assert_eq!(log_id(&h(&[("x-request-id", "req-7")])), "req-7");
