@@ -6,7 +6,7 @@ use super::ids::{SpanId, TraceId};
 use super::request_id::{self, RequestIdState, X_REQUEST_ID};
 use super::spec::{SpanMode, TraceFormat, TraceSpec};
 use super::traceparent::{TraceParent, FLAG_RANDOM, FLAG_SAMPLED, KNOWN_FLAGS, TRACEPARENT};
-use super::tracestate::{ParsedTraceState, TraceState, TRACESTATE};
+use super::tracestate::{TraceState, TraceStateAction, TRACESTATE};
 use crate::names::HeaderName;
 use crate::percentage::Percentage;
 use crate::request::RequestHeaders;
@@ -286,7 +286,13 @@ fn write_w3c(ops: &mut Ops<'_>, ctx: &Context, invalid: &mut Vec<&'static str>) 
         parent_id: ctx.span_id,
         flags: ctx.flags,
     };
-    ops.set(TRACEPARENT, tp.encode());
+    let encoded = tp.encode();
+    // Level 2: a traceparent passed on unchanged (propagate mode, a valid single header)
+    // leaves tracestate exactly as received — no member of someone else's is touched.
+    let unchanged = ctx.from_w3c
+        && ops.headers.count(TRACEPARENT) == 1
+        && ops.headers.get(TRACEPARENT) == Some(encoded.as_bytes());
+    ops.set(TRACEPARENT, encoded);
     let present = ops.headers.get(TRACESTATE).is_some();
     if !present {
         return;
@@ -297,14 +303,14 @@ fn write_w3c(ops: &mut Ops<'_>, ctx: &Context, invalid: &mut Vec<&'static str>) 
         ops.remove(TRACESTATE);
         return;
     }
-    let ParsedTraceState { state, dropped } = TraceState::parse(ops.headers.get_all(TRACESTATE));
+    let (action, dropped) = TraceState::outgoing(ops.headers.get_all(TRACESTATE), unchanged);
     if dropped > 0 {
         invalid.push(TRACESTATE);
     }
-    if state.is_empty() {
-        ops.remove(TRACESTATE);
-    } else {
-        ops.set(TRACESTATE, state.header_value());
+    match action {
+        TraceStateAction::Untouched => {}
+        TraceStateAction::Remove => ops.remove(TRACESTATE),
+        TraceStateAction::Set(value) => ops.set(TRACESTATE, value),
     }
 }
 

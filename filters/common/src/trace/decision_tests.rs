@@ -187,6 +187,35 @@ fn tracestate_is_cleaned_without_touching_traceparent() {
 }
 
 #[test]
+fn propagate_mode_never_alters_tracestate_it_passes_through() {
+    // W3C Trace Context Level 2: when traceparent goes on unchanged, tracestate must not be
+    // modified — not even entries this proxy would consider bad or duplicated.
+    let tp = valid_tp("01");
+    let propagate = TraceSpec {
+        mode: SpanMode::Propagate,
+        ..spec(&[TraceFormat::W3c])
+    };
+    let odd = [
+        ("traceparent", tp.as_str()),
+        ("tracestate", "a=1,BAD=2,b=2"),
+        ("tracestate", "a=3"),
+    ];
+    let plan = run(&odd, &propagate);
+    assert!(set(&plan, "tracestate").is_none() && !removed(&plan, "tracestate"));
+    assert_eq!(plan.outcome, Outcome::Propagated);
+    // A new parent id (newSpan) is a changed traceparent: the list may be cleaned.
+    let plan = run(&odd, &spec(&[TraceFormat::W3c]));
+    assert_eq!(set(&plan, "tracestate").unwrap(), "a=1,b=2");
+    // A traceparent that is rewritten (surrounding spaces) is not "unchanged" either.
+    let spaced = format!(" {tp} ");
+    let plan = run(
+        &[("traceparent", spaced.as_str()), ("tracestate", "a=1,BAD=2")],
+        &propagate,
+    );
+    assert_eq!(set(&plan, "tracestate").unwrap(), "a=1");
+}
+
+#[test]
 fn b3_context_is_adopted_when_traceparent_is_missing_or_invalid() {
     let b3tid = "80f198ee56343ba864fe8b2a57d3eff7";
     let b3sid = "e457b5a2e4d86bd1";
