@@ -79,6 +79,7 @@ images: wasm
 # Results go to docs/benchmarks.md, bench/results.json and bench/latency.svg.
 bench: deps build
 	$(CARGO) build --release -p meshwarden-control-plane -p meshwarden-push-bench
+	$(CARGO) build --profile wasm --target wasm32-wasip1 -p meshwarden-noop-filter
 	python3 bench/bench.py --attribute-sizes --wasm-dir $(WASM_DIR) \
 	  --build-dir $(TARGET_DIR)/wasm32-wasip1/wasm --meshwarden $(TARGET_DIR)/release/meshwarden \
 	  --push-bench $(TARGET_DIR)/release/meshwarden-push-bench

@@ -38,6 +38,8 @@ from mwbench.procs import envoy_version  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FILTERS = ["trace", "fault", "mirror", "ratelimit"]
+# The combined module first, then the single-purpose ones (sizes.module_files).
+MODULES = ["meshwarden"] + FILTERS
 
 
 def log(msg: str) -> None:
@@ -110,10 +112,10 @@ def run_push(a: argparse.Namespace, work: Path) -> dict:
 
 
 def run_sizes(a: argparse.Namespace) -> dict:
-    rows = sizes.measure(Path(a.build_dir), Path(a.wasm_dir), FILTERS)
+    rows = sizes.measure(Path(a.build_dir), Path(a.wasm_dir), MODULES)
     for r in rows:
-        log(f"  {r['filter']:<10} {r.get('unoptimised_bytes', 0):>8} B -> "
-            f"{r.get('optimised_bytes', 0):>8} B after wasm-opt")
+        log(f"  {r['module']:<26} {r.get('unoptimised_bytes', 0):>8} B -> "
+            f"{r.get('optimised_bytes', 0):>8} B after wasm-opt (target < {r['limit_bytes']:,} B)")
     out: dict = {"modules": rows, "profile": wasm_profile()}
     if a.attribute_sizes:
         out["attribution"] = attribute_sizes()
@@ -145,10 +147,10 @@ def attribute_sizes() -> dict:
     env = dict(os.environ, CARGO_TARGET_DIR=str(target), CARGO_PROFILE_WASM_STRIP="debuginfo")
     log("size attribution: unstripped builds in " + str(target))
     built = []
-    for f in FILTERS:
-        # One package at a time, so a filter that does not compile only loses its own row.
+    for f in MODULES:
+        # One package at a time, so a module that does not compile only loses its own row.
         cmd = ["cargo", "build", "--profile", "wasm", "--target", "wasm32-wasip1",
-               "-p", f"meshwarden-{f}"]
+               "-p", sizes.module_files(f)["package"]]
         try:
             proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                                   timeout=900)
@@ -161,9 +163,40 @@ def attribute_sizes() -> dict:
         built.append(f)
     out = {}
     for f in built:
-        module = target / "wasm32-wasip1" / "wasm" / f"meshwarden_{f}.wasm"
+        module = target / "wasm32-wasip1" / "wasm" / sizes.module_files(f)["built"]
         if module.is_file():
             out[f] = sizes.attribute(module)
+    return out
+
+
+def host_call_modules(a: argparse.Namespace) -> Path | None:
+    """The modules built with `count-host-calls` (own target dir, so the normal modules stay
+    untouched), packaged like `make wasm` does; None if the build fails."""
+    if a.calls_dir:
+        return Path(a.calls_dir)
+    target = ROOT / "target" / "bench-calls"
+    env = dict(os.environ, CARGO_TARGET_DIR=str(target))
+    cmd = ["cargo", "build", "--profile", "wasm", "--target", "wasm32-wasip1"]
+    for m in MODULES:
+        cmd += ["-p", sizes.module_files(m)["package"]]
+    cmd += ["--features", "meshwarden-filter-runtime/count-host-calls"]
+    log("host-call counting build: " + " ".join(cmd) + f" (CARGO_TARGET_DIR={target})")
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=1800)
+        if proc.returncode != 0:
+            log("  host-call build failed:\n" + proc.stderr[-1500:])
+            return None
+        out = target / "filters"
+        pkg = subprocess.run([str(ROOT / "scripts/package-wasm.sh"),
+                              str(target / "wasm32-wasip1" / "wasm"), str(out), *MODULES],
+                             cwd=ROOT, capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        log("  host-call build timed out")
+        return None
+    if pkg.returncode != 0:
+        log("  packaging the host-call modules failed:\n" + pkg.stderr[-1500:])
+        return None
     return out
 
 
@@ -229,15 +262,23 @@ def analysis(results: dict) -> list[str]:
     out: list[str] = []
     dp = results.get("datapath") or {}
     cfg = {c["name"]: c for c in dp.get("configs", []) if c.get("median")}
+    every = {c["name"]: c for c in dp.get("configs", [])}
     bare = cfg.get("bare", {}).get("median", {})
     b = bare.get("cpu_us_per_req_fixed")
     if b:
         parts = []
-        for k in ["trace", "ratelimit", "fault", "mirror", "all"]:
+        for k in ["trace", "ratelimit", "fault", "mirror"]:
             mw, nat = cfg.get(f"mw-{k}"), cfg.get(f"native-{k}")
             if mw and nat:
-                parts.append(f"{k}: meshwarden {mw['median']['cpu_us_per_req_fixed'] - b:+.1f} µs, "
+                parts.append(f"{k}: meshwarden_{k}.wasm {mw['median']['cpu_us_per_req_fixed'] - b:+.1f} µs, "
                              f"native {nat['median']['cpu_us_per_req_fixed'] - b:+.1f} µs")
+        for name, what in (("native-all", "native all four"), ("noop", "no-op Wasm floor"),
+                           ("mw-separate", "meshwarden four separate filters (one VM)"),
+                           ("mw-separate-empty", "the same with empty lists"),
+                           ("mw-combined", "meshwarden combined"),
+                           ("mw-combined-empty", "combined with empty lists")):
+            if name in cfg:
+                parts.append(f"{what} {cfg[name]['median']['cpu_us_per_req_fixed'] - b:+.1f} µs")
         spread = [x["cpu_us_per_req_fixed"] for x in cfg["bare"].get("samples", [])]
         noise = (f" Round-to-round, bare Envoy's own figure ranged {min(spread):.1f}–"
                  f"{max(spread):.1f} µs: differences smaller than that spread are noise."
@@ -250,45 +291,66 @@ def analysis(results: dict) -> list[str]:
                        f"upstream and the load generator (sharing the other core) limit max "
                        f"req/s, so throughput ratios understate the filters' cost; CPU per "
                        f"request is the figure to compare.")
+    sep, comb = cfg.get("mw-separate"), cfg.get("mw-combined")
+    if sep and comb:
+        d = sep["median"]["cpu_us_per_req_max"] - comb["median"]["cpu_us_per_req_max"]
+        out.append(f"Layouts: four separate filters sharing one VM cost {d:+.1f} µs/request at "
+                   f"saturation against the combined filter "
+                   f"({sep['median']['cpu_us_per_req_max']:.1f} vs "
+                   f"{comb['median']['cpu_us_per_req_max']:.1f} µs): the "
+                   f"{'combined' if d > 0 else 'separate'} layout is the cheaper one in this run.")
+    calls = {n: c["host_calls"]["per_request"] for n, c in every.items()
+             if (c.get("host_calls") or {}).get("per_request") is not None}
+    if calls:
+        out.append("Host calls per request (count-host-calls build): "
+                   + ", ".join(f"{every[n]['label']} {v:.1f}" for n, v in calls.items())
+                   + "; the no-op floor makes 1.")
     rate = dp.get("fixed_rate_rps") or 0
-    mw_all, nat_all = cfg.get("mw-all"), cfg.get("native-all")
+    mw_all, nat_all = cfg.get("mw-combined"), cfg.get("native-all")
     if rate and mw_all and bare.get("max_rps") and bare.get("p99_us"):
         m = mw_all["median"]
         out.append(
             f"Latency: at the fixed {rate:,.0f} req/s, bare Envoy runs at "
-            f"{rate / bare['max_rps']:.0%} of its maximum and all four meshwarden filters at "
-            f"{rate / m['max_rps']:.0%} of theirs"
+            f"{rate / bare['max_rps']:.0%} of its maximum and the combined meshwarden filter at "
+            f"{rate / m['max_rps']:.0%} of its"
             + (f" (native: {rate / nat_all['median']['max_rps']:.0%})" if nat_all else "")
             + f"; the p99 of {m['p99_us']:,.0f} µs ({m['p99_us'] / bare['p99_us']:.1f}× bare) "
             f"is mostly requests queued behind others on the one busy worker, which grows "
-            f"steeply as utilisation rises — the per-request CPU added by the filters is "
+            f"steeply as utilisation rises — the per-request CPU added by the filter is "
             f"{m['cpu_us_per_req_fixed'] - b:.0f} µs.")
     prof = dp.get("profiles") or {}
     jit = "V8-compiled Wasm code (anonymous memory)"
     host = "envoy binary (C++, host functions, V8 runtime)"
-    if "mw-all" in prof and "bare" in prof and "mw-all" in cfg:
-        cm = cfg["mw-all"]["median"]["cpu_us_per_req_max"]
+    if "mw-combined" in prof and "bare" in prof and "mw-combined" in cfg:
+        cm = cfg["mw-combined"]["median"]["cpu_us_per_req_max"]
         cb = bare.get("cpu_us_per_req_max", 0)
-        pm, pb = prof["mw-all"]["percent"], prof["bare"]["percent"]
+        pm, pb = prof["mw-combined"]["percent"], prof["bare"]["percent"]
         guest = pm.get(jit, 0) / 100 * cm
         host_m, host_b = pm.get(host, 0) / 100 * cm, pb.get(host, 0) / 100 * cb
         grew = host_m - host_b
         where = ("at the host/guest boundary (host calls, copies in and out of the VM) more "
                  "than in the filters' own logic") if grew > guest else \
             "in the filters' own (guest) code more than at the host/guest boundary"
-        out.append(f"All four filters: {cm - cb:.1f} µs more CPU per request than bare at maximum "
+        n_calls = calls.get("mw-combined")
+        out.append(f"Combined filter: {cm - cb:.1f} µs more CPU per request than bare at maximum "
                    f"load; the Wasm guest code itself (V8-compiled) is {guest:.1f} µs of it, "
                    f"the envoy binary (proxy-wasm host functions, header map access, V8 "
                    f"runtime) grows by {grew:.1f} µs and the kernel by "
                    f"{pm.get('kernel', 0) / 100 * cm - pb.get('kernel', 0) / 100 * cb:.1f} µs "
-                   f"(mirror copies, more upstream traffic): the cost sits {where}. Host-call "
-                   f"counts per request are not measured: Envoy's release binary is stripped, "
-                   f"so perf cannot name the host functions.")
-    placeholders = sorted({n.split(":")[0] for c in dp.get("configs", []) for n in c.get("notes", [])})
-    if placeholders:
-        out.append("Pass-through builds at the time of the run (measured with an empty policy "
-                   "list, so their figures are a floor, not the cost of a real policy): "
-                   + ", ".join(placeholders) + ".")
+                   f"(mirror copies, more upstream traffic): the cost sits {where}"
+                   + (f"; it makes {n_calls:.1f} host calls per request." if n_calls is not None
+                      else "."))
+    top = max(dp.get("scaling") or [1])
+    big, one = every.get(f"mw-combined-p{top}") or {}, every.get("mw-combined") or {}
+    if big.get("failed"):
+        out.append(f"Scaling: the combined module with {top:,} policies per kind was not "
+                   f"measured: {big['failed'].splitlines()[0][:300]}")
+    elif big.get("configure") and one.get("configure"):
+        w1, wn = one["configure"].get("worker_ms"), big["configure"].get("worker_ms")
+        if w1 is not None and wn is not None:
+            out.append(f"Configuration: a worker's VM start + on_configure takes {wn:.1f} ms with "
+                       f"{top:,} policies per kind against {w1:.1f} ms with 1: while it runs, "
+                       f"that worker serves no request.")
     push = results.get("push") or {}
     for r in push.get("runs", []):
         firsts = sorted(p["acked"].get("min_ms") or 0 for p in r["push"]["per_push"])
@@ -325,15 +387,14 @@ def analysis(results: dict) -> list[str]:
         own = {k: sum(b for c, b in rows if c.startswith("meshwarden")) for k, rows in attr.items()}
         tot = {k: sum(b for _, b in rows) or 1 for k, rows in attr.items()}
         share = ", ".join(f"{k} {own[k] / 1000:.0f} of {tot[k] / 1000:.0f} KB" for k in attr)
+        name = sizes.module_files(f)["packaged"]
+        others = sorted({c for rows in attr.values() for c, _ in rows[:6]
+                         if not c.startswith("meshwarden")})
         out.append(
-            f"Module size: in meshwarden_{f}.wasm (largest) the code bytes go to {top}. The "
-            f"meshwarden crates themselves are a small part of each module ({share} of code, "
-            f"before wasm-opt); the rest is the same floor in every module: Rust's core/alloc "
-            f"(formatting, float printing, collections), the proxy-wasm SDK, serde_json, "
-            f"serde_path_to_error (which instantiates the deserializers of every spec type "
-            f"with error paths) and "
-            f"regex_lite (in every module: the request matcher's regex string match). Generic code is "
-            f"counted under the crate that defines it.")
+            f"Module size: in {name} (largest) the code bytes go to {top}. The meshwarden "
+            f"crates' own share of each module: {share} of code, before wasm-opt; the crates "
+            f"that are large in every module: {', '.join(others)}. Generic code is counted "
+            f"under the crate that defines it.")
     return out
 
 
@@ -371,21 +432,36 @@ CAVEATS = [
     "before it ACKs, which adds its own time per proxy but no control-plane load.",
     "Control-plane memory per proxy is the VmRSS growth divided by N: it includes per-stream "
     "state, the HTTP/2 connection buffers and allocator slack.",
+    "Envoy RSS includes what V8 keeps of compiling each module (once per process; the VMs "
+    "of the workers are clones of it, each with its own linear memory), so a larger module "
+    "costs RSS at every worker count. RSS moves by about 1 MiB between starts of the same "
+    "configuration, so the per-worker figure (the difference over 3 workers) is only good "
+    "to a few tenths of a MiB.",
+    "Host calls are counted in a separate build (`count-host-calls`, a thread-local "
+    "increment per call) that is never timed; the timed runs use the normal modules.",
+    "Configuration time is measured at startup with a static configuration; an ECDS update "
+    "runs the same `on_configure` on each worker's thread, which serves no request meanwhile.",
 ]
 
 
 def commands(a: argparse.Namespace) -> list[str]:
     return [
-        "make bench          # = make wasm build; cargo build --release -p meshwarden-control-plane -p meshwarden-push-bench; python3 bench/bench.py --attribute-sizes",
+        "make bench          # = make wasm build; cargo build --release -p meshwarden-control-plane -p meshwarden-push-bench; cargo build --profile wasm --target wasm32-wasip1 -p meshwarden-noop-filter; python3 bench/bench.py --attribute-sizes ...",
         "make bench-smoke    # a few seconds of every benchmark, no timing assertions",
         "# data path, per configuration (proxy pinned to CPU 0, upstream + load generator to CPU 1):",
         "taskset -c 0 envoy -c <config>.json --concurrency 1 --disable-hot-restart",
         "taskset -c 1 wrk -t1 -c16 -d<s>s http://127.0.0.1:<port>/bench",
         "taskset -c 1 target/release/meshwarden-load --url http://127.0.0.1:<port>/bench --rate <rate> --duration <s> --connections 16",
+        "taskset -c 0 envoy -c <config>.json --concurrency 4 --disable-hot-restart   # RSS at 4 workers, after 1 s of wrk",
+        "# host calls per request (bench.py builds these into target/bench-calls):",
+        "CARGO_TARGET_DIR=target/bench-calls cargo build --profile wasm --target wasm32-wasip1 -p meshwarden-module -p meshwarden-trace-module -p meshwarden-ratelimit-module -p meshwarden-fault-module -p meshwarden-mirror-module --features meshwarden-filter-runtime/count-host-calls",
+        "scripts/package-wasm.sh target/bench-calls/wasm32-wasip1/wasm target/bench-calls/filters meshwarden trace fault mirror ratelimit",
+        "curl 'http://127.0.0.1:<admin>/stats?format=json&histogram_buckets=detailed&filter=meshwarden_host_calls_per_request'",
+        "# configuration time: envoy ... -l info --component-log-level wasm:debug --log-format '[%Y-%m-%d %T.%f][%t][%l][%n] %v'",
         "# control plane:",
         "target/release/meshwarden-push-bench --meshwarden target/release/meshwarden --wasm-dir target/filters --proxies 100,1000,5000 --pushes 5",
         "# sizes:",
-        "scripts/package-wasm.sh target/wasm32-wasip1/wasm target/filters trace fault mirror ratelimit",
+        "scripts/package-wasm.sh target/wasm32-wasip1/wasm target/filters meshwarden trace fault mirror ratelimit",
         "# rate-limit accuracy (each proxy: envoy --concurrency 2, 100/s burst 50):",
         "target/release/meshwarden-load --url http://127.0.0.1:<port>/accuracy --rate 1000 --duration 10 --connections 64",
         "wrk -t1 -c64 -d10s http://127.0.0.1:<port>/accuracy",
@@ -469,7 +545,20 @@ def main() -> int:
     p.add_argument("--proxies", default="100,1000,5000")
     p.add_argument("--pushes", type=int, default=5)
     p.add_argument("--push-timeout", type=int, default=600)
-    p.add_argument("--only", default="", help="comma-separated data-path configurations")
+    p.add_argument("--only", default="",
+                   help="comma-separated data-path configurations (bare is always included): "
+                        + ", ".join(c.name for c in datapath.C.all_configs()))
+    p.add_argument("--noop-wasm", default="",
+                   help="the floor's module (default: meshwarden_noop_filter.wasm in --build-dir; "
+                        "cargo build --profile wasm --target wasm32-wasip1 -p meshwarden-noop-filter)")
+    p.add_argument("--calls-dir", default="",
+                   help="modules built with count-host-calls (default: built into "
+                        "target/bench-calls; not used with --smoke)")
+    p.add_argument("--no-host-calls", action="store_true", help="skip the host-call counts")
+    p.add_argument("--no-memory", action="store_true",
+                   help=f"skip the RSS runs at --concurrency {datapath.CONCURRENCY_HIGH}")
+    p.add_argument("--no-configure-time", action="store_true",
+                   help="skip the configuration-time runs (1 ... 1,000 policies per kind)")
     p.add_argument("--attribute-sizes", action="store_true",
                    help="also build unstripped modules and attribute code size to crates")
     p.add_argument("--render-only", action="store_true",
@@ -487,8 +576,13 @@ def main() -> int:
         a.push_timeout = min(a.push_timeout, 60)
         a.accuracy_seconds = min(a.accuracy_seconds, 2)
         a.mirror_seconds = min(a.mirror_seconds, 1)
-        only = only or ["bare", "native-all", "mw-all"]
+        only = only or ["bare", "native-all", "mw-combined"]
         profile_seconds = 1
+        # No counting build, no second start per configuration, no configuration-time runs.
+        a.no_host_calls = a.no_memory = a.no_configure_time = True
+    known = {c.name for c in datapath.C.all_configs()}
+    if only and set(only) - known:
+        p.error("unknown data-path configuration(s): " + ", ".join(sorted(set(only) - known)))
     if a.out_dir:
         out_dir = Path(a.out_dir)
         json_path, svg_path, md_path = out_dir / "results.json", out_dir / "latency.svg", out_dir / "benchmarks.md"
@@ -538,13 +632,22 @@ def main() -> int:
             if not load_bin.is_file():
                 log(f"warning: {load_bin} not found; latency falls back to h2load --rps "
                     f"(bursty, not corrected for coordinated omission)")
+            calls_dir = None
+            if not a.no_host_calls:
+                calls_dir = host_call_modules(a)
+                if calls_dir is None:
+                    failures.append("data path: host-call counting modules not built")
             s = datapath.Settings(envoy=a.envoy, wasm_dir=Path(a.wasm_dir), workdir=work / "dp",
                                   rounds=a.rounds, closed_seconds=a.seconds,
                                   open_seconds=a.seconds, warmup_seconds=warmup, only=only,
                                   profile_seconds=profile_seconds,
-                                  load_bin=str(load_bin) if load_bin.is_file() else None)
+                                  load_bin=str(load_bin) if load_bin.is_file() else None,
+                                  noop_module=Path(a.noop_wasm or Path(a.build_dir) /
+                                                   "meshwarden_noop_filter.wasm"),
+                                  calls_dir=calls_dir, memory=not a.no_memory,
+                                  configure_time=not a.no_configure_time)
             if a.smoke:
-                s.profile = ["mw-all"]
+                s.profile = ["mw-combined"]
             try:
                 results["datapath"] = datapath.run(s, log)
             except (RuntimeError, OSError) as e:

@@ -4,6 +4,18 @@ Every proxy configuration shares one listener, one route to a fast loopback upst
 router; they differ only in the HTTP filters (and, for native mirroring, the route's mirror
 policy). Settings follow Envoy's own benchmarking advice: no request-id generation, no
 dynamic stats, circuit breakers out of the way.
+
+meshwarden layouts (module names from `scripts/package-wasm.sh`):
+
+- combined: `meshwarden.wasm`, root id `meshwarden`, one filter running trace → rate limit →
+  fault → mirror in one pass; configuration `{"trace": {"policies": [...]}, ...}`;
+- separate: four filters, all `meshwarden.wasm` under one `vm_id` (one VM per worker), root
+  ids `meshwarden.<kind>`, each configured `{"policies": [...]}`;
+- single: `meshwarden_<kind>.wasm`, the single-purpose module of one kind, alone.
+
+Policies per kind: 1 is the benchmark's policy (matches every request); N > 1 puts N - 1
+policies matching exact paths no request has (`/nomatch-<i>`) before it, so only the last
+in evaluation order matches; 0 is an empty list.
 """
 
 from __future__ import annotations
@@ -170,43 +182,86 @@ def native_filter(kind: str) -> dict | None:
     raise ValueError(kind)
 
 
-def wire_config(kind: str, with_policy: bool = True) -> str:
-    """The JSON a meshwarden filter receives (filters/common/src/filter_config.rs)."""
-    if not with_policy:
-        return json.dumps({"policies": []})
-    return json.dumps(
-        {"policies": [{"name": "bench", "match": {}, "spec": MESHWARDEN_SPECS[kind]}]},
-        separators=(",", ":"),
-    )
+def policies(kind: str, n: int) -> list[dict]:
+    """`n` policies of `kind`; only the last (the benchmark's, matching everything) matches
+    the benchmark's requests."""
+    if n <= 0:
+        return []
+    spec = MESHWARDEN_SPECS[kind]
+    out = [{"name": f"nomatch-{i}", "match": {"path": {"exact": f"/nomatch-{i}"}}, "spec": spec}
+           for i in range(1, n)]
+    return out + [{"name": "bench", "match": {}, "spec": spec}]
 
 
-def meshwarden_filter(kind: str, wasm_dir: Path, with_policy: bool = True) -> dict:
-    """A meshwarden Wasm filter with a static configuration (no control plane)."""
-    name = f"meshwarden.{kind}"
+def wire_config(kind: str, n: int | bool = 1) -> str:
+    """The JSON one stage's filter receives (filters/common/src/filter_config.rs). `n` is
+    the number of policies (True/False: the benchmark's policy / an empty list)."""
+    n = int(n)
+    return json.dumps({"policies": policies(kind, n)}, separators=(",", ":"))
+
+
+def combined_wire_config(n: int = 1) -> str:
+    """The combined module's configuration: one section per stage."""
+    return json.dumps({k: {"policies": policies(k, n)} for k in FILTER_ORDER},
+                      separators=(",", ":"))
+
+
+def _wasm_filter(name: str, root_id: str, vm_id: str, code: Path, configuration: str | None) -> dict:
+    config: dict = {
+        "name": name,
+        "root_id": root_id,
+        "vm_config": {
+            "vm_id": vm_id,
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": {"local": {"filename": str(code)}},
+        },
+        # A broken VM must show up as errors, not as a fast pass-through.
+        "failure_policy": "FAIL_CLOSED",
+    }
+    if configuration is not None:
+        config["configuration"] = {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                   "value": configuration}
     return {
         "name": name,
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": name,
-                "root_id": name,
-                "vm_config": {
-                    "vm_id": name,
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": str(wasm_dir / f"meshwarden_{kind}.wasm")}},
-                },
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": wire_config(kind, with_policy),
-                },
-                # A broken VM must show up as errors, not as a fast pass-through.
-                "failure_policy": "FAIL_CLOSED",
-            },
-        },
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                         "config": config},
     }
 
 
+def meshwarden_filter(kind: str, wasm_dir: Path, with_policy: int | bool = True) -> dict:
+    """The single-purpose module of `kind` (`meshwarden_<kind>.wasm`, its own VM) with a
+    static configuration (no control plane)."""
+    name = f"meshwarden.{kind}"
+    return _wasm_filter(name, name, name, wasm_dir / f"meshwarden_{kind}.wasm",
+                        wire_config(kind, with_policy))
+
+
+def separate_filter(kind: str, wasm_dir: Path, n: int = 1) -> dict:
+    """One stage of the combined module as its own filter: root id `meshwarden.<kind>`, and
+    the same code and `vm_id` as the other three, so they share one VM per worker."""
+    name = f"meshwarden.{kind}"
+    return _wasm_filter(name, name, "meshwarden", wasm_dir / "meshwarden.wasm",
+                        wire_config(kind, n))
+
+
+def combined_filter(wasm_dir: Path, n: int = 1) -> dict:
+    """The combined module: every stage in one filter, one pass per request."""
+    return _wasm_filter("meshwarden", "meshwarden", "meshwarden", wasm_dir / "meshwarden.wasm",
+                        combined_wire_config(n))
+
+
+def noop_filter(module: Path) -> dict:
+    """The floor: a Rust proxy-wasm filter reading one request header (bench/noop-filter)."""
+    return _wasm_filter("noop", "noop", "noop", module, None)
+
+
 # ---- configurations --------------------------------------------------------------------
+
+# Policies per kind in the scaling runs (1 is the combined configuration itself).
+SCALING = [1, 10, 100, 1000]
+# Policies per kind in the memory-only runs.
+MEMORY_POLICIES = 100
+
 
 @dataclass
 class Config:
@@ -214,10 +269,16 @@ class Config:
 
     name: str
     label: str
-    group: str  # "bare" | "native" | "meshwarden"
+    group: str  # "bare" | "native" | "noop" | "meshwarden"
     kinds: list[str] = field(default_factory=list)
     # Counterpart for ratios: the native config a meshwarden one is compared with.
     native: str | None = None
+    # meshwarden only: "single" (meshwarden_<kind>.wasm), "separate" or "combined".
+    layout: str | None = None
+    # meshwarden only: policies per kind (1 = the benchmark's; 0 = empty lists).
+    policies: int = 1
+    # Only memory is measured (no load runs).
+    memory_only: bool = False
 
 
 def all_configs() -> list[Config]:
@@ -225,19 +286,49 @@ def all_configs() -> list[Config]:
     for k in FILTER_ORDER:
         configs.append(Config(f"native-{k}", f"native {k}", "native", [k]))
     configs.append(Config("native-all", "native all four", "native", list(FILTER_ORDER)))
+    configs.append(Config("noop", "no-op Wasm filter (floor)", "noop"))
     for k in FILTER_ORDER:
-        configs.append(Config(f"mw-{k}", f"meshwarden {k}", "meshwarden", [k], f"native-{k}"))
-    configs.append(Config("mw-all", "meshwarden all four", "meshwarden", list(FILTER_ORDER),
-                          "native-all"))
+        configs.append(Config(f"mw-{k}", f"meshwarden {k} (meshwarden_{k}.wasm)", "meshwarden",
+                              [k], f"native-{k}", "single"))
+    four = list(FILTER_ORDER)
+    configs += [
+        Config("mw-separate", "meshwarden four separate filters (one VM)", "meshwarden", four,
+               "native-all", "separate"),
+        Config("mw-separate-empty", "meshwarden four separate filters, empty lists",
+               "meshwarden", four, "native-all", "separate", 0),
+        Config("mw-combined", "meshwarden combined", "meshwarden", four, "native-all",
+               "combined"),
+        Config("mw-combined-empty", "meshwarden combined, empty lists", "meshwarden", four,
+               "native-all", "combined", 0),
+    ]
+    for n in SCALING[1:]:
+        configs.append(Config(f"mw-combined-p{n}", f"meshwarden combined, {n:,} policies per kind",
+                              "meshwarden", four, "native-all", "combined", n))
+    configs.append(Config(f"mw-separate-p{MEMORY_POLICIES}",
+                          f"meshwarden four separate filters, {MEMORY_POLICIES} policies per kind",
+                          "meshwarden", four, "native-all", "separate", MEMORY_POLICIES,
+                          memory_only=True))
     return configs
 
 
+def scaling_config(n: int) -> str:
+    """The configuration name of the combined module with `n` policies per kind."""
+    return "mw-combined" if n == 1 else f"mw-combined-p{n}"
+
+
 def proxy_bootstrap(cfg: Config, port: int, upstream_port: int, sink_port: int,
-                    wasm_dir: Path, with_policy: dict[str, bool]) -> dict:
-    """The proxy's bootstrap for `cfg`. `with_policy[kind]` False gives a meshwarden filter
-    an empty policy list (for pass-through builds that reject any policy)."""
+                    wasm_dir: Path, noop_module: Path | None = None,
+                    admin_port: int | None = None) -> dict:
+    """The proxy's bootstrap for `cfg`; with `admin_port`, an admin listener whose /stats
+    merges the workers' histograms when read."""
     route: dict = {"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "30s"}}
     filters: list[dict] = []
+    if cfg.group == "noop":
+        if noop_module is None:
+            raise RuntimeError("no no-op module given")
+        filters.append(noop_filter(noop_module))
+    elif cfg.group == "meshwarden" and cfg.layout == "combined":
+        filters.append(combined_filter(wasm_dir, cfg.policies))
     for kind in cfg.kinds:
         if cfg.group == "native":
             f = native_filter(kind)
@@ -250,11 +341,17 @@ def proxy_bootstrap(cfg: Config, port: int, upstream_port: int, sink_port: int,
                         "runtime_fraction": {"default_value": _percent(MIRROR_PERCENT)},
                     }
                 ]
-        else:
-            filters.append(meshwarden_filter(kind, wasm_dir, with_policy.get(kind, True)))
-    return {
+        elif cfg.group == "meshwarden" and cfg.layout == "separate":
+            filters.append(separate_filter(kind, wasm_dir, cfg.policies))
+        elif cfg.group == "meshwarden" and cfg.layout == "single":
+            filters.append(meshwarden_filter(kind, wasm_dir, cfg.policies))
+    boot: dict = {
         "static_resources": {
             "listeners": [_listener("proxy", port, route, filters)],
             "clusters": [_cluster("upstream", upstream_port), _cluster("mirror_sink", sink_port)],
         }
     }
+    if admin_port is not None:
+        boot["admin"] = {"address": _socket(admin_port)}
+        boot["stats_flush_on_admin"] = True
+    return boot

@@ -67,22 +67,39 @@ def children_cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident set size of `pid` (VmRSS in /proc/<pid>/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no VmRSS for {pid}")
+
+
+# Log format with microsecond timestamps and thread ids (for timing lines in the log).
+TIMED_LOG_FORMAT = "[%Y-%m-%d %T.%f][%t][%l][%n] %v"
+
+
 class Envoy:
-    """One Envoy process (`--concurrency 1`, no hot restart), pinned to a CPU."""
+    """One Envoy process (`--concurrency 1` unless told otherwise, no hot restart), pinned to
+    a CPU. `log_args` replaces the default warning-level logging."""
 
     def __init__(self, envoy: str, name: str, bootstrap: dict, workdir: Path, cpu: int | None,
-                 probe_port: int):
+                 probe_port: int, concurrency: int = 1, log_args: list[str] | None = None):
         self.name = name
         self.workdir = workdir
         self.config_path = workdir / f"{name}.json"
         self.log_path = workdir / f"{name}.log"
-        self.config_path.write_text(json.dumps(bootstrap, indent=1))
+        # Compact JSON: a configuration with thousands of policies is large enough already.
+        self.config_path.write_text(json.dumps(bootstrap, separators=(",", ":")))
         self.probe_port = probe_port
+        self.started = time.monotonic()
         log = open(self.log_path, "w")
         cmd = pin(cpu) + [
-            envoy, "-c", str(self.config_path), "--concurrency", "1",
-            "--disable-hot-restart", "-l", "warning", "--component-log-level", "wasm:warning",
-        ]
+            envoy, "-c", str(self.config_path), "--concurrency", str(concurrency),
+            "--disable-hot-restart",
+        ] + (log_args if log_args is not None else
+             ["-l", "warning", "--component-log-level", "wasm:warning"])
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         log.close()
@@ -94,6 +111,9 @@ class Envoy:
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.pid)
 
+    def rss_bytes(self) -> int:
+        return rss_bytes(self.pid)
+
     def log_tail(self, lines: int = 15) -> str:
         try:
             text = self.log_path.read_text(errors="replace").splitlines()
@@ -101,8 +121,9 @@ class Envoy:
             return ""
         return "\n".join(text[-lines:])
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Waits until the listener answers 200; raises if Envoy exits or times out."""
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        """Waits until the listener answers 200 and returns the seconds since the start;
+        raises if Envoy exits or times out."""
         deadline = time.monotonic() + timeout
         url = f"http://127.0.0.1:{self.probe_port}/ready-probe"
         last = ""
@@ -113,7 +134,7 @@ class Envoy:
             try:
                 with urllib.request.urlopen(url, timeout=2) as r:
                     if r.status == 200:
-                        return
+                        return time.monotonic() - self.started
                     last = f"status {r.status}"
             except urllib.error.HTTPError as e:
                 last = f"status {e.code}"

@@ -75,6 +75,7 @@ def _datapath_section(dp: dict) -> list[str]:
     bare = (configs.get("bare") or {}).get("median") or {}
     gen = ("`meshwarden-load --rate <rate>`" if dp.get("generator") == "meshwarden-load"
            else "`h2load --h1 --rps` (fallback: bursty, uncorrected)")
+    floor = (configs.get("noop") or {}).get("median") or {}
     lines = [
         "## 1. Data path: meshwarden filters vs bare Envoy vs Envoy's native filters",
         "",
@@ -89,7 +90,12 @@ def _datapath_section(dp: dict) -> list[str]:
         f"first round; p50/p90/p99/p99.9 count from when each request was due (corrected for "
         f"coordinated omission), `service p99` from when it was written. CPU per request = the proxy "
         f"process's CPU time (all threads, `/proc/<pid>/task/*/schedstat`) during the run "
-        f"divided by the requests served.",
+        f"divided by the requests served. The floor is a no-op Rust proxy-wasm filter that "
+        f"reads one request header (`bench/noop-filter`). meshwarden layouts: **combined** = "
+        f"`meshwarden.wasm`, one filter running trace → rate limit → fault → mirror in one pass; "
+        f"**separate** = four filters, all `meshwarden.wasm` under one `vm_id` (one VM per "
+        f"worker) with root ids `meshwarden.<kind>`; the per-kind rows use the single-purpose "
+        f"modules `meshwarden_<kind>.wasm`. \"Empty lists\" = the same filters with no policy.",
         "",
         "| configuration | max req/s | CPU µs/req at max | CPU µs/req at fixed rate | added CPU µs/req vs bare | p50 µs | p90 µs | p99 µs | p99.9 µs | service p99 µs | send delay p99 µs | rate achieved | other load (cores) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -97,6 +103,8 @@ def _datapath_section(dp: dict) -> list[str]:
     ratio_rows = []
     for c in dp.get("configs", []):
         m = c.get("median") or {}
+        if c.get("memory_only"):
+            continue
         if c.get("failed") and not m:
             lines.append(f"| {c['label']} | failed: {c['failed'].splitlines()[0][:120]} |"
                          + " |" * 11)
@@ -115,17 +123,20 @@ def _datapath_section(dp: dict) -> list[str]:
         if c["name"] == "bare":
             continue
         cells = []
-        for key in ("max_rps", "cpu_us_per_req_fixed", "p50_us", "p99_us"):
+        for key in ("max_rps", "cpu_us_per_req_max", "cpu_us_per_req_fixed", "p50_us", "p99_us"):
             cells.append(_ratio(m.get(key), bare.get(key)))
             cells.append(_ratio(m.get(key), nat.get(key)) if nat else "–")
+        for key in ("cpu_us_per_req_max", "cpu_us_per_req_fixed"):
+            above = m.get(key, math.nan) - floor.get(key, math.nan)
+            cells.append("–" if c["group"] in ("bare", "native", "noop") else f"{_n(above, 1)}")
         ratio_rows.append(f"| {c['label']}{flag} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Ratios (configuration ÷ bare, and meshwarden ÷ its native counterpart; for req/s "
         "higher is better, for CPU and latency lower is better):",
         "",
-        "| configuration | req/s ÷ bare | req/s ÷ native | CPU/req ÷ bare | CPU/req ÷ native | p50 ÷ bare | p50 ÷ native | p99 ÷ bare | p99 ÷ native |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| configuration | req/s ÷ bare | req/s ÷ native | CPU/req at max ÷ bare | CPU/req at max ÷ native | CPU/req fixed ÷ bare | CPU/req fixed ÷ native | p50 ÷ bare | p50 ÷ native | p99 ÷ bare | p99 ÷ native | CPU µs/req above the no-op floor, at max | at fixed rate |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ] + ratio_rows
     notes = [(c["label"], n) for c in dp.get("configs", []) for n in c.get("notes", [])]
     notes += [(c["label"], "FAILED: " + c["failed"].splitlines()[0])
@@ -134,6 +145,7 @@ def _datapath_section(dp: dict) -> list[str]:
         lines += ["", "⚠ Notes:", ""]
         lines += [f"- {label}: {n}" for label, n in notes]
     lines += ["", "![latency per configuration](../bench/latency.svg)", ""]
+    lines += _memory_section(dp) + _scaling_section(dp) + _calls_section(dp)
     lines += ["Native equivalents and meshwarden policies used:", "",
               "| filter | Envoy native stand-in | meshwarden policy (`spec`) |", "|---|---|---|"]
     native = {
@@ -146,6 +158,127 @@ def _datapath_section(dp: dict) -> list[str]:
     for k, spec in (dp.get("policies") or {}).items():
         lines.append(f"| {k} | {native.get(k, '')} | `{_json.dumps(spec, separators=(',', ':'))}` |")
     return lines
+
+
+def _memory_section(dp: dict) -> list[str]:
+    rows = [c for c in dp.get("configs", []) if c.get("memory") or c.get("failed")]
+    if not any(c.get("memory") for c in rows):
+        return []
+    bare = next((c.get("memory") or {} for c in rows if c["name"] == "bare"), {})
+    lo, hi = (dp.get("concurrency") or [1, 4])[:2]
+    lines = [
+        "### Memory",
+        "",
+        f"Envoy's VmRSS (`/proc/<pid>/status`) after {max(dp.get('warmup_seconds') or 0, 1)} s "
+        f"of warm-up traffic (wrk, {dp.get('connections')} connections) and a "
+        f"0.5 s pause: at `--concurrency {lo}` in the process of the load runs (read before "
+        f"them), at `--concurrency {hi}` in a separate start; median of "
+        f"{dp.get('rounds')} round(s). Rows with N policies per kind have N − 1 policies "
+        f"matching exact paths no request has, then the benchmark's policy.",
+        "",
+        f"| configuration | RSS at {lo} worker | at {hi} workers | added over bare at {lo} "
+        f"| added over bare at {hi} | per additional worker | added per additional worker over bare |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in rows:
+        m = c.get("memory") or {}
+        if not m:
+            lines.append(f"| {c['label']} | failed: {(c.get('failed') or '').splitlines()[0][:120]} |"
+                         + " |" * 5)
+            continue
+        a1 = m.get("concurrency_1_mib", math.nan) - bare.get("concurrency_1_mib", math.nan)
+        a4 = m.get("concurrency_4_mib", math.nan) - bare.get("concurrency_4_mib", math.nan)
+        pw = m.get("per_extra_worker_mib", math.nan)
+        apw = pw - bare.get("per_extra_worker_mib", math.nan)
+        is_bare = c["name"] == "bare"
+        lines.append(
+            f"| {c['label']} | {_n(m.get('concurrency_1_mib'), 1)} MiB "
+            f"| {_n(m.get('concurrency_4_mib'), 1)} MiB "
+            f"| {'–' if is_bare else _n(a1, 1) + ' MiB'} | {'–' if is_bare else _n(a4, 1) + ' MiB'} "
+            f"| {_n(pw, 2)} MiB | {'–' if is_bare else _n(apw, 2) + ' MiB'} |")
+    return lines + [""]
+
+
+def _scaling_section(dp: dict) -> list[str]:
+    configs = {c["name"]: c for c in dp.get("configs", [])}
+    ns = dp.get("scaling") or []
+    names = [(n, "mw-combined" if n == 1 else f"mw-combined-p{n}") for n in ns]
+    present = [(n, configs[name]) for n, name in names if name in configs]
+    if len(present) < 2 and not any(c.get("configure") for _, c in present):
+        return []
+    base = (configs.get("mw-combined") or {}).get("median") or {}
+    base_mem = (configs.get("mw-combined") or {}).get("memory") or {}
+    lines = [
+        "### Scaling with the number of policies (combined module)",
+        "",
+        "N policies per kind (4 N in all): N − 1 match exact paths no request has "
+        "(`/nomatch-<i>`), the last (the benchmark's policy) matches every request, so only "
+        "the last in evaluation order matches. Configuration time: the proxy started with "
+        "`--component-log-level wasm:debug` and microsecond log timestamps; per VM, from "
+        "Envoy's `Thread-Local Wasm created` line to the module's `configured` line on the same "
+        "thread, i.e. instantiating the VM (`_initialize`, `proxy_on_vm_start`) plus "
+        "`on_configure` (parsing and compiling 4 N policies, defining their metrics). Envoy "
+        "configures one VM per worker on the worker's thread (the figure shown) and, at load, "
+        "one or two on the main thread (the largest shown); `ready` is from the process start "
+        "to the first proxied 200, which includes compiling the module in V8. Median of "
+        f"{dp.get('rounds')} start(s).",
+        "",
+        "| policies per kind | CPU µs/req at max | ÷ 1 policy | CPU µs/req at fixed rate | ÷ 1 policy "
+        "| RSS at 1 worker | added over 1 policy | configure: worker VM | main-thread VM | ready after |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, c in present:
+        m, mem, cf = c.get("median") or {}, c.get("memory") or {}, c.get("configure") or {}
+        if c.get("failed") and not m:
+            lines.append(f"| {n:,} | failed: {c['failed'].splitlines()[0][:160]} |" + " |" * 8)
+            continue
+        lines.append(
+            f"| {n:,} | {_n(m.get('cpu_us_per_req_max'), 1)} "
+            f"| {_ratio(m.get('cpu_us_per_req_max'), base.get('cpu_us_per_req_max'))} "
+            f"| {_n(m.get('cpu_us_per_req_fixed'), 1)} "
+            f"| {_ratio(m.get('cpu_us_per_req_fixed'), base.get('cpu_us_per_req_fixed'))} "
+            f"| {_n(mem.get('concurrency_1_mib'), 1)} MiB "
+            f"| {_n(mem.get('concurrency_1_mib', math.nan) - base_mem.get('concurrency_1_mib', math.nan), 1)} MiB "
+            f"| {_n(cf.get('worker_ms'), 1)} ms | {_n(cf.get('main_ms'), 1)} ms "
+            f"| {_n(cf.get('ready_s'), 2)} s |")
+    return lines + [""]
+
+
+def _calls_section(dp: dict) -> list[str]:
+    rows = [c for c in dp.get("configs", []) if c.get("host_calls")]
+    if not rows:
+        return []
+    lines = [
+        "### Host calls per request",
+        "",
+        f"Each meshwarden configuration started once more with modules built with "
+        f"`--features meshwarden-filter-runtime/count-host-calls` (in `target/bench-calls`): "
+        f"the runtime counts every call it makes to the host and records, at the end of each "
+        f"stream, the count since its previous record in the histogram "
+        f"`meshwarden_host_calls_per_request`. {dp.get('calls_requests', 0):,} sequential "
+        f"requests on one keep-alive connection; the figure is the growth of the histogram's "
+        f"sum over those requests divided by their number (with separate filters in one VM "
+        f"each filter records, so there are several records per request; their sum is the "
+        f"request's calls). Envoy's histogram bins are exact below 100; above, a bin is 10 wide "
+        f"and its midpoint is used (\"≈\" where that could move the mean by 0.05 or more). The no-op floor makes one host call per request "
+        f"(`get_http_request_header_bytes`) by construction; Envoy's native filters make none. Calls "
+        f"made outside a request (timer ticks, call-out responses) are counted in the next "
+        f"request's record, so the mean includes them and the most frequent record is the "
+        f"typical request alone.",
+        "",
+        "| configuration | host calls per request (mean) | most frequent non-zero record | records per request | calls per record: records |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for c in rows:
+        h = c["host_calls"]
+        if h.get("error"):
+            lines.append(f"| {c['label']} | failed: {h['error'].splitlines()[0][:120]} | | | |")
+            continue
+        dist = ", ".join(f"{k}: {v:,}" for k, v in h.get("distribution", {}).items())
+        lines.append(f"| {c['label']} | {'' if h.get('exact') else '≈ '}{_n(h.get('per_request'), 1)} "
+                     f"| {_n(h.get('most_frequent'), 0)} "
+                     f"| {_n(h.get('records_per_request'), 2)} | {dist} |")
+    return lines + [""]
 
 
 def _profile_section(dp: dict) -> list[str]:
@@ -233,17 +366,22 @@ def _sizes_section(sizes: dict) -> list[str]:
         "",
         f"Built with `cargo build --profile wasm --target wasm32-wasip1` ({settings}) in "
         "`target/wasm32-wasip1/wasm/`, then `wasm-opt -Oz` by `scripts/package-wasm.sh` into "
-        "`target/filters/`.",
+        "`target/filters/` (`meshwarden_module.wasm` → `meshwarden.wasm`, "
+        "`meshwarden_<kind>_module.wasm` → `meshwarden_<kind>.wasm`). Targets after wasm-opt: "
+        "the combined module < 250 KB, each single-purpose module < 150 KB (KB = 1,000 bytes).",
         "",
-        "| module | before wasm-opt | after wasm-opt | saved | gzip -9 | code section | data section | functions |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| module | package | before wasm-opt | after wasm-opt | target | saved | gzip -9 | code section | data section | functions |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in sizes.get("modules", []):
         u, o = m.get("unoptimised_bytes"), m.get("optimised_bytes")
         sec = m.get("sections", {})
         saved = f"{(1 - o / u) * 100:.0f} %" if u and o else "–"
+        limit = m.get("limit_bytes")
+        verdict = "" if not (o and limit) else (" (met)" if o < limit else " (**missed**)")
         lines.append(
-            f"| meshwarden_{m['filter']}.wasm | {_n(u)} B | {_n(o)} B | {saved} "
+            f"| {m.get('module') or 'meshwarden_' + m['filter'] + '.wasm'} | `{m.get('package', '')}` "
+            f"| {_n(u)} B | {_n(o)} B | < {_n(limit)} B{verdict} | {saved} "
             f"| {_n(m.get('optimised_gzip_bytes'))} B | {_n(sec.get('code'))} B "
             f"| {_n(sec.get('data'))} B | {_n(m.get('functions'))} |")
     attr = sizes.get("attribution") or {}
@@ -257,7 +395,8 @@ def _sizes_section(sizes: dict) -> list[str]:
         for f, rows in attr.items():
             total = sum(b for _, b in rows) or 1
             top = ", ".join(f"{c} {b / 1000:.0f} KB" for c, b in rows[:8])
-            lines.append(f"- {f}: {top}")
+            name = "meshwarden.wasm" if f == "meshwarden" else f"meshwarden_{f}.wasm"
+            lines.append(f"- {name}: {top}")
     return lines + [""]
 
 

@@ -39,7 +39,8 @@ pub const MAX_REGEX_PROGRAM_BYTES: usize = 32 * 1024;
 /// Deepest nesting of groups and other constructs inside one regular expression.
 pub const MAX_REGEX_NESTING: u32 = 32;
 /// Most policies of one kind: in the store, and so in one proxy's filter configuration.
-pub const MAX_POLICIES_PER_FILTER: usize = 256;
+/// (Per-request cost does not grow with it: the filters index policies by path.)
+pub const MAX_POLICIES_PER_FILTER: usize = 1024;
 /// Most regular expressions (`regex` string matches) over the policies of one kind.
 pub const MAX_REGEXES_PER_FILTER: usize = 256;
 /// Largest filter configuration (the JSON a filter receives), in bytes; the control plane
