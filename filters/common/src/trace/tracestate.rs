@@ -1,4 +1,23 @@
 //! The W3C `tracestate` header: vendor entries kept alongside a valid `traceparent`.
+//!
+//! Grammar and limits as in W3C Trace Context Level 2 (§3.3 "tracestate Header Field
+//! Values"):
+//!
+//! ```abnf
+//! list        = list-member 0*31( OWS "," OWS list-member )
+//! list-member = (key "=" value) / OWS
+//! key         = ( lcalpha / DIGIT ) 0*255 ( keychar )
+//! keychar     = lcalpha / DIGIT / "_" / "-" / "*" / "/" / "@"
+//! value       = 0*255(chr) nblk-chr
+//! nblk-chr    = %x21-2B / %x2D-3C / %x3E-7E
+//! chr         = %x20 / nblk-chr
+//! ```
+//!
+//! Level 2 has no separate `tenant@system` rule any more (Level 1 limited the tenant to 241
+//! and the system to 14 characters and required a simple key to start with a letter): any
+//! key of 1 to 256 of those characters that starts with a letter or digit is valid, `@`
+//! anywhere after the first character included. Leading spaces of a value are part of it;
+//! trailing ones are optional whitespace.
 
 use super::traceparent::trim_ows;
 
@@ -9,9 +28,6 @@ pub const MAX_ENTRIES: usize = 32;
 /// Longest key and longest value.
 const MAX_KEY_LEN: usize = 256;
 const MAX_VALUE_LEN: usize = 256;
-/// Multi-tenant keys: `tenant@system`, tenant at most 241 and system at most 14 characters.
-const MAX_TENANT_LEN: usize = 241;
-const MAX_SYSTEM_LEN: usize = 14;
 
 /// The valid entries of a request's `tracestate` headers, in order, without duplicates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,34 +115,25 @@ fn parse_member(member: &[u8]) -> Option<(&str, &str)> {
     ))
 }
 
-/// `simple-key` or `tenant-id@system-id`.
+/// `key = ( lcalpha / DIGIT ) 0*255 ( keychar )`.
 fn valid_key(key: &[u8]) -> bool {
-    if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return false;
-    }
-    let rest_ok = |s: &[u8]| s.iter().all(|c| key_char(*c));
-    match key.iter().position(|b| *b == b'@') {
-        None => key[0].is_ascii_lowercase() && rest_ok(&key[1..]),
-        Some(at) => {
-            let (tenant, system) = (&key[..at], &key[at + 1..]);
-            !tenant.is_empty()
-                && tenant.len() <= MAX_TENANT_LEN
-                && (tenant[0].is_ascii_lowercase() || tenant[0].is_ascii_digit())
-                && rest_ok(&tenant[1..])
-                && !system.is_empty()
-                && system.len() <= MAX_SYSTEM_LEN
-                && system[0].is_ascii_lowercase()
-                && rest_ok(&system[1..])
+    match key.split_first() {
+        Some((first, rest)) => {
+            key.len() <= MAX_KEY_LEN
+                && (first.is_ascii_lowercase() || first.is_ascii_digit())
+                && rest.iter().all(|c| key_char(*c))
         }
+        None => false,
     }
 }
 
-/// Characters allowed after the first one of a key (or key part).
+/// `keychar`: the characters allowed after the first one of a key.
 fn key_char(c: u8) -> bool {
-    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'*' | b'/')
+    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'*' | b'/' | b'@')
 }
 
-/// 1 to 256 printable ASCII characters other than `,` and `=`, not ending in a space.
+/// `value`: 1 to 256 printable ASCII characters other than `,` and `=`, not ending in a
+/// space.
 fn valid_value(value: &[u8]) -> bool {
     let printable = |c: &u8| (0x20..=0x7e).contains(c) && *c != b',' && *c != b'=';
     !value.is_empty()
@@ -184,25 +191,33 @@ mod tests {
         let long_key = format!("a{}", "b".repeat(256));
         let long_value = "v".repeat(257);
         let bad = [
-            "Foo=1",               // uppercase key
-            "1foo=1",              // simple key starting with a digit
-            "foo",                 // no '='
-            "=1",                  // empty key
-            "foo=",                // empty value
-            "foo=a=b",             // '=' in value
-            "foo=bar ",            // trailing space inside the member is trimmed as OWS...
-            "fo o=1",              // space in key
-            "foo@=1",              // empty system
-            "@sys=1",              // empty tenant
-            "foo@Sys=1",           // uppercase system
-            "t@s12345678901234=1", // system longer than 14
-            "foo=\u{7f}",          // DEL
-            "foo=é",               // non-ASCII
+            "Foo=1",      // uppercase key
+            "_foo=1",     // key starting with neither a letter nor a digit
+            "*foo=1",     // ...
+            "foo",        // no '='
+            "=1",         // empty key
+            "foo=",       // empty value
+            "foo=a=b",    // '=' in value
+            "foo=a,b",    // (',' splits members: "b" has no '=')
+            "foo=bar ",   // trailing space inside the member is trimmed as OWS...
+            "fo o=1",     // space in key
+            "@sys=1",     // key starting with '@'
+            "foo@Sys=1",  // uppercase after '@'
+            "foo.bar=1",  // '.' is no keychar
+            "foo=\u{7f}", // DEL
+            "foo=\ttab",  // tab inside a value
+            "foo=é",      // non-ASCII
             &long_key,
             &format!("k={long_value}"),
         ];
         for b in bad {
             let p = parse(&[&format!("ok=1,{b},ok2=2")]);
+            if b == "foo=a,b" {
+                // "foo=a" is fine, "b" is not.
+                assert_eq!(p.state.header_value(), "ok=1,foo=a,ok2=2");
+                assert_eq!(p.dropped, 1);
+                continue;
+            }
             if b == "foo=bar " {
                 // ...so this one is actually fine.
                 assert_eq!(p.dropped, 0);
@@ -226,14 +241,35 @@ mod tests {
             "foo=!\"#$%&'()*+-./:;<>?@[\\]^_`{|}~",
             &format!("{key256}=1"),
             &format!("k={value256}"),
+            // Level 2: a key may start with a digit...
+            "1foo=1",
+            "0=1",
+            // ...and has no tenant/system split: '@' is a keychar, with no length rules
+            // for either side and possibly more than once or at the end.
+            "foo@=1",
+            "a@b@c=1",
+            "t@s12345678901234=1",
+            "tenant@9system=1",
+            &format!("t{}@s=1", "a".repeat(250)),
+            &format!("t@{}=1", "s".repeat(200)),
         ] {
             let p = parse(&[good]);
             assert_eq!((p.state.len(), p.dropped), (1, 0), "{good:?}");
         }
-        let tenant241 = format!("t{}@s=1", "a".repeat(240));
-        assert_eq!(parse(&[&tenant241]).dropped, 0);
-        let tenant242 = format!("t{}@s=1", "a".repeat(241));
-        assert_eq!(parse(&[&tenant242]).dropped, 1);
+        // 257 characters is one too many, wherever the '@' is.
+        let key257 = format!("t{}@s=1", "a".repeat(254));
+        assert_eq!(parse(&[&key257]).dropped, 1);
+        let value257 = format!("k={}", "v".repeat(257));
+        assert_eq!(parse(&[&value257]).dropped, 1);
+    }
+
+    #[test]
+    fn entries_are_kept_verbatim_with_leading_spaces_of_values() {
+        // Leading spaces of a value are part of it; trailing ones are optional whitespace.
+        let p = parse(&["a=  x y  ,b= 1"]);
+        assert_eq!(p.state.get("a"), Some("  x y"));
+        assert_eq!(p.state.header_value(), "a=  x y,b= 1");
+        assert_eq!(p.dropped, 0);
     }
 
     #[test]
