@@ -13,7 +13,7 @@ from typing import Callable
 
 from . import configs as C
 from . import profile as P
-from .load import LoadError, run_fixed_rate, run_open_loop, run_wrk
+from .load import LoadError, run_closed_loop, run_fixed_rate, run_open_loop, wrk_available
 from .procs import Envoy, children_cpu_seconds, free_port, system_busy_seconds
 
 # CPU layout on a 2-core machine: the proxy under test alone on CPU 0; the upstream and the
@@ -158,10 +158,10 @@ def _measure(cfg: C.Config, s: Settings, upstream: Envoy, upstream_port: int, si
     try:
         proxy.wait_ready()
         if s.warmup_seconds > 0:
-            run_wrk(url, s.warmup_seconds, CONNECTIONS, OTHER_CPU)
+            run_closed_loop(url, s.warmup_seconds, CONNECTIONS, OTHER_CPU, s.load_bin)
         out = Sample()
         with Meter(proxy, upstream) as m:
-            wrk = run_wrk(url, s.closed_seconds, CONNECTIONS, OTHER_CPU)
+            wrk = run_closed_loop(url, s.closed_seconds, CONNECTIONS, OTHER_CPU, s.load_bin)
         out.max_rps = wrk.rps
         out.cpu_us_per_req_max = m.proxy_cpu / max(wrk.requests, 1) * 1e6
         out.proxy_cores_max = m.proxy_cpu / m.elapsed
@@ -209,8 +209,9 @@ def _profiles(s: Settings, results: list[ConfigResult], cfgs: dict[str, C.Config
         try:
             proxy.wait_ready()
             url = f"http://127.0.0.1:{port}/bench"
-            run_wrk(url, 1, CONNECTIONS, OTHER_CPU)
-            out[name] = P.profile(proxy.pid, url, s.profile_seconds, CONNECTIONS, OTHER_CPU)
+            run_closed_loop(url, 1, CONNECTIONS, OTHER_CPU, s.load_bin)
+            out[name] = P.profile(proxy.pid, url, s.profile_seconds, CONNECTIONS, OTHER_CPU,
+                                  s.load_bin)
             log(f"  profile {name}: {out[name]}")
         except (RuntimeError, LoadError, OSError, subprocess.SubprocessError) as e:
             log(f"  profile {name} failed: {e}")
@@ -278,6 +279,8 @@ def run(s: Settings, log: Callable[[str], None]) -> dict:
         upstream.stop()
     return {
         "generator": "meshwarden-load" if s.load_bin else "h2load",
+        "closed_loop_generator": "wrk" if wrk_available() or not s.load_bin
+        else "meshwarden-load (saturating)",
         "profiles": profiles,
         "fixed_rate_rps": fixed.get("rate", 0.0),
         "fixed_rate_fraction_of_bare_max": FIXED_RATE_FRACTION,
