@@ -56,6 +56,7 @@ async fn halt_stops_injection_within_a_second_persists_and_resume_restores_it() 
     let out = cli.run(&["halt", "--reason", "game day over"]);
     assert!(out.success, "{}", out.stderr);
     let took = until_status(&envoy, 200).await?;
+    eprintln!("halt: injection stopped {took:?} after `meshwarden halt` returned");
     assert!(took < Duration::from_secs(1), "halt took {took:?}");
     assert!(statuses(&envoy, 20).await?.iter().all(|&s| s == 200));
     assert_eq!(
@@ -102,6 +103,7 @@ async fn halt_stops_injection_within_a_second_persists_and_resume_restores_it() 
     let out = cli.run(&["resume"]);
     assert_eq!(out.stdout, "halt/default lifted\n", "{}", out.stderr);
     let took = until_status(&envoy, 503).await?;
+    eprintln!("resume: injection back {took:?} after `meshwarden resume` returned");
     assert!(took < Duration::from_secs(1), "resume took {took:?}");
     assert!(statuses(&envoy, 10).await?.iter().all(|&s| s == 503));
 
