@@ -101,6 +101,43 @@ impl TraceState {
     }
 }
 
+/// What to send upstream in place of a request's `tracestate` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceStateAction {
+    /// Leave the incoming fields exactly as they are.
+    Untouched,
+    /// Replace them with this single value.
+    Set(String),
+    /// Remove them.
+    Remove,
+}
+
+impl TraceState {
+    /// The `tracestate` to send with a valid incoming `traceparent`, and how many members
+    /// were dropped. Level 2 ("Mutating the traceparent Field"): *if the value of the
+    /// `traceparent` field wasn't changed before propagation, `tracestate` MUST NOT be
+    /// modified as well* — so with `traceparent_unchanged` (a pass-through, e.g. `propagate`
+    /// mode) the fields are left exactly as received: no member dropped, de-duplicated,
+    /// truncated or re-joined, since none was created here. Otherwise (a new parent id) the
+    /// list is cleaned as [`TraceState::parse`] does, which the spec allows ("invalid
+    /// `tracestate` entries MAY also be discarded"), and an empty one is removed.
+    pub fn outgoing<'a>(
+        values: impl IntoIterator<Item = &'a [u8]>,
+        traceparent_unchanged: bool,
+    ) -> (TraceStateAction, usize) {
+        if traceparent_unchanged {
+            return (TraceStateAction::Untouched, 0);
+        }
+        let ParsedTraceState { state, dropped } = Self::parse(values);
+        let action = if state.is_empty() {
+            TraceStateAction::Remove
+        } else {
+            TraceStateAction::Set(state.header_value())
+        };
+        (action, dropped)
+    }
+}
+
 /// Splits `key=value` and checks both; `None` if either is malformed.
 fn parse_member(member: &[u8]) -> Option<(&str, &str)> {
     let eq = member.iter().position(|b| *b == b'=')?;
@@ -270,6 +307,35 @@ mod tests {
         assert_eq!(p.state.get("a"), Some("  x y"));
         assert_eq!(p.state.header_value(), "a=  x y,b= 1");
         assert_eq!(p.dropped, 0);
+    }
+
+    #[test]
+    fn a_passed_through_traceparent_leaves_tracestate_untouched() {
+        // Bad, duplicate, odd-looking and more than 32 members: none was created here, so
+        // none is altered or dropped while traceparent passes through unchanged.
+        let mut members: Vec<String> = (0..40).map(|i| format!("k{i}=v{i}")).collect();
+        members.extend(["BAD=1".into(), "k0=dup".into(), "x=  spaced".into()]);
+        let header = members.join(" ,  ");
+        let values = [header.as_bytes(), &b"a=1"[..], &b""[..]];
+        assert_eq!(
+            TraceState::outgoing(values, true),
+            (TraceStateAction::Untouched, 0)
+        );
+        // With a new parent id the list may be (and is) cleaned.
+        let (action, dropped) = TraceState::outgoing(values, false);
+        let TraceStateAction::Set(v) = action else {
+            panic!("cleaned list expected")
+        };
+        assert!(v.starts_with("k0=v0,k1=v1,") && !v.contains("BAD"), "{v}");
+        assert_eq!(dropped, 40 + 3 + 1 - 32);
+        assert_eq!(
+            TraceState::outgoing([&b"BAD=1"[..]], false),
+            (TraceStateAction::Remove, 1)
+        );
+        assert_eq!(
+            TraceState::outgoing([&b"BAD=1"[..]], true),
+            (TraceStateAction::Untouched, 0)
+        );
     }
 
     #[test]
