@@ -6,6 +6,10 @@ set -euo pipefail
 build_dir=$1 out_dir=$2
 shift 2
 mkdir -p "$out_dir"
+if ! command -v wasm-opt >/dev/null 2>&1; then
+  echo "note: wasm-opt (Debian package binaryen) not found: the modules are copied unoptimised," \
+       "and larger; scripts/system-packages.sh installs it (as root)" >&2
+fi
 for f in "$@"; do
   if [ "$f" = meshwarden ]; then
     src="$build_dir/meshwarden_module.wasm" dst="$out_dir/meshwarden.wasm"

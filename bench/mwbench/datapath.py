@@ -29,7 +29,7 @@ from typing import Callable
 
 from . import configs as C
 from . import profile as P
-from .load import LoadError, run_fixed_rate, run_open_loop, run_wrk
+from .load import LoadError, run_closed_loop, run_fixed_rate, run_open_loop, wrk_available
 from .procs import (TIMED_LOG_FORMAT, Envoy, children_cpu_seconds, free_port,
                     system_busy_seconds)
 
@@ -190,11 +190,11 @@ def _measure(cfg: C.Config, s: Settings, upstream: Envoy, upstream_port: int, si
         proxy.wait_ready(READY_TIMEOUT)
         out = Sample()
         if s.warmup_seconds > 0:
-            run_wrk(url, s.warmup_seconds, CONNECTIONS, OTHER_CPU)
+            run_closed_loop(url, s.warmup_seconds, CONNECTIONS, OTHER_CPU, s.load_bin)
             time.sleep(RSS_SETTLE_SECONDS)
             out.rss_mib = proxy.rss_bytes() / MIB
         with Meter(proxy, upstream) as m:
-            wrk = run_wrk(url, s.closed_seconds, CONNECTIONS, OTHER_CPU)
+            wrk = run_closed_loop(url, s.closed_seconds, CONNECTIONS, OTHER_CPU, s.load_bin)
         if not out.rss_mib:
             out.rss_mib = proxy.rss_bytes() / MIB
         out.max_rps = wrk.rps
@@ -237,8 +237,8 @@ def _memory(cfg: C.Config, s: Settings, upstream_port: int, sink_port: int,
                   port, concurrency=concurrency)
     try:
         proxy.wait_ready(READY_TIMEOUT)
-        run_wrk(f"http://127.0.0.1:{port}/bench", max(s.warmup_seconds, 1), CONNECTIONS,
-                OTHER_CPU)
+        run_closed_loop(f"http://127.0.0.1:{port}/bench", max(s.warmup_seconds, 1), CONNECTIONS,
+                        OTHER_CPU, s.load_bin)
         if proxy.proc.poll() is not None:
             raise RuntimeError(f"proxy exited during warm-up:\n{proxy.log_tail()}")
         time.sleep(RSS_SETTLE_SECONDS)
@@ -395,8 +395,9 @@ def _profiles(s: Settings, results: list[ConfigResult], cfgs: dict[str, C.Config
         try:
             proxy.wait_ready(READY_TIMEOUT)
             url = f"http://127.0.0.1:{port}/bench"
-            run_wrk(url, 1, CONNECTIONS, OTHER_CPU)
-            out[name] = P.profile(proxy.pid, url, s.profile_seconds, CONNECTIONS, OTHER_CPU)
+            run_closed_loop(url, 1, CONNECTIONS, OTHER_CPU, s.load_bin)
+            out[name] = P.profile(proxy.pid, url, s.profile_seconds, CONNECTIONS, OTHER_CPU,
+                                  s.load_bin)
             log(f"  profile {name}: {out[name]}")
         except (RuntimeError, LoadError, OSError, subprocess.SubprocessError) as e:
             log(f"  profile {name} failed: {e}")
@@ -521,6 +522,8 @@ def run(s: Settings, log: Callable[[str], None]) -> dict:
         upstream.stop()
     return {
         "generator": "meshwarden-load" if s.load_bin else "h2load",
+        "closed_loop_generator": "wrk" if wrk_available() or not s.load_bin
+        else "meshwarden-load (saturating)",
         "profiles": profiles,
         "fixed_rate_rps": fixed.get("rate", 0.0),
         "fixed_rate_fraction_of_bare_max": FIXED_RATE_FRACTION,

@@ -1,10 +1,13 @@
 """Load generators: wrk (closed loop, maximum throughput) and meshwarden-load (open loop at a
-fixed rate, latency corrected for coordinated omission), with h2load --rps as a fallback."""
+fixed rate, latency corrected for coordinated omission), with h2load --rps as a fallback.
+Without wrk, `run_closed_loop` saturates with meshwarden-load instead, so a machine with only
+the project's own tools can run every benchmark (figures then say which generator ran)."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -52,6 +55,35 @@ def run_wrk(url: str, seconds: int, connections: int, cpu: int | None) -> WrkRes
         non_2xx=_int(r"Non-2xx or 3xx responses: (\d+)", text),
         socket_errors=sum(int(x) for x in errors.groups()) if errors else 0,
     )
+
+
+# Requests per second far above what one Envoy worker on this host serves: meshwarden-load's
+# connections then always have a request due, which makes its open loop a closed one.
+SATURATING_RPS = 1_000_000.0
+
+
+def wrk_available() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def run_closed_loop(url: str, seconds: int, connections: int, cpu: int | None,
+                    load_bin: str | None) -> WrkResult:
+    """Maximum throughput: wrk if installed, else meshwarden-load at a saturating rate
+    (each connection sends its next request as soon as the previous answer arrives)."""
+    if wrk_available() or not load_bin:
+        return run_wrk(url, seconds, connections, cpu)
+    with tempfile.TemporaryDirectory(prefix="mwbench-closed-") as tmp:
+        out_path = Path(tmp) / "load.json"
+        cmd = pin(cpu) + [load_bin, "--url", url, "--rate", f"{SATURATING_RPS:.0f}",
+                          "--duration", str(seconds), "--connections", str(connections),
+                          "--json", str(out_path)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+        if out.returncode != 0 or not out_path.is_file():
+            raise LoadError(f"meshwarden-load failed ({out.returncode}): {out.stderr.strip()}")
+        r = json.loads(out_path.read_text())
+    return WrkResult(requests=r["completed"], seconds=float(seconds),
+                     rps=r["completed"] / seconds if seconds else 0.0,
+                     non_2xx=r["non_2xx"], socket_errors=r["failed"])
 
 
 @dataclass

@@ -13,7 +13,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .load import run_wrk
+from .load import run_closed_loop
 
 
 def available() -> bool:
@@ -42,16 +42,18 @@ def _group(dso: str) -> str:
     return "other"
 
 
-def profile(pid: int, url: str, seconds: int, connections: int, cpu: int | None) -> dict:
-    """Samples `pid` at 1999 Hz while wrk loads `url`; returns the share of samples per
-    group (percent) and the number of samples."""
+def profile(pid: int, url: str, seconds: int, connections: int, cpu: int | None,
+            load_bin: str | None = None) -> dict:
+    """Samples `pid` at 1999 Hz while wrk (or meshwarden-load, see `run_closed_loop`) loads
+    `url`; returns the share of samples per group (percent) and the number of samples."""
     with tempfile.TemporaryDirectory(prefix="mwbench-perf-") as tmp:
         data = Path(tmp) / "perf.data"
         rec = subprocess.Popen(
             ["perf", "record", "-e", "cpu-clock", "-F", "1999", "-p", str(pid), "-o", str(data),
              "--", "sleep", str(seconds)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        load = threading.Thread(target=run_wrk, args=(url, seconds + 1, connections, cpu))
+        load = threading.Thread(target=run_closed_loop,
+                                args=(url, seconds + 1, connections, cpu, load_bin))
         load.start()
         try:
             rec.wait(timeout=seconds + 30)

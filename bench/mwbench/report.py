@@ -76,6 +76,10 @@ def _datapath_section(dp: dict) -> list[str]:
     gen = ("`meshwarden-load --rate <rate>`" if dp.get("generator") == "meshwarden-load"
            else "`h2load --h1 --rps` (fallback: bursty, uncorrected)")
     floor = (configs.get("noop") or {}).get("median") or {}
+    closed = (f"`wrk -t1 -c{dp.get('connections')} -d{dp.get('closed_seconds')}s`"
+              if dp.get("closed_loop_generator", "wrk") == "wrk"
+              else f"`meshwarden-load` at a saturating rate ({dp.get('connections')} "
+                   f"connections, {dp.get('closed_seconds')} s; wrk was not installed)")
     lines = [
         "## 1. Data path: meshwarden filters vs bare Envoy vs Envoy's native filters",
         "",
@@ -83,7 +87,7 @@ def _datapath_section(dp: dict) -> list[str]:
         f"upstream (a second Envoy answering with `direct_response`, pinned to CPU 1 with the "
         f"load generator). {dp.get('rounds', 0)} interleaved rounds per configuration; each "
         f"figure is the median of the rounds. Closed loop (maximum throughput): "
-        f"`wrk -t1 -c{dp.get('connections')} -d{dp.get('closed_seconds')}s`. Fixed rate "
+        f"{closed}. Fixed rate "
         f"(latency), open loop: {gen} with {dp.get('connections')} connections for "
         f"{dp.get('open_seconds')} s at {_n(dp.get('fixed_rate_rps'))} req/s "
         f"= {dp.get('fixed_rate_fraction_of_bare_max', 0.5):.0%} of bare Envoy's maximum in the "
