@@ -12,7 +12,7 @@
 use crate::policy_set::{PolicySet, StoredPolicy};
 use crate::xds::cache::selection;
 use crate::xds::extension_configs::wire_config;
-use meshwarden_common::fault::{AbortStatus, Entropy, FaultPlan, FaultSpec};
+use meshwarden_common::fault::{AbortStatus, FaultPlan, FaultSpec, Random};
 use meshwarden_common::mirror::{MirrorSpec, SkipReason};
 use meshwarden_common::ratelimit::RateLimitSpec;
 use meshwarden_common::trace::{decide, HeaderOp, TraceSpec};
@@ -209,10 +209,16 @@ pub enum ExplainError {
 const LOW: u64 = 0;
 const HIGH: u64 = 99_999_999;
 
-/// An entropy source that always yields one value.
+/// A random source that always yields one value.
 struct Fixed(u64);
 
-impl Entropy for Fixed {
+impl Random for Fixed {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
+        }
+    }
+
     fn next_u64(&mut self) -> u64 {
         self.0
     }
@@ -525,8 +531,8 @@ fn delay_words(d: &meshwarden_common::fault::DelaySpec) -> String {
 
 fn mirror(p: &CompiledPolicy<MirrorSpec>, headers: &RequestHeaders) -> Result<Effect, String> {
     let compiled = p.spec.compile().map_err(|e| e.to_string())?;
-    let low = compiled.select(headers, || LOW);
-    let high = compiled.select(headers, || HIGH);
+    let low = compiled.select(headers, &mut Fixed(LOW));
+    let high = compiled.select(headers, &mut Fixed(HIGH));
     let reason = |sel: &meshwarden_common::mirror::Selection, i: usize| -> Option<SkipReason> {
         if sel.chosen.contains(&i) {
             return None;

@@ -368,7 +368,7 @@ async fn applies_beyond_the_filter_limits_are_refused() {
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert_eq!(
         err.message(),
-        "apply refused: TracePolicy policies would number 257, more than the limit of 256 per kind (the limits bound every proxy's trace filter configuration); delete or merge TracePolicy policies first"
+        "apply refused: TracePolicy policies would number 1025, more than the limit of 1024 per kind (the limits bound every proxy's trace filter configuration); delete or merge TracePolicy policies first"
     );
     // Updating a policy of a full kind, and other kinds, still work.
     s.client

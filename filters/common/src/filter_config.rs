@@ -203,7 +203,7 @@ mod tests {
         let e = parse(many).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "policies: 257 policies, more than the limit of 256"
+            "policies: 1025 policies, more than the limit of 1024"
         );
         let regexes = (0..=MAX_REGEXES_PER_FILTER / 2)
             .map(|i| {

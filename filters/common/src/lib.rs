@@ -4,6 +4,7 @@
 //! accepts.
 
 pub mod document;
+pub mod duration;
 pub mod error;
 pub mod fault;
 pub mod filter_config;
@@ -13,6 +14,7 @@ pub mod matcher;
 pub mod mirror;
 pub mod names;
 pub mod percentage;
+pub mod random;
 pub mod ratelimit;
 pub mod request;
 pub mod selector;

@@ -198,7 +198,7 @@ mod tests {
             policies: MAX_POLICIES_PER_FILTER + 1,
             ..Default::default()
         });
-        assert!(m.contains("limit of 256 per kind"), "{m}");
+        assert!(m.contains("limit of 1024 per kind"), "{m}");
         let m = over(FilterUsage {
             regexes: MAX_REGEXES_PER_FILTER + 1,
             ..Default::default()

@@ -56,6 +56,14 @@ impl From<Percentage> for f64 {
     }
 }
 
+/// A percentage as Istio writes it (`Percent`): `{value: 12.5}`, a double from 0 to 100.
+/// Every kind's `percentage` fields use it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PercentSpec {
+    pub value: Percentage,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

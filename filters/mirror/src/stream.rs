@@ -67,7 +67,7 @@ impl MirrorStream {
         };
         let selection = {
             let mut w = self.shared.worker.borrow_mut();
-            policy.plan.select(req, || w.random())
+            policy.plan.select(req, w.random())
         };
         for reason in &selection.skipped {
             policy.skipped(*reason, 1);

@@ -9,6 +9,7 @@ use meshwarden_common::mirror::diff::{
 use meshwarden_common::mirror::queue::{BoundedQueue, ByteBudget};
 use meshwarden_common::mirror::rate::LogLimiter;
 use meshwarden_common::mirror::{CompiledMirror, SkipReason};
+use meshwarden_common::random::SplitMix64;
 use meshwarden_common::{CompiledMatch, PolicyIndex};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -101,7 +102,7 @@ pub struct Worker {
     /// Limits warnings about copies the proxy refused to send (e.g. unknown cluster).
     pub send_warnings: LogLimiter,
     next_request: u64,
-    rng: u64,
+    rng: SplitMix64,
 }
 
 /// Shared handles.
@@ -123,7 +124,7 @@ impl Shared {
                 diffs: PendingDiffs::new(MAX_PENDING_DIFFS),
                 send_warnings: LogLimiter::per_minute(1),
                 next_request: 1,
-                rng,
+                rng: SplitMix64(rng),
             })),
             budget: Rc::new(RefCell::new(ByteBudget::default())),
         }
@@ -150,10 +151,9 @@ impl Worker {
         id
     }
 
-    /// A uniformly distributed draw (SplitMix64 seeded from WASI randomness).
-    pub fn random(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        meshwarden_common::mirror::sampling::mix64(self.rng)
+    /// The worker's generator (SplitMix64 seeded from the host's randomness).
+    pub fn random(&mut self) -> &mut SplitMix64 {
+        &mut self.rng
     }
 }
 

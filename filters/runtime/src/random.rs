@@ -1,8 +1,7 @@
 //! Random bytes for ids and sampling: the host's random source (WASI `random_get`), falling back
 //! to a time-seeded SplitMix64 stream if the host ever refuses. Never panics.
 
-use meshwarden_common::fault::Entropy;
-use meshwarden_common::trace::RandomSource;
+use meshwarden_common::random::{mix64, Random};
 use std::cell::Cell;
 
 thread_local! {
@@ -21,7 +20,7 @@ pub fn fill(buf: &mut [u8]) {
         }
         for chunk in buf.chunks_mut(8) {
             s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let v = mix(s).to_le_bytes();
+            let v = mix64(s).to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
         state.set(s);
@@ -35,19 +34,13 @@ pub fn next_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// The host's random generator as a [`RandomSource`] / [`Entropy`].
+/// The host's random generator as a [`Random`].
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HostRandom;
 
-impl RandomSource for HostRandom {
+impl Random for HostRandom {
     fn fill(&mut self, buf: &mut [u8]) {
         fill(buf);
-    }
-}
-
-impl Entropy for HostRandom {
-    fn next_u64(&mut self) -> u64 {
-        next_u64()
     }
 }
 
@@ -56,10 +49,4 @@ fn seed() -> u64 {
     // Mix in a stack address so two VMs started in the same nanosecond still differ.
     let local = 0u8;
     (nanos ^ (&local as *const u8 as u64).rotate_left(32)) | 1
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }

@@ -3,7 +3,7 @@
 //! headers, the cross-worker active-fault cap, response-phase faults and dry run.
 
 use crate::support::{filter_status, FILTER};
-use meshwarden_common::fault::{Entropy, SplitMix64};
+use meshwarden_common::fault::{Random, SplitMix64};
 use meshwarden_e2e::{wait_until, ControlPlane, EchoUpstream, Envoy, EnvoyOptions};
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -111,7 +111,7 @@ impl GuardSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fault::duration::DurationSpec;
+    use crate::duration::DurationSpec;
 
     fn guard() -> GuardSpec {
         GuardSpec {

@@ -121,8 +121,8 @@ fn trim(v: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fault::duration::DurationSpec;
-    use crate::fault::select::{Entropy, SplitMix64};
+    use crate::duration::DurationSpec;
+    use crate::fault::select::{Random, SplitMix64};
     use crate::fault::spec::PercentSpec;
 
     fn control() -> HeaderControlSpec {

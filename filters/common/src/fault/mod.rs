@@ -4,7 +4,6 @@
 //! randomness and the shared state.
 
 pub mod delay_queue;
-pub mod duration;
 pub mod grpc;
 pub mod guard;
 pub mod header_control;
@@ -13,13 +12,14 @@ pub mod select;
 pub mod spec;
 pub mod timestamp;
 
+pub use crate::duration::DurationSpec;
+pub use crate::random::{Random, SplitMix64};
 pub use delay_queue::{DelayQueue, TickClock};
-pub use duration::DurationSpec;
 pub use grpc::GrpcCode;
 pub use guard::GuardWindow;
 pub use header_control::{AbortStatus, HeaderFaults};
 pub use plan::{AbortPlan, AbortResponse, FaultPlan, DEFAULT_ABORT_BODY};
-pub use select::{sticky_draw, Entropy, Salt, SplitMix64};
+pub use select::{sticky_draw, Salt};
 pub use spec::{
     AbortSpec, DelayRange, DelaySpec, FaultSpec, GuardSpec, HeaderControlSpec, HttpStatus,
     MissingKey, PercentSpec, ResponseOverrideSpec, SourceSpec, StickySpec,

@@ -1,7 +1,7 @@
 //! What a policy does to one request: targeting, expiry and the faults selected.
 
 use super::header_control::AbortStatus;
-use super::select::{Entropy, Salt, Selector};
+use super::select::{Random, Salt, Selector};
 use super::spec::{FaultSpec, HttpStatus};
 use crate::request::RequestHeaders;
 
@@ -85,7 +85,7 @@ impl FaultSpec {
 
     /// Selects the faults for a request that matched this policy. Header-requested faults
     /// (when enabled and valid) replace the configured ones of the same type.
-    pub fn plan<E: Entropy>(&self, headers: &RequestHeaders, entropy: &mut E) -> FaultPlan {
+    pub fn plan<E: Random>(&self, headers: &RequestHeaders, entropy: &mut E) -> FaultPlan {
         let requested = self
             .header_control
             .as_ref()

@@ -2,14 +2,9 @@
 
 use super::spec::{MissingKey, StickySpec};
 use crate::percentage::Percentage;
+use crate::random::stable_hash;
+pub use crate::random::{Random, SplitMix64};
 use crate::request::RequestHeaders;
-
-/// A source of uniformly distributed 64-bit values (the proxy's random generator in the
-/// filter, a seeded generator in tests).
-pub trait Entropy {
-    /// The next uniform value.
-    fn next_u64(&mut self) -> u64;
-}
 
 /// Which fault a draw is for. Each fault draws independently, so for one sticky key the
 /// delay and abort decisions are independent yet each is stable.
@@ -21,50 +16,19 @@ pub enum Salt {
     ResponseOverride = 4,
 }
 
-/// A small, well-mixed, deterministic generator (SplitMix64). Used for tests and as a
-/// fallback; not cryptographic.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(pub u64);
-
-impl Entropy for SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix64(self.0)
-    }
-}
-
-/// SplitMix64's finalizer: spreads every input bit over the whole output.
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// The sticky draw for `key` under `seed` for one fault: FNV-1a over the seed, the salt and
 /// the key, then mixed. Stable across processes, platforms and releases.
 pub fn sticky_draw(seed: u64, salt: Salt, key: &[u8]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = OFFSET;
-    for b in seed
-        .to_le_bytes()
-        .into_iter()
-        .chain([salt as u8])
-        .chain(key.iter().copied())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(PRIME);
-    }
-    mix64(h)
+    stable_hash(0, &[&seed.to_le_bytes(), &[salt as u8], key])
 }
 
 /// Decides selections for one request.
-pub struct Selector<'a, E: Entropy> {
+pub struct Selector<'a, E: Random> {
     sticky: Option<(&'a StickySpec, Option<&'a [u8]>)>,
     entropy: &'a mut E,
 }
 
-impl<'a, E: Entropy> Selector<'a, E> {
+impl<'a, E: Random> Selector<'a, E> {
     /// A selector for a request; `sticky` (if configured) reads its key from `headers`.
     pub fn new(
         sticky: Option<&'a StickySpec>,

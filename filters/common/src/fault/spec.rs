@@ -1,8 +1,8 @@
 //! `FaultPolicy.spec`: the fields, their defaults and their validation.
 
-use super::duration::DurationSpec;
 use super::grpc::GrpcCode;
 use super::timestamp::Timestamp;
+use crate::duration::DurationSpec;
 use crate::error::ValidationError;
 use crate::names::HeaderName;
 use crate::percentage::Percentage;
@@ -66,12 +66,7 @@ pub struct FaultSpec {
     pub dry_run: bool,
 }
 
-/// Istio's `Percent`: `{value: 12.5}`, a double from 0 to 100.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PercentSpec {
-    pub value: Percentage,
-}
+pub use crate::percentage::PercentSpec;
 
 /// A delay: fixed (optionally with uniform jitter) or uniform over a range.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,6 @@
 pub mod answer;
 pub mod body;
 pub mod diff;
-pub mod duration;
 pub mod headers;
 pub mod method;
 pub mod plan;
@@ -18,7 +17,7 @@ pub mod target;
 
 pub use plan::{CompiledMirror, CompiledTarget, Selection, SkipReason, Sticky};
 pub use spec::{
-    MirrorEntry, MirrorSpec, PercentValue, StickySpec, CREDENTIAL_HEADERS, DEFAULT_MARKER_HEADER,
+    MirrorEntry, MirrorSpec, PercentSpec, StickySpec, CREDENTIAL_HEADERS, DEFAULT_MARKER_HEADER,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT, MAX_MAX_BODY_BYTES,
 };
 pub use target::{HostPort, MirrorTarget, ResolvedTarget, ServiceRef, HOST_CLUSTER_PREFIX};

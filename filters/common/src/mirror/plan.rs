@@ -3,12 +3,13 @@
 
 use super::body::declared_too_large;
 use super::diff::CompiledDiff;
-use super::duration::Millis;
 use super::headers::HeaderRewrite;
 use super::method::MethodFilter;
 use super::sampling::sticky_hash;
 use super::target::ResolvedTarget;
+use crate::duration::DurationSpec;
 use crate::percentage::Percentage;
+use crate::random::Random;
 use crate::request::RequestHeaders;
 
 /// A target ready to dispatch to.
@@ -36,7 +37,7 @@ pub struct CompiledMirror {
     pub methods: MethodFilter,
     pub max_body_bytes: usize,
     pub max_per_second: Option<u32>,
-    pub timeout: Millis,
+    pub timeout: DurationSpec,
     pub headers: HeaderRewrite,
     pub diff: Option<CompiledDiff>,
 }
@@ -97,7 +98,7 @@ pub struct Selection {
 impl CompiledMirror {
     /// Decides which targets get a copy of a request, from its headers. `random` yields
     /// uniformly distributed draws for non-sticky sampling.
-    pub fn select(&self, req: &RequestHeaders, mut random: impl FnMut() -> u64) -> Selection {
+    pub fn select(&self, req: &RequestHeaders, random: &mut impl Random) -> Selection {
         let n = self.targets.len();
         if !self
             .methods
@@ -116,7 +117,7 @@ impl CompiledMirror {
         for (i, t) in self.targets.iter().enumerate() {
             let draw = match sticky_value {
                 Some((seed, value)) => sticky_hash(seed, value, i),
-                None => random(),
+                None => random.next_u64(),
             };
             if t.percentage.selects(draw) {
                 sel.chosen.push(i);
@@ -141,6 +142,7 @@ impl CompiledMirror {
 mod tests {
     use super::*;
     use crate::mirror::MirrorSpec;
+    use crate::random::SplitMix64;
     use crate::spec::from_value;
     use serde_json::json;
 
@@ -164,13 +166,9 @@ mod tests {
         RequestHeaders::new(pairs)
     }
 
-    /// A deterministic uniform-ish generator for tests.
-    fn rng(seed: u64) -> impl FnMut() -> u64 {
-        let mut s = seed;
-        move || {
-            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            crate::mirror::sampling::mix64(s)
-        }
+    /// A deterministic generator for tests.
+    fn rng(seed: u64) -> SplitMix64 {
+        SplitMix64(seed)
     }
 
     #[test]
@@ -178,12 +176,12 @@ mod tests {
         let p = policy(
             json!({"mirrors": [{"target": {"cluster": "a"}}, {"target": {"cluster": "b"}}]}),
         );
-        let s = p.select(&req("POST", &[]), rng(1));
+        let s = p.select(&req("POST", &[]), &mut rng(1));
         assert!(s.chosen.is_empty());
         assert_eq!(s.skipped, vec![SkipReason::Method, SkipReason::Method]);
-        let s = p.select(&req("GET", &[("upgrade", "websocket")]), rng(1));
+        let s = p.select(&req("GET", &[("upgrade", "websocket")]), &mut rng(1));
         assert_eq!(s.skipped.len(), 2);
-        assert_eq!(p.select(&req("GET", &[]), rng(1)).chosen, vec![0, 1]);
+        assert_eq!(p.select(&req("GET", &[]), &mut rng(1)).chosen, vec![0, 1]);
     }
 
     #[test]
@@ -213,10 +211,12 @@ mod tests {
         }));
         for u in 0..200 {
             let user = format!("user-{u}");
-            let first = p.select(&req("GET", &[("x-user", &user)]), rng(u)).chosen;
+            let first = p
+                .select(&req("GET", &[("x-user", &user)]), &mut rng(u))
+                .chosen;
             for k in 0..5 {
                 assert_eq!(
-                    p.select(&req("GET", &[("x-user", &user)]), rng(k * 1000 + u))
+                    p.select(&req("GET", &[("x-user", &user)]), &mut rng(k * 1000 + u))
                         .chosen,
                     first
                 );
@@ -229,9 +229,9 @@ mod tests {
         let p = policy(
             json!({"mirrors": [{"target": {"cluster": "a"}}], "allowUnsafeMethods": true, "maxBodyBytes": 10}),
         );
-        let s = p.select(&req("POST", &[("content-length", "11")]), rng(1));
+        let s = p.select(&req("POST", &[("content-length", "11")]), &mut rng(1));
         assert_eq!(s.skipped, vec![SkipReason::BodyTooLarge]);
-        let s = p.select(&req("POST", &[("content-length", "10")]), rng(1));
+        let s = p.select(&req("POST", &[("content-length", "10")]), &mut rng(1));
         assert_eq!(s.chosen, vec![0]);
     }
 

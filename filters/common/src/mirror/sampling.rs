@@ -1,29 +1,19 @@
 //! Sampling draws: random, or sticky (a hash of a request header, so the same user is always
 //! in or always out).
 
-/// FNV-1a (64 bit) over `parts`, finished with a SplitMix64 mix so that the low digits used
-/// by [`crate::Percentage::selects`] are uniformly distributed.
-pub fn sticky_hash(seed: u64, header_value: &[u8], target_index: usize) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = OFFSET;
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(PRIME);
-        }
-    };
-    feed(&seed.to_le_bytes());
-    feed(&(target_index as u64).to_le_bytes());
-    feed(header_value);
-    mix64(h)
-}
+use crate::random::stable_hash;
 
-/// SplitMix64 finalizer: a bijective mix with good avalanche.
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// The stable hash ([`stable_hash`]) of the seed, the target and the header value, so the
+/// low digits used by [`crate::Percentage::selects`] are uniformly distributed.
+pub fn sticky_hash(seed: u64, header_value: &[u8], target_index: usize) -> u64 {
+    stable_hash(
+        0,
+        &[
+            &seed.to_le_bytes(),
+            &(target_index as u64).to_le_bytes(),
+            header_value,
+        ],
+    )
 }
 
 #[cfg(test)]

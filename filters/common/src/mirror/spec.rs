@@ -1,11 +1,11 @@
 //! `MirrorPolicy.spec`.
 
 use super::diff::DiffSpec;
-use super::duration::Millis;
 use super::headers::{validate_header_value, HeaderRewrite};
 use super::method::{validate_method, MethodFilter, SAFE_METHODS};
 use super::plan::{CompiledMirror, CompiledTarget, Sticky};
 use super::target::{HostPort, MirrorTarget, ResolvedTarget};
+use crate::duration::DurationSpec;
 use crate::error::ValidationError;
 use crate::names::HeaderName;
 use crate::percentage::Percentage;
@@ -20,18 +20,15 @@ pub const MAX_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 /// Default marker header on copies.
 pub const DEFAULT_MARKER_HEADER: &str = "x-meshwarden-mirror";
 /// Default call-out timeout for a copy.
-pub const DEFAULT_TIMEOUT: Millis = Millis::new(1_000);
+pub const DEFAULT_TIMEOUT: DurationSpec = DurationSpec::from_millis(1_000);
+/// Longest call-out timeout for a copy.
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
 /// Most targets per policy.
 pub const MAX_TARGETS: usize = 8;
 /// Largest `maxPerSecond`.
 pub const MAX_PER_SECOND: u32 = 1_000_000;
 
-/// A percentage as Istio writes it: `{value: 12.5}`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PercentValue {
-    pub value: Percentage,
-}
+pub use crate::percentage::PercentSpec;
 
 /// One entry of `mirrors`: where to send copies and which share of requests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,7 +37,7 @@ pub struct MirrorEntry {
     pub target: MirrorTarget,
     /// Share of matching requests copied to this target (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub percentage: Option<PercentValue>,
+    pub percentage: Option<PercentSpec>,
 }
 
 /// Sticky sampling: the draw is a hash of this header's value (and the seed), so a given
@@ -61,7 +58,7 @@ fn default_max_body() -> u64 {
     DEFAULT_MAX_BODY_BYTES
 }
 
-fn default_timeout() -> Millis {
+fn default_timeout() -> DurationSpec {
     DEFAULT_TIMEOUT
 }
 
@@ -81,7 +78,7 @@ pub struct MirrorSpec {
     pub mirror: Option<Box<MirrorTarget>>,
     /// Percentage for `mirror` (Istio `mirrorPercentage`; default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror_percentage: Option<PercentValue>,
+    pub mirror_percentage: Option<PercentSpec>,
     /// Sticky sampling by a header; random when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<Box<StickySpec>>,
@@ -99,7 +96,7 @@ pub struct MirrorSpec {
     pub max_body_bytes: u64,
     /// Call-out timeout for a copy (default `1s`).
     #[serde(default = "default_timeout")]
-    pub timeout: Millis,
+    pub timeout: DurationSpec,
     /// Append `-shadow` to the copy's host, as Envoy does (default true).
     #[serde(default = "yes")]
     pub host_suffix: bool,
@@ -154,7 +151,7 @@ impl MirrorSpec {
     /// The targets with their percentages, from `mirrors` or the `mirror` shorthand,
     /// with the field path of each target (for errors).
     fn entries(&self) -> Vec<(String, &MirrorTarget, Percentage)> {
-        let pct = |p: &Option<PercentValue>| p.map_or(Percentage::ALL, |p| p.value);
+        let pct = |p: &Option<PercentSpec>| p.map_or(Percentage::ALL, |p| p.value);
         match &self.mirror {
             Some(t) => vec![("mirror".to_string(), t, pct(&self.mirror_percentage))],
             None => self
@@ -200,6 +197,9 @@ impl MirrorSpec {
                 "maxBodyBytes",
                 format!("must be at most {MAX_MAX_BODY_BYTES} (16 MiB)"),
             ));
+        }
+        if !(1..=MAX_TIMEOUT_MS).contains(&self.timeout.as_millis()) {
+            return Err(ValidationError::new("timeout", "must be from 1ms to 1h"));
         }
         if let Some(n) = self.max_per_second {
             if n == 0 || n > MAX_PER_SECOND {
@@ -554,6 +554,9 @@ mod tests {
         );
         assert_eq!(base(json!({"maxPerSecond": 0})), "spec.maxPerSecond");
         assert_eq!(base(json!({"timeout": "soon"})), "spec.timeout");
+        assert_eq!(base(json!({"timeout": "0s"})), "spec.timeout");
+        assert_eq!(base(json!({"timeout": "2h"})), "spec.timeout");
+        assert_eq!(base(json!({"timeout": "0.5ms"})), "spec.timeout");
         assert_eq!(
             base(json!({"addHeaders": {":authority": "x"}})),
             "spec.addHeaders.:authority"

@@ -38,19 +38,10 @@ impl BucketKey {
     }
 }
 
-/// A seeded 64-bit hash (FNV-1a over the bytes, then a SplitMix64 finaliser). Stable across
-/// workers and builds, which is all the slot table needs.
+/// A seeded 64-bit hash ([`crate::random::stable_hash`]). Stable across workers and
+/// builds, which is all the slot table needs.
 pub fn hash64(bytes: &[u8], seed: u64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+    crate::random::stable_hash(seed, &[bytes])
 }
 
 #[cfg(test)]

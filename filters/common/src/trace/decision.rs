@@ -9,20 +9,8 @@ use super::traceparent::{TraceParent, FLAG_RANDOM, FLAG_SAMPLED, KNOWN_FLAGS, TR
 use super::tracestate::{TraceState, TraceStateAction, TRACESTATE};
 use crate::names::HeaderName;
 use crate::percentage::Percentage;
+use crate::random::Random;
 use crate::request::RequestHeaders;
-
-/// A source of random bytes: the host's `random_get` in the filter, a fixed sequence in
-/// tests. Any `FnMut(&mut [u8])` is one.
-pub trait RandomSource {
-    /// Fills `buf` with random bytes.
-    fn fill(&mut self, buf: &mut [u8]);
-}
-
-impl<F: FnMut(&mut [u8])> RandomSource for F {
-    fn fill(&mut self, buf: &mut [u8]) {
-        self(buf)
-    }
-}
 
 /// One change to the upstream request's headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,11 +86,7 @@ struct Context {
 }
 
 /// Decides how to continue or start the trace for a request under `spec`.
-pub fn decide(
-    headers: &RequestHeaders,
-    spec: &TraceSpec,
-    random: &mut impl RandomSource,
-) -> TracePlan {
+pub fn decide(headers: &RequestHeaders, spec: &TraceSpec, random: &mut impl Random) -> TracePlan {
     let mut invalid: Vec<&'static str> = Vec::new();
     let traceparent = TraceParent::from_headers(headers);
     let b3 = B3Headers::from_headers(headers);
@@ -176,7 +160,7 @@ pub fn decide(
     }
 }
 
-fn from_traceparent(tp: &TraceParent, mode: SpanMode, random: &mut impl RandomSource) -> Context {
+fn from_traceparent(tp: &TraceParent, mode: SpanMode, random: &mut impl Random) -> Context {
     let flags = tp.flags & KNOWN_FLAGS;
     Context {
         trace_id: tp.trace_id,
@@ -202,7 +186,7 @@ fn from_b3(
     sampling: Sampling,
     parent: Option<SpanId>,
     spec: &TraceSpec,
-    random: &mut impl RandomSource,
+    random: &mut impl Random,
 ) -> Context {
     let sampling = decided(sampling, spec.sampling_percentage, random);
     let propagate = spec.mode == SpanMode::Propagate;
@@ -223,7 +207,7 @@ fn from_b3(
 }
 
 /// A new trace; `hint` is an incoming B3 sampling-only decision, if any.
-fn start(hint: Sampling, spec: &TraceSpec, random: &mut impl RandomSource) -> Context {
+fn start(hint: Sampling, spec: &TraceSpec, random: &mut impl Random) -> Context {
     let mut trace = [0u8; 16];
     random.fill(&mut trace);
     if trace.iter().all(|b| *b == 0) {
@@ -243,7 +227,7 @@ fn start(hint: Sampling, spec: &TraceSpec, random: &mut impl RandomSource) -> Co
 }
 
 /// Resolves a deferred decision with `percentage`.
-fn decided(s: Sampling, percentage: Percentage, random: &mut impl RandomSource) -> Sampling {
+fn decided(s: Sampling, percentage: Percentage, random: &mut impl Random) -> Sampling {
     if s != Sampling::Deferred {
         return s;
     }
@@ -270,7 +254,7 @@ fn sampled_flag(s: Sampling) -> u8 {
     }
 }
 
-fn new_span_id(random: &mut impl RandomSource) -> SpanId {
+fn new_span_id(random: &mut impl Random) -> SpanId {
     let mut id = [0u8; 8];
     random.fill(&mut id);
     if id.iter().all(|b| *b == 0) {

@@ -209,7 +209,10 @@ fn propagate_mode_never_alters_tracestate_it_passes_through() {
     // A traceparent that is rewritten (surrounding spaces) is not "unchanged" either.
     let spaced = format!(" {tp} ");
     let plan = run(
-        &[("traceparent", spaced.as_str()), ("tracestate", "a=1,BAD=2")],
+        &[
+            ("traceparent", spaced.as_str()),
+            ("tracestate", "a=1,BAD=2"),
+        ],
         &propagate,
     );
     assert_eq!(set(&plan, "tracestate").unwrap(), "a=1");
@@ -443,7 +446,7 @@ fn odd_bytes_never_panic() {
 
 #[test]
 fn random_header_bytes_never_panic() {
-    use crate::fault::{Entropy, SplitMix64};
+    use crate::fault::{Random, SplitMix64};
     let mut rng = SplitMix64(7);
     let names = [
         "traceparent",

@@ -11,7 +11,7 @@ mod spec;
 pub mod traceparent;
 pub mod tracestate;
 
-pub use decision::{decide, HeaderOp, Outcome, RandomSource, TracePlan};
+pub use decision::{decide, HeaderOp, Outcome, TracePlan};
 pub use ids::{SpanId, TraceId};
 pub use log_id::log_id;
 pub use spec::{SpanMode, TraceFormat, TraceSpec};

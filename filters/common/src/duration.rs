@@ -1,5 +1,6 @@
-//! Durations as policies write them: `250ms`, `1.5s`, `2m`, `1h` (protobuf/Istio style `0.25s`
-//! works too). Kept in whole milliseconds, the resolution of the proxy's timers.
+//! The one duration type of every kind: durations as policies write them — `250ms`, `1.5s`,
+//! `2m`, `1h` (protobuf/Istio style `0.25s` works too) — kept in whole milliseconds, the
+//! resolution of the proxy's timers. Each field states its own range where it is validated.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -24,6 +25,11 @@ impl DurationSpec {
     /// The duration in milliseconds.
     pub const fn as_millis(self) -> u64 {
         self.millis
+    }
+
+    /// As a std duration.
+    pub const fn as_duration(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.millis)
     }
 }
 
