@@ -173,12 +173,12 @@ fn filter_block(name: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn renders_every_placeholder() {
-        let out = render(&BootstrapParams {
+    /// The parameters of a test proxy `edge-1` in cluster `shop`.
+    fn params() -> BootstrapParams {
+        BootstrapParams {
             node_id: "edge-1".into(),
             node_cluster: "shop".into(),
-            labels: [("zone".to_string(), "eu".to_string())].into(),
+            labels: BTreeMap::new(),
             admin_port: 9901,
             listen_address: "127.0.0.1".into(),
             listen_port: 10000,
@@ -186,8 +186,18 @@ mod tests {
             xds_port: 18000,
             upstream_address: "127.0.0.1".into(),
             upstream_port: 8080,
+            delta: false,
+            layout: Layout::Combined,
+        }
+    }
+
+    #[test]
+    fn renders_every_placeholder() {
+        let out = render(&BootstrapParams {
+            labels: [("zone".to_string(), "eu".to_string())].into(),
             delta: true,
             layout: Layout::Separate,
+            ..params()
         });
         assert!(!out.contains("{{"), "{out}");
         assert!(out.contains("DELTA_GRPC"));
@@ -222,20 +232,7 @@ mod tests {
 
     #[test]
     fn xds_tls_goes_into_the_xds_cluster_only() {
-        let plain = render(&BootstrapParams {
-            node_id: "edge-1".into(),
-            node_cluster: "shop".into(),
-            labels: BTreeMap::new(),
-            admin_port: 9901,
-            listen_address: "127.0.0.1".into(),
-            listen_port: 10000,
-            xds_address: "127.0.0.1".into(),
-            xds_port: 18000,
-            upstream_address: "127.0.0.1".into(),
-            upstream_port: 8080,
-            delta: false,
-            layout: Layout::Combined,
-        });
+        let plain = render(&params());
         let out = with_xds_tls(
             &plain,
             &XdsTls {

@@ -109,10 +109,7 @@ impl ResourceType for ExtensionConfigs {
         modules: &ModuleSet,
         variant: Option<&str>,
     ) -> Vec<Arc<Resource>> {
-        let source = match variant {
-            Some(cluster) => ModuleSource::Remote { cluster },
-            None => ModuleSource::Local,
-        };
+        let source = ModuleSource::of_variant(variant);
         vec![Arc::new(compose(
             kind,
             policies.iter().copied(),
@@ -127,10 +124,7 @@ impl ResourceType for ExtensionConfigs {
         modules: &ModuleSet,
         variant: Option<&str>,
     ) -> Vec<Arc<Resource>> {
-        let source = match variant {
-            Some(cluster) => ModuleSource::Remote { cluster },
-            None => ModuleSource::Local,
-        };
+        let source = ModuleSource::of_variant(variant);
         vec![Arc::new(compose_combined(selected, modules, source))]
     }
 }
@@ -142,6 +136,16 @@ pub enum ModuleSource<'a> {
     Local,
     /// Over HTTP from the control plane, through this Envoy cluster, checked by SHA-256.
     Remote { cluster: &'a str },
+}
+
+impl<'a> ModuleSource<'a> {
+    /// The source for a proxy's variant: the module cluster it fetches through, if any.
+    pub fn of_variant(variant: Option<&'a str>) -> Self {
+        match variant {
+            Some(cluster) => ModuleSource::Remote { cluster },
+            None => ModuleSource::Local,
+        }
+    }
 }
 
 /// The wire configuration a filter gets from `policies` (already selected for the proxy,
