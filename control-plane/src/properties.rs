@@ -54,11 +54,7 @@ fn validated_round_trip(value: &serde_json::Value) {
     let again = doc.to_value();
     let reparsed = PolicyDocument::from_value(&again)
         .unwrap_or_else(|e| panic!("a valid document's JSON is invalid: {e}\n{again}"));
-    assert_eq!(
-        reparsed.to_value(),
-        again,
-        "the canonical JSON is stable"
-    );
+    assert_eq!(reparsed.to_value(), again, "the canonical JSON is stable");
 }
 
 /// Each filter's configuration parser never panics on any bytes.
@@ -92,7 +88,11 @@ pub fn trace_headers(data: &[u8]) {
     }
     let state = TraceState::parse(parts[1].split(|b| *b == b'\n')).state;
     let value = state.header_value();
-    assert_eq!(TraceState::parse([value.as_bytes()]).state, state, "tracestate {value:?}");
+    assert_eq!(
+        TraceState::parse([value.as_bytes()]).state,
+        state,
+        "tracestate {value:?}"
+    );
     let _ = b3::parse_single(parts[2]);
     let _ = request_id::is_valid(parts[3]);
 
@@ -103,8 +103,9 @@ pub fn trace_headers(data: &[u8]) {
         ("x-request-id".into(), parts[3].to_vec()),
         ("x-b3-traceid".into(), parts[4].to_vec()),
     ]);
-    let spec: TraceSpec = serde_json::from_str(r#"{"formats": ["w3c", "b3", "b3multi", "requestId"]}"#)
-        .expect("a valid spec");
+    let spec: TraceSpec =
+        serde_json::from_str(r#"{"formats": ["w3c", "b3", "b3multi", "requestId"]}"#)
+            .expect("a valid spec");
     let mut counter = 0u8;
     let plan = meshwarden_common::trace::decide(&headers, &spec, &mut |buf: &mut [u8]| {
         for b in buf.iter_mut() {
@@ -115,12 +116,15 @@ pub fn trace_headers(data: &[u8]) {
     for op in &plan.ops {
         if let meshwarden_common::trace::HeaderOp::Set { name, value } = op {
             assert!(
-                value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)),
+                value
+                    .bytes()
+                    .all(|b| b == b'\t' || (0x20..0x7f).contains(&b)),
                 "{name}: {value:?} is not a valid header value"
             );
             if *name == "traceparent" {
-                TraceParent::parse(value.as_bytes())
-                    .unwrap_or_else(|e| panic!("the decision set an invalid traceparent {value:?}: {e:?}"));
+                TraceParent::parse(value.as_bytes()).unwrap_or_else(|e| {
+                    panic!("the decision set an invalid traceparent {value:?}: {e:?}")
+                });
             }
         }
     }
@@ -153,7 +157,11 @@ pub fn fault_header_control(data: &[u8]) {
     if let Some((status, pct)) = faults.abort {
         assert!(pct <= cap, "abort percentage {pct:?} over the cap {cap:?}");
         if let meshwarden_common::fault::header_control::AbortStatus::Http(s) = status {
-            assert!(matches!(s.code(), 503 | 429), "status {} not allowed", s.code());
+            assert!(
+                matches!(s.code(), 503 | 429),
+                "status {} not allowed",
+                s.code()
+            );
         }
     }
     if let Some((ms, pct)) = faults.delay {
@@ -173,7 +181,11 @@ pub fn mirror_diff(data: &[u8]) {
     let a = serde_json::from_slice::<serde_json::Value>(parts[1]).ok();
     let b = serde_json::from_slice::<serde_json::Value>(parts[2]).ok();
     if let Some(a) = &a {
-        assert_eq!(first_difference(a, a, &patterns), None, "a value differs from itself");
+        assert_eq!(
+            first_difference(a, a, &patterns),
+            None,
+            "a value differs from itself"
+        );
     }
     if let (Some(a), Some(b)) = (&a, &b) {
         assert_eq!(
