@@ -10,15 +10,22 @@ use meshwarden_e2e::{wait_until, ControlPlane, EchoUpstream, Envoy, EnvoyOptions
 use serde_json::Value;
 use std::time::Duration;
 
-/// A control plane requiring mutual TLS, with a CLI presenting an admin certificate.
-async fn mtls_control_plane(pki: &TestPki) -> anyhow::Result<ControlPlane> {
+/// A control plane requiring mutual TLS (plus `extra` flags), with a CLI presenting the
+/// certificate `spiffe://test/ops/cli`.
+async fn mtls_control_plane_with(pki: &TestPki, extra: &[String]) -> anyhow::Result<ControlPlane> {
     let cli_cert = pki.client("cli", &["spiffe://test/ops/cli"]);
+    let mut args = pki.serve_args();
+    args.extend_from_slice(extra);
     ControlPlane::start_with_args(
-        pki.serve_args(),
+        args,
         Some(pki.connector(None, b"http/1.1")?),
         pki.cli_args(&cli_cert),
     )
     .await
+}
+
+async fn mtls_control_plane(pki: &TestPki) -> anyhow::Result<ControlPlane> {
+    mtls_control_plane_with(pki, &[]).await
 }
 
 /// Envoy options connecting as `node_id` with the client certificate `cert`.
@@ -470,5 +477,45 @@ async fn hostile_documents_get_a_clear_error_and_nothing_is_applied() -> anyhow:
         started.elapsed()
     );
     assert_eq!(cp.http_get("/healthz").await?.0, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_mtls_client_gets_the_role_its_certificate_is_listed_with() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("users.yaml");
+    std::fs::write(
+        &tokens,
+        "users:\n- {name: ops-cli, identity: \"spiffe://test/ops/cli\", role: viewer}\n",
+    )?;
+    let cp = mtls_control_plane_with(&pki, &["--token-file".into(), tokens.display().to_string()])
+        .await?;
+    assert!(
+        cp.cli().run(&["get"]).success,
+        "the certificate authenticates"
+    );
+    let out = cp.cli().apply_yaml(&fault("x"));
+    assert!(
+        !out.success && out.stderr.contains(r#""ops-cli" is a viewer"#),
+        "{}",
+        out.stderr
+    );
+    let stranger = pki.client("stranger", &["spiffe://test/other"]);
+    let as_stranger = meshwarden_e2e::Cli {
+        global_args: pki.cli_args(&stranger),
+        ..cp.cli()
+    };
+    let out = as_stranger.run(&["get"]);
+    assert!(
+        !out.success && out.stderr.contains("not in the token file"),
+        "{}",
+        out.stderr
+    );
+    let trail = cp.cli().run(&["audit", "-o", "json"]);
+    let trail: Vec<Value> = serde_json::from_str(&trail.stdout)?;
+    assert_eq!(trail.len(), 1);
+    assert_eq!(trail[0]["identity"], "ops-cli");
+    assert_eq!(trail[0]["code"], "PERMISSION_DENIED");
     Ok(())
 }
