@@ -519,3 +519,42 @@ async fn an_mtls_client_gets_the_role_its_certificate_is_listed_with() -> anyhow
     assert_eq!(trail[0]["code"], "PERMISSION_DENIED");
     Ok(())
 }
+
+#[tokio::test]
+async fn without_mtls_an_xds_allow_list_decides_which_proxies_are_served() -> anyhow::Result<()> {
+    let cp = ControlPlane::start_with_args(
+        vec!["--xds-allow-node".into(), "edge-*".into()],
+        None,
+        Vec::new(),
+    )
+    .await?;
+    let up = EchoUpstream::start().await?;
+    let listed = EnvoyOptions {
+        node_id: "edge-1".into(),
+        ..Default::default()
+    };
+    let _served = Envoy::start(&cp, up.addr.port(), listed).await?;
+    let unlisted = EnvoyOptions {
+        node_id: "intruder".into(),
+        wait_for_config: false,
+        ..Default::default()
+    };
+    let refused = Envoy::start(&cp, up.addr.port(), unlisted).await?;
+    wait_until(
+        Duration::from_secs(20),
+        "the unlisted proxy refused",
+        || async {
+            cp.log()
+                .contains(r#"node \"intruder\" (cluster \"test\") is not on the xDS allow-list"#)
+                .then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(connected(&cp, "edge-1").len(), 1);
+    assert!(connected(&cp, "intruder").is_empty());
+    let reloads = refused
+        .stat("extension_config_discovery.http_filter.meshwarden.trace.config_reload")
+        .await?;
+    assert_eq!(reloads, 0, "the unlisted proxy received no configuration");
+    Ok(())
+}
