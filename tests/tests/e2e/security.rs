@@ -234,7 +234,12 @@ async fn api_callers_need_credentials_and_a_role_allowing_the_call_and_every_att
     let dir = tempfile::tempdir()?;
     let tokens = token_file(dir.path())?;
     let cp = ControlPlane::start_with_args(
-        vec!["--token-file".into(), tokens.display().to_string()],
+        vec![
+            "--token-file".into(),
+            tokens.display().to_string(),
+            "--reload-interval".into(),
+            "0.2".into(),
+        ],
         None,
         Vec::new(),
     )
@@ -346,6 +351,32 @@ async fn api_callers_need_credentials_and_a_role_allowing_the_call_and_every_att
         "a refused delete names what it would have removed"
     );
     assert!(cp.log().contains("audit"), "audit entries are logged");
+
+    // Tokens rotate without a restart: the file is read again when it changes.
+    let old = std::fs::read_to_string(&tokens)?;
+    let hash = |t: &str| {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(t.as_bytes()))
+    };
+    std::fs::write(
+        &tokens,
+        old.replace(&hash("admin-token"), &hash("rotated-admin-token")),
+    )?;
+    wait_until(
+        Duration::from_secs(10),
+        "the rotated token accepted",
+        || async {
+            as_user("rotated-admin-token")
+                .run(&["get"])
+                .success
+                .then_some(())
+        },
+    )
+    .await?;
+    assert!(
+        !as_user("admin-token").run(&["get"]).success,
+        "the old token is gone"
+    );
     Ok(())
 }
 
