@@ -98,6 +98,20 @@ bench-smoke: deps build
 	python3 bench/bench.py --smoke --wasm-dir $(WASM_DIR) --build-dir $(TARGET_DIR)/wasm32-wasip1/wasm --meshwarden $(TARGET_DIR)/debug/meshwarden \
 	  --push-bench $(TARGET_DIR)/debug/meshwarden-push-bench
 
+# Fuzzing (cargo-fuzz, libFuzzer; nightly): every target for FUZZ_RUNS executions from the
+# corpus in fuzz/corpus/<target> (kept between runs). The same properties run as proptests
+# inside `make test`. Results and crashes found: fuzz/README.md.
+FUZZ_TARGETS := policy_documents filter_configs trace_headers fault_header_control mirror_diff xds_requests
+FUZZ_RUNS ?= 1000000
+.PHONY: fuzz
+fuzz:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	set -eo pipefail; cd fuzz; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p corpus/$$t; \
+	  CARGO_TARGET_DIR=$(abspath $(TARGET_DIR))/fuzz cargo +nightly fuzz run -O $$t corpus/$$t -- -runs=$(FUZZ_RUNS) -max_len=4096 -print_final_stats=1 2>&1 | tail -n 12; \
+	done
+
 lint: toolchain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings

@@ -493,7 +493,8 @@ pub fn warn_if_exposed(port: &str, addr: SocketAddr, tls: bool) {
         tracing::warn!(
             port,
             %addr,
-            "INSECURE: listening on a non-loopback address WITHOUT TLS; anyone who can reach it can read xDS and change policies. Use --tls-cert/--tls-key (and --client-ca, --token-file) or bind to 127.0.0.1"
+            exposes = if port == "grpc" { "xDS configurations and the policy API" } else { "metrics and modules" },
+            "INSECURE: listening on a non-loopback address WITHOUT TLS: anyone on the network can read or tamper with this traffic. Use --tls-cert/--tls-key (and --client-ca, --token-file) or bind to 127.0.0.1"
         );
     }
 }

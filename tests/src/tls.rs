@@ -54,7 +54,7 @@ impl TestPki {
             "--client-ca",
             &self.ca_file.display().to_string(),
             "--require-client-cert",
-            "--tls-reload-interval",
+            "--reload-interval",
             "0.2",
         ]
         .map(String::from)

@@ -162,18 +162,6 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// Reads a token file (YAML or JSON).
-    pub fn load(path: &Path) -> Result<Self, TokenFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|message| TokenFileError::Invalid {
-            path: path.display().to_string(),
-            message,
-        })
-    }
-
     /// Parses a token file's text; the error names the entry and field.
     pub fn parse(text: &str) -> Result<Self, String> {
         let file: TokenFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
@@ -274,10 +262,125 @@ impl Authenticator {
     }
 }
 
+/// A token file's callers, read again when the file changes (tokens rotated, users added
+/// or removed) without a restart. A file that no longer parses is logged and the previous
+/// users kept.
+#[derive(Debug)]
+pub struct TokenFileWatch {
+    path: std::path::PathBuf,
+    current: std::sync::RwLock<Arc<Authenticator>>,
+    /// The text the current users were read from.
+    loaded: std::sync::Mutex<String>,
+}
+
+impl TokenFileWatch {
+    /// Reads the token file (YAML or JSON) at `path`; it must be valid now.
+    pub fn load(path: &Path) -> Result<Self, TokenFileError> {
+        let text = read(path)?;
+        let auth = Authenticator::parse(&text).map_err(|message| TokenFileError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            current: std::sync::RwLock::new(Arc::new(auth)),
+            loaded: std::sync::Mutex::new(text),
+        })
+    }
+
+    /// The current users.
+    pub fn get(&self) -> Arc<Authenticator> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the file again if its text changed; `Ok(true)` if the users changed.
+    pub fn reload_if_changed(&self) -> Result<bool, TokenFileError> {
+        let text = read(&self.path)?;
+        if *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) == text {
+            return Ok(false);
+        }
+        let auth = Authenticator::parse(&text).map_err(|message| TokenFileError::Invalid {
+            path: self.path.display().to_string(),
+            message,
+        })?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(auth);
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = text;
+        Ok(true)
+    }
+
+    /// Checks the file every `interval` until `shutdown`, logging reloads and failures.
+    pub fn spawn_watch(
+        self: &Arc<Self>,
+        interval: std::time::Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = async { let _ = shutdown.wait_for(|down| *down).await; } => return,
+                }
+                let watch = this.clone();
+                match tokio::task::spawn_blocking(move || watch.reload_if_changed()).await {
+                    Ok(Ok(true)) => {
+                        tracing::info!(path = %this.path.display(), "token file reloaded")
+                    }
+                    Ok(Ok(false)) | Err(_) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "token file changed but cannot be used; keeping the previous users")
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn read(path: &Path) -> Result<String, TokenFileError> {
+    std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tls::PeerIdentity;
+
+    #[test]
+    fn a_changed_token_file_is_read_again_and_a_broken_one_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.yaml");
+        let write = |token: &str| {
+            std::fs::write(
+                &path,
+                format!(
+                    "users: [{{name: ci, sha256: {}, role: editor}}]",
+                    hash(token)
+                ),
+            )
+            .unwrap()
+        };
+        write("old");
+        let watch = TokenFileWatch::load(&path).unwrap();
+        assert!(!watch.reload_if_changed().unwrap());
+        write("new");
+        assert!(watch.reload_if_changed().unwrap());
+        assert!(watch.get().authenticate(&bearer("new"), None).is_ok());
+        assert!(watch.get().authenticate(&bearer("old"), None).is_err());
+        std::fs::write(&path, "users: [{name: ci}]").unwrap();
+        assert!(watch.reload_if_changed().is_err());
+        assert!(
+            watch.get().authenticate(&bearer("new"), None).is_ok(),
+            "previous users kept"
+        );
+    }
 
     fn hash(token: &str) -> String {
         hex::encode(Sha256::digest(token.as_bytes()))

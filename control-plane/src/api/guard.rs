@@ -1,5 +1,5 @@
 //! A tower layer in front of every gRPC service of the policy API (not xDS, not
-//! reflection): authenticates the caller ([`Authenticator`]), checks its role for the
+//! reflection): authenticates the caller ([`super::auth::Authenticator`]), checks its role for the
 //! method called, checks an editor's kinds and name prefixes against the policies an
 //! apply or delete touches (read from the request itself, before the service sees it), and
 //! records every apply and delete, accepted or refused, in the [`AuditLog`].
@@ -7,7 +7,7 @@
 //! Methods are classed by name; a method not listed here (a new one) needs `admin`, so
 //! nothing is open by accident.
 
-use super::auth::{Authenticator, Principal, Role};
+use super::auth::{Principal, Role, TokenFileWatch};
 use super::pb;
 use crate::audit::{AuditEntry, AuditLog};
 use crate::registry::PolicyRegistry;
@@ -68,7 +68,7 @@ fn access(path: &str) -> Option<Access> {
 #[derive(Debug)]
 struct State {
     /// `None`: authentication is off, every caller is an anonymous admin.
-    auth: Option<Authenticator>,
+    auth: Option<Arc<TokenFileWatch>>,
     audit: AuditLog,
     registry: Arc<PolicyRegistry>,
 }
@@ -83,7 +83,7 @@ impl ApiGuardLayer {
     /// Guards with `auth` (`None`: no authentication) and records in `audit`; old and new
     /// versions are read from `registry`.
     pub fn new(
-        auth: Option<Authenticator>,
+        auth: Option<Arc<TokenFileWatch>>,
         audit: AuditLog,
         registry: Arc<PolicyRegistry>,
     ) -> Self {
@@ -153,7 +153,7 @@ where
     let peer = request.extensions().get::<PeerInfo>().cloned();
     let principal = match &state.auth {
         None => Ok(Arc::new(Principal::anonymous_admin())),
-        Some(auth) => auth.authenticate(
+        Some(auth) => auth.get().authenticate(
             &tonic::metadata::MetadataMap::from_headers(request.headers().clone()),
             peer.as_ref(),
         ),

@@ -1,7 +1,7 @@
 //! `serve`'s security flags: TLS on both ports, mutual TLS, the policy API's users, and
 //! the xDS admission rule.
 
-use crate::api::auth::{Authenticator, TokenFileError};
+use crate::api::auth::{TokenFileError, TokenFileWatch};
 use crate::tls::{self, Alpn, TlsFiles, TlsReloader};
 use crate::xds::admission::{XdsAccess, DEFAULT_MAX_STREAMS};
 use std::path::PathBuf;
@@ -25,13 +25,14 @@ pub struct SecurityArgs {
     /// Refuse TLS handshakes on the gRPC port without a client certificate.
     #[arg(long, requires = "client_ca")]
     pub require_client_cert: bool,
-    /// How often the TLS files are checked for changes, in seconds (default 5).
+    /// How often the TLS files and the token file are checked for changes, in seconds
+    /// (default 5).
     #[arg(long, value_name = "SECONDS")]
-    pub tls_reload_interval: Option<f64>,
+    pub reload_interval: Option<f64>,
     /// Users of the policy API (YAML or JSON: `users:` entries with a name, a role
     /// viewer|editor|admin, and the sha256 of their token or their client certificate's
-    /// identity; editors optionally limited to `kinds` and `namePrefixes`). Without it the
-    /// API is open to whoever reaches the port.
+    /// identity; editors optionally limited to `kinds` and `namePrefixes`). Read again when
+    /// it changes. Without it the API is open to whoever reaches the port.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// Serve xDS only to this node id (`prefix*` matches by prefix). Repeatable; with
@@ -66,16 +67,16 @@ impl SecurityArgs {
 
     /// How often the TLS files are checked.
     pub fn reload_interval(&self) -> Duration {
-        self.tls_reload_interval
+        self.reload_interval
             .filter(|s| s.is_finite() && *s > 0.0)
             .map_or(tls::DEFAULT_RELOAD_INTERVAL, Duration::from_secs_f64)
     }
 
     /// The policy API's users, if authentication is on.
-    pub fn authenticator(&self) -> Result<Option<Authenticator>, TokenFileError> {
+    pub fn authenticator(&self) -> Result<Option<TokenFileWatch>, TokenFileError> {
         self.token_file
             .as_deref()
-            .map(Authenticator::load)
+            .map(TokenFileWatch::load)
             .transpose()
     }
 

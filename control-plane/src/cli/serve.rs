@@ -132,7 +132,10 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
         .map_err(|e| anyhow::anyhow!("cannot read remembered rejections from the store: {e}"))?;
     let audit = crate::audit::AuditLog::persisted(registry.clone())
         .map_err(|e| anyhow::anyhow!("cannot read the audit trail from the store: {e}"))?;
-    let auth = args.security.authenticator()?;
+    let auth = args.security.authenticator()?.map(std::sync::Arc::new);
+    if let Some(auth) = &auth {
+        auth.spawn_watch(args.security.reload_interval(), shutdown.clone());
+    }
     if auth.is_none() && !args.grpc_addr.ip().is_loopback() {
         tracing::warn!(addr = %args.grpc_addr, "INSECURE: the policy API takes no credentials (no --token-file); anyone who reaches the port can change policies");
     }

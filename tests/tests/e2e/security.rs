@@ -10,15 +10,22 @@ use meshwarden_e2e::{wait_until, ControlPlane, EchoUpstream, Envoy, EnvoyOptions
 use serde_json::Value;
 use std::time::Duration;
 
-/// A control plane requiring mutual TLS, with a CLI presenting an admin certificate.
-async fn mtls_control_plane(pki: &TestPki) -> anyhow::Result<ControlPlane> {
+/// A control plane requiring mutual TLS (plus `extra` flags), with a CLI presenting the
+/// certificate `spiffe://test/ops/cli`.
+async fn mtls_control_plane_with(pki: &TestPki, extra: &[String]) -> anyhow::Result<ControlPlane> {
     let cli_cert = pki.client("cli", &["spiffe://test/ops/cli"]);
+    let mut args = pki.serve_args();
+    args.extend_from_slice(extra);
     ControlPlane::start_with_args(
-        pki.serve_args(),
+        args,
         Some(pki.connector(None, b"http/1.1")?),
         pki.cli_args(&cli_cert),
     )
     .await
+}
+
+async fn mtls_control_plane(pki: &TestPki) -> anyhow::Result<ControlPlane> {
+    mtls_control_plane_with(pki, &[]).await
 }
 
 /// Envoy options connecting as `node_id` with the client certificate `cert`.
@@ -227,7 +234,12 @@ async fn api_callers_need_credentials_and_a_role_allowing_the_call_and_every_att
     let dir = tempfile::tempdir()?;
     let tokens = token_file(dir.path())?;
     let cp = ControlPlane::start_with_args(
-        vec!["--token-file".into(), tokens.display().to_string()],
+        vec![
+            "--token-file".into(),
+            tokens.display().to_string(),
+            "--reload-interval".into(),
+            "0.2".into(),
+        ],
         None,
         Vec::new(),
     )
@@ -339,6 +351,32 @@ async fn api_callers_need_credentials_and_a_role_allowing_the_call_and_every_att
         "a refused delete names what it would have removed"
     );
     assert!(cp.log().contains("audit"), "audit entries are logged");
+
+    // Tokens rotate without a restart: the file is read again when it changes.
+    let old = std::fs::read_to_string(&tokens)?;
+    let hash = |t: &str| {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(t.as_bytes()))
+    };
+    std::fs::write(
+        &tokens,
+        old.replace(&hash("admin-token"), &hash("rotated-admin-token")),
+    )?;
+    wait_until(
+        Duration::from_secs(10),
+        "the rotated token accepted",
+        || async {
+            as_user("rotated-admin-token")
+                .run(&["get"])
+                .success
+                .then_some(())
+        },
+    )
+    .await?;
+    assert!(
+        !as_user("admin-token").run(&["get"]).success,
+        "the old token is gone"
+    );
     Ok(())
 }
 
@@ -470,5 +508,84 @@ async fn hostile_documents_get_a_clear_error_and_nothing_is_applied() -> anyhow:
         started.elapsed()
     );
     assert_eq!(cp.http_get("/healthz").await?.0, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_mtls_client_gets_the_role_its_certificate_is_listed_with() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("users.yaml");
+    std::fs::write(
+        &tokens,
+        "users:\n- {name: ops-cli, identity: \"spiffe://test/ops/cli\", role: viewer}\n",
+    )?;
+    let cp = mtls_control_plane_with(&pki, &["--token-file".into(), tokens.display().to_string()])
+        .await?;
+    assert!(
+        cp.cli().run(&["get"]).success,
+        "the certificate authenticates"
+    );
+    let out = cp.cli().apply_yaml(&fault("x"));
+    assert!(
+        !out.success && out.stderr.contains(r#""ops-cli" is a viewer"#),
+        "{}",
+        out.stderr
+    );
+    let stranger = pki.client("stranger", &["spiffe://test/other"]);
+    let as_stranger = meshwarden_e2e::Cli {
+        global_args: pki.cli_args(&stranger),
+        ..cp.cli()
+    };
+    let out = as_stranger.run(&["get"]);
+    assert!(
+        !out.success && out.stderr.contains("not in the token file"),
+        "{}",
+        out.stderr
+    );
+    let trail = cp.cli().run(&["audit", "-o", "json"]);
+    let trail: Vec<Value> = serde_json::from_str(&trail.stdout)?;
+    assert_eq!(trail.len(), 1);
+    assert_eq!(trail[0]["identity"], "ops-cli");
+    assert_eq!(trail[0]["code"], "PERMISSION_DENIED");
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_mtls_an_xds_allow_list_decides_which_proxies_are_served() -> anyhow::Result<()> {
+    let cp = ControlPlane::start_with_args(
+        vec!["--xds-allow-node".into(), "edge-*".into()],
+        None,
+        Vec::new(),
+    )
+    .await?;
+    let up = EchoUpstream::start().await?;
+    let listed = EnvoyOptions {
+        node_id: "edge-1".into(),
+        ..Default::default()
+    };
+    let _served = Envoy::start(&cp, up.addr.port(), listed).await?;
+    let unlisted = EnvoyOptions {
+        node_id: "intruder".into(),
+        wait_for_config: false,
+        ..Default::default()
+    };
+    let refused = Envoy::start(&cp, up.addr.port(), unlisted).await?;
+    wait_until(
+        Duration::from_secs(20),
+        "the unlisted proxy refused",
+        || async {
+            cp.log()
+                .contains(r#"node \"intruder\" (cluster \"test\") is not on the xDS allow-list"#)
+                .then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(connected(&cp, "edge-1").len(), 1);
+    assert!(connected(&cp, "intruder").is_empty());
+    let reloads = refused
+        .stat("extension_config_discovery.http_filter.meshwarden.trace.config_reload")
+        .await?;
+    assert_eq!(reloads, 0, "the unlisted proxy received no configuration");
     Ok(())
 }
