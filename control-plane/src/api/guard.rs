@@ -181,10 +181,11 @@ where
     {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
-            return Ok(Status::resource_exhausted(format!(
+            // As the service itself answers an oversized request (tonic's decoding limit).
+            return Ok(Status::out_of_range(format!(
                 "request larger than {MAX_APPLY_REQUEST_BYTES} bytes, or unreadable"
             ))
-            .into_http())
+            .into_http());
         }
     };
     let attempt = Attempt::read(verb, &bytes);

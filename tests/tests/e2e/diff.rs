@@ -99,12 +99,12 @@ async fn dry_run_stores_nothing_and_diff_names_changes_and_affected_proxies() ->
         "{text}"
     );
     assert!(
-        text.contains("  diff-eu (test) meshwarden.fault: (none) -> chaos-eu\n"),
+        text.contains("  diff-eu (test) meshwarden.all: tracing -> tracing,chaos-eu\n"),
         "{text}"
     );
     assert!(
-        text.contains("  diff-eu (test) meshwarden.trace: tracing -> tracing\n"),
-        "{text}"
+        !text.contains("meshwarden.trace") && !text.contains("meshwarden.fault"),
+        "only the filter the proxy runs is listed: {text}"
     );
     let json = cli.run(&["diff", "-f", &path, "-o", "json"]);
     let v: Value = serde_json::from_str(&json.stdout)?;
