@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make run`: control plane (embedded store in .meshwarden/), demo upstream, one Envoy with
-# the four meshwarden filters, and the sample policies from examples/. Ctrl-C stops all.
+# the combined meshwarden filter, and the sample policies from examples/. Ctrl-C stops all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
