@@ -120,7 +120,9 @@ mod tests {
                         };
                         if a.entered {
                             peak.fetch_max(a.in_flight, std::sync::atomic::Ordering::Relaxed);
-                            release(&s, "c").unwrap();
+                            // A release may lose its 64 races too; it must land eventually.
+                            let released = (0..1_000).any(|_| release(&s, "c").is_ok());
+                            assert!(released, "a release stayed contended");
                         }
                     }
                 });
