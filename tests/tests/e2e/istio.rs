@@ -3,8 +3,9 @@
 //! modules fetched over HTTP from the control plane, policies selected by namespace and
 //! workload labels, metrics labelled through the shipped bootstrap override.
 
+use crate::support::FILTER;
 use crate::oci::{wasmplugin_envoy_yaml, ModuleCode};
-use crate::support::{policy, SteadyTraffic, FILTER};
+use crate::support::{policy, SteadyTraffic};
 use meshwarden_e2e::istio::{Sidecar, SidecarOptions, SERVICE_PORT, SHADOW_SERVICE};
 use meshwarden_e2e::ports::free_port;
 use meshwarden_e2e::Envoy;
