@@ -657,6 +657,7 @@ def main() -> int:
                                   configure_time=not a.no_configure_time)
             if a.smoke:
                 s.profile = ["mw-combined"]
+                s.max_error_ratio = 0.05
             try:
                 results["datapath"] = datapath.run(s, log)
             except (RuntimeError, OSError) as e:
