@@ -658,6 +658,7 @@ def main() -> int:
             if a.smoke:
                 s.profile = ["mw-combined"]
                 s.max_error_ratio = 0.05
+                s.fixed_rate_errors_count = False
             try:
                 results["datapath"] = datapath.run(s, log)
             except (RuntimeError, OSError) as e:
