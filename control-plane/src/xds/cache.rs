@@ -1,5 +1,6 @@
 //! Snapshots: the policy set and module set every stream composes from, published by one
-//! task that debounces bursts of store writes and polls the module files.
+//! task that polls the module files and pushes a lone store write at once (leading edge)
+//! while coalescing a burst of writes into few snapshots.
 
 use super::modules::{ModuleCatalog, ModuleSet};
 use super::node::{proxy_node, ProxyNode};
@@ -169,9 +170,10 @@ impl meshwarden_xds::Snapshot for Snapshot {
 pub struct SnapshotterConfig {
     /// How often module files are checked for changes.
     pub module_poll: Duration,
-    /// A burst of policy changes ends after this long without another one ...
+    /// After a published snapshot, changes arriving within this long of each other are
+    /// coalesced; a window this long without a change ends the burst ...
     pub quiet: Duration,
-    /// ... or this long after its first change, whichever comes first.
+    /// ... and a coalesced snapshot is published at most this long after its first change.
     pub max_delay: Duration,
 }
 
@@ -220,20 +222,26 @@ pub fn spawn_snapshotter_for(
 
 async fn run(
     mut policies: watch::Receiver<SharedPolicySet>,
-    mut catalog: ModuleCatalog,
+    catalog: ModuleCatalog,
     tx: watch::Sender<Arc<Snapshot>>,
     config: SnapshotterConfig,
     types: Arc<ResourceTypes>,
 ) {
-    let mut next_id = 2;
+    let mut publisher = Publisher {
+        tx,
+        types,
+        catalog,
+        next_id: 2,
+        last_error: None,
+    };
     let mut policies_open = true;
-    let mut last_error: Option<String> = None;
     let mut poll =
         tokio::time::interval_at(Instant::now() + config.module_poll, config.module_poll);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
+        // Idle: wait for a change.
         tokio::select! {
-            _ = tx.closed() => return,
+            _ = publisher.tx.closed() => return,
             changed = policies.changed(), if policies_open => {
                 if changed.is_err() {
                     policies_open = false;
@@ -241,38 +249,65 @@ async fn run(
                 }
             }
             _ = poll.tick() => {
-                if !refresh_modules(&mut catalog, &mut last_error).await {
+                if !refresh_modules(&mut publisher.catalog, &mut publisher.last_error).await {
                     continue;
                 }
             }
         }
-        let started = Instant::now();
+        // Leading edge: a lone change is published at once.
+        publisher.publish(&mut policies).await;
+        // Busy: changes arriving within `quiet` of each other are coalesced into one snapshot,
+        // published at most `max_delay` after the first of them; a quiet window without any
+        // change ends the burst.
         loop {
-            let deadline = (Instant::now() + config.quiet).min(started + config.max_delay);
-            tokio::select! {
-                changed = policies.changed(), if policies_open => {
-                    policies_open = changed.is_ok();
+            let started = Instant::now();
+            let mut pending = false;
+            loop {
+                let deadline = (Instant::now() + config.quiet).min(started + config.max_delay);
+                tokio::select! {
+                    changed = policies.changed(), if policies_open => {
+                        policies_open = changed.is_ok();
+                        pending |= policies_open;
+                    }
+                    _ = sleep_until(deadline) => break,
                 }
-                _ = sleep_until(deadline) => break,
             }
+            if !pending {
+                break;
+            }
+            publisher.publish(&mut policies).await;
         }
+    }
+}
+
+/// Publishes snapshots with increasing ids.
+struct Publisher {
+    tx: watch::Sender<Arc<Snapshot>>,
+    types: Arc<ResourceTypes>,
+    catalog: ModuleCatalog,
+    next_id: u64,
+    last_error: Option<String>,
+}
+
+impl Publisher {
+    async fn publish(&mut self, policies: &mut watch::Receiver<SharedPolicySet>) {
         // The version advertised must describe the module Envoy will read from disk now,
         // not the one seen at the last poll.
-        refresh_modules(&mut catalog, &mut last_error).await;
+        refresh_modules(&mut self.catalog, &mut self.last_error).await;
         let set: Arc<PolicySet> = policies.borrow_and_update().clone();
         tracing::debug!(
-            snapshot = next_id,
+            snapshot = self.next_id,
             generation = set.generation,
             policies = set.policies.len(),
             "publishing xDS snapshot"
         );
-        tx.send_replace(Arc::new(Snapshot::with_types(
-            next_id,
+        self.tx.send_replace(Arc::new(Snapshot::with_types(
+            self.next_id,
             set,
-            catalog.current(),
-            types.clone(),
+            self.catalog.current(),
+            self.types.clone(),
         )));
-        next_id += 1;
+        self.next_id += 1;
     }
 }
 
@@ -409,7 +444,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn debounces_bursts_and_sees_module_changes() {
+    async fn publishes_a_lone_change_at_once_coalesces_bursts_and_sees_module_changes() {
         let dir = tempfile::tempdir().unwrap();
         write_fake_modules(dir.path());
         let catalog = ModuleCatalog::load(dir.path()).unwrap();
@@ -421,16 +456,28 @@ mod tests {
         };
         let mut snaps = spawn_snapshotter_with(prx, catalog, config);
         assert_eq!(snaps.borrow_and_update().id, 1);
-        for generation in 1..=5 {
-            ptx.send_replace(Arc::new(PolicySet {
+        let set = |generation| {
+            Arc::new(PolicySet {
                 generation,
                 ..PolicySet::default()
-            }));
+            })
+        };
+        // A lone change: published well before the quiet period would have ended.
+        ptx.send_replace(set(1));
+        tokio::time::timeout(Duration::from_millis(150), snaps.changed())
+            .await
+            .expect("leading edge")
+            .unwrap();
+        let s = snaps.borrow_and_update().clone();
+        assert_eq!((s.id, s.policies.generation), (2, 1));
+        // A burst right after it: one more snapshot with the last generation.
+        for generation in 2..=5 {
+            ptx.send_replace(set(generation));
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         snaps.changed().await.unwrap();
         let s = snaps.borrow_and_update().clone();
-        assert_eq!((s.id, s.policies.generation), (2, 5));
+        assert_eq!((s.id, s.policies.generation), (3, 5));
         let before = s.modules.module().sha256.clone();
         std::fs::write(dir.path().join("meshwarden.wasm"), b"new module").unwrap();
         tokio::time::timeout(Duration::from_secs(10), snaps.changed())
@@ -438,7 +485,7 @@ mod tests {
             .expect("module change noticed")
             .unwrap();
         let s = snaps.borrow_and_update().clone();
-        assert_eq!(s.id, 3);
+        assert_eq!(s.id, 4);
         assert_ne!(s.modules.module().sha256, before);
     }
 }
