@@ -135,7 +135,7 @@ pub fn trace_headers(data: &[u8]) {
 pub fn fault_header_control(data: &[u8]) {
     let parts = split(data, 5);
     let spec: HeaderControlSpec = serde_json::from_str(
-        r#"{"enabled": true, "maxDelay": "250ms", "maxPercentage": {"value": 40}, "allowedStatuses": [503, 429]}"#,
+        r#"{"enabled": true, "maxDelay": "250ms", "maxPercentage": {"value": 40}, "allowedStatuses": [503, 429], "anyCaller": true}"#,
     )
     .expect("a valid header-control spec");
     let names = [
@@ -152,7 +152,7 @@ pub fn fault_header_control(data: &[u8]) {
             .map(|(n, v)| (n.to_string(), v.to_vec()))
             .collect(),
     );
-    let faults = spec.read(&headers);
+    let faults = spec.read(&headers, &meshwarden_common::Peer::default());
     let cap = spec.max_percentage();
     if let Some((status, pct)) = faults.abort {
         assert!(pct <= cap, "abort percentage {pct:?} over the cap {cap:?}");
