@@ -4,6 +4,7 @@ use crate::control_plane::ControlPlane;
 use crate::paths::envoy_bin;
 use crate::ports::free_port;
 use crate::process::ChildGuard;
+use crate::tls::{with_listener_tls, ListenerTls};
 use crate::wait::wait_until;
 pub use meshwarden_cp::bootstrap::Layout;
 use meshwarden_cp::bootstrap::{render, with_xds_tls, BootstrapParams, XdsTls};
@@ -28,6 +29,9 @@ pub struct EnvoyOptions {
     pub layout: Layout,
     /// Reach the control plane over TLS (`None`: clear text).
     pub xds_tls: Option<XdsTls>,
+    /// Serve the traffic listener over TLS, requiring client certificates (`None`: clear
+    /// text).
+    pub listener_tls: Option<ListenerTls>,
 }
 
 impl Default for EnvoyOptions {
@@ -41,6 +45,7 @@ impl Default for EnvoyOptions {
             wait_for_config: true,
             layout: Layout::Combined,
             xds_tls: None,
+            listener_tls: None,
         }
     }
 }
@@ -81,6 +86,10 @@ impl Envoy {
         });
         let bootstrap = match &opts.xds_tls {
             Some(tls) => with_xds_tls(&bootstrap, tls),
+            None => bootstrap,
+        };
+        let bootstrap = match &opts.listener_tls {
+            Some(tls) => with_listener_tls(&bootstrap, tls),
             None => bootstrap,
         };
         let envoy =
