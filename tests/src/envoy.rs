@@ -260,6 +260,41 @@ impl Envoy {
         Ok(self.stats().await?.get(name).copied().unwrap_or(0))
     }
 
+    /// A meshwarden filter counter or gauge for a policy (0 if absent), by its metric name
+    /// (`meshwarden_ratelimit_overflow_total`).
+    pub async fn policy_stat(&self, metric: &str, policy: &str) -> anyhow::Result<i64> {
+        self.stat(&format!("wasmcustom.{metric}.policy.{policy}"))
+            .await
+    }
+
+    /// Bytes Envoy's allocator has handed out (admin `/memory`, `allocated`).
+    pub async fn memory_allocated(&self) -> anyhow::Result<u64> {
+        let v: serde_json::Value = self
+            .client
+            .get(self.admin_url("/memory"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        v["allocated"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .or_else(|| v["allocated"].as_u64())
+            .ok_or_else(|| anyhow::anyhow!("no allocated figure in /memory: {v}"))
+    }
+
+    /// Envoy's resident set size (Linux `/proc/<pid>/status` `VmRSS`): includes the Wasm
+    /// VMs' linear memory, which the allocator figure does not.
+    pub fn resident_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{}/status", self.pid()))
+    }
+
     /// The Prometheus exposition of Envoy's stats.
     pub async fn prometheus(&self) -> anyhow::Result<String> {
         Ok(self
