@@ -153,6 +153,25 @@ pub fn fault_header_control(data: &[u8]) {
             .collect(),
     );
     let faults = spec.read(&headers, &meshwarden_common::Peer::default());
+    // Limited to some callers, the same headers count from those callers only.
+    let gated = HeaderControlSpec {
+        any_caller: false,
+        identities: vec!["spiffe://t/ns/qa/*"
+            .to_string()
+            .try_into()
+            .expect("a pattern")],
+        ..spec.clone()
+    };
+    let allowed = meshwarden_common::Peer::known(Some("spiffe://t/ns/qa/sa/bot"));
+    assert_eq!(gated.read(&headers, &allowed), faults);
+    for other in [
+        None,
+        Some("spiffe://t/ns/prod/sa/web"),
+        Some("spiffe://t/ns/qa/"),
+    ] {
+        let peer = meshwarden_common::Peer::known(other);
+        assert_eq!(gated.read(&headers, &peer), Default::default(), "{other:?}");
+    }
     let cap = spec.max_percentage();
     if let Some((status, pct)) = faults.abort {
         assert!(pct <= cap, "abort percentage {pct:?} over the cap {cap:?}");
