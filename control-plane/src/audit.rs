@@ -1,4 +1,4 @@
-//! The audit trail: every apply and delete, accepted or refused (authentication and
+//! The audit trail: every apply, delete, halt and resume, accepted or refused (authentication and
 //! authorisation refusals included), with who, when, what, the content versions before and
 //! after, and the result. Entries are logged (one structured line each, JSON with
 //! `--log-format json`) and kept, the last [`MAX_ENTRIES`], in the store's auxiliary
@@ -28,16 +28,18 @@ pub struct AuditEntry {
     pub role: String,
     /// The client's address.
     pub remote: String,
-    /// `apply`, `apply --dry-run` or `delete`.
+    /// `apply`, `apply --dry-run`, `delete`, `halt` or `resume`.
     pub action: String,
-    /// Empty if the request could not be read.
+    /// Empty if the request could not be read; for a halt, the halted kinds (`A,B`).
     pub kind: String,
+    /// The policy's name; for a halt or resume, the halt's (`*`: every halt).
     pub name: String,
     /// Content version before (empty: there was no such policy).
     pub old_version: String,
     /// Content version after (empty: none, or nothing changed hands).
     pub new_version: String,
-    /// `created`, `configured`, `unchanged`, `deleted`, `dry-run`, or `refused`.
+    /// `created`, `configured`, `unchanged`, `deleted`, `dry-run`, `halted`, `resumed`, or
+    /// `refused`.
     pub result: String,
     /// The gRPC status code (`OK`, `UNAUTHENTICATED`, `PERMISSION_DENIED`, ...).
     pub code: String,

@@ -17,7 +17,7 @@ use meshwarden_common::mirror::{MirrorSpec, SkipReason};
 use meshwarden_common::ratelimit::RateLimitSpec;
 use meshwarden_common::trace::{decide, HeaderOp, TraceSpec};
 use meshwarden_common::{
-    CompiledPolicy, FilterConfig, Kind, KindSpec, NodeInfo, RequestHeaders, ValidationError,
+    CompiledPolicy, FilterConfig, Kind, KindSpec, NodeInfo, Peer, RequestHeaders, ValidationError,
 };
 use serde::Serialize;
 
@@ -470,8 +470,20 @@ fn fault(
     now_ms: i64,
 ) -> Result<Effect, String> {
     let spec = &p.spec;
-    if !spec.source_matches(headers) {
-        return Err("its source does not select the request's caller".into());
+    // The request is explained as from a caller without a client certificate: explain
+    // knows its headers, not the TLS connection it would arrive on.
+    let peer = Peer::default();
+    if !spec.source_matches(headers, &peer) {
+        let by_identity = spec
+            .source
+            .as_ref()
+            .is_some_and(|s| !s.identities.is_empty());
+        return Err(if by_identity {
+            "its source selects callers by peer certificate identity, which explain cannot present"
+                .into()
+        } else {
+            "its source does not select the request's caller".into()
+        });
     }
     if spec
         .expires_at
@@ -481,8 +493,8 @@ fn fault(
         return Err("expired (expiresAt has passed)".into());
     }
     // The same plan with both extreme draws: what agrees does not depend on chance.
-    let low = spec.plan(headers, &mut Fixed(LOW));
-    let high = spec.plan(headers, &mut Fixed(HIGH));
+    let low = spec.plan(headers, &peer, &mut Fixed(LOW));
+    let high = spec.plan(headers, &peer, &mut Fixed(HIGH));
     let known = |f: fn(&FaultPlan) -> bool| (f(&low) == f(&high)).then_some(f(&low));
     let abort = spec.abort.as_ref().map(|a| Draw {
         what: match low.abort.map(|a| a.status) {
@@ -717,9 +729,11 @@ mod tests {
                 &serde_json::to_vec(&wire_config(s.policies.iter())).unwrap(),
             )
             .unwrap();
-            let plan = policies[0]
-                .spec
-                .plan(&req.headers(), &mut meshwarden_common::fault::SplitMix64(9));
+            let plan = policies[0].spec.plan(
+                &req.headers(),
+                &Peer::default(),
+                &mut meshwarden_common::fault::SplitMix64(9),
+            );
             assert_eq!(plan.abort.is_some(), selected, "user {user}");
             seen[usize::from(selected)] = true;
             let m = filter(&e, Kind::MirrorPolicy);
@@ -805,7 +819,13 @@ mod tests {
                 "FaultPolicy",
                 "b-web-only",
                 json!({"abort": {"httpStatus": 502, "percentage": {"value": 100}},
-                       "source": {"clusters": ["web"]}}),
+                       "source": {"clusters": ["web"], "trustHeaders": true}}),
+            ),
+            stored(
+                "FaultPolicy",
+                "b-shop-identity",
+                json!({"abort": {"httpStatus": 503, "percentage": {"value": 100}},
+                       "source": {"identities": ["spiffe://cluster.local/ns/shop/*"]}}),
             ),
             stored(
                 "FaultPolicy",
@@ -817,6 +837,7 @@ mod tests {
         let f = filter(&e, Kind::FaultPolicy);
         assert!(policy(f, "a-expired").notes[0].starts_with("expired"));
         assert!(policy(f, "b-web-only").notes[0].contains("source"));
+        assert!(policy(f, "b-shop-identity").notes[0].contains("peer certificate identity"));
         assert!(policy(f, "c-any").applies);
         let e = explain(
             &s,

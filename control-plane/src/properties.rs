@@ -135,7 +135,7 @@ pub fn trace_headers(data: &[u8]) {
 pub fn fault_header_control(data: &[u8]) {
     let parts = split(data, 5);
     let spec: HeaderControlSpec = serde_json::from_str(
-        r#"{"enabled": true, "maxDelay": "250ms", "maxPercentage": {"value": 40}, "allowedStatuses": [503, 429]}"#,
+        r#"{"enabled": true, "maxDelay": "250ms", "maxPercentage": {"value": 40}, "allowedStatuses": [503, 429], "anyCaller": true}"#,
     )
     .expect("a valid header-control spec");
     let names = [
@@ -152,7 +152,26 @@ pub fn fault_header_control(data: &[u8]) {
             .map(|(n, v)| (n.to_string(), v.to_vec()))
             .collect(),
     );
-    let faults = spec.read(&headers);
+    let faults = spec.read(&headers, &meshwarden_common::Peer::default());
+    // Limited to some callers, the same headers count from those callers only.
+    let gated = HeaderControlSpec {
+        any_caller: false,
+        identities: vec!["spiffe://t/ns/qa/*"
+            .to_string()
+            .try_into()
+            .expect("a pattern")],
+        ..spec.clone()
+    };
+    let allowed = meshwarden_common::Peer::known(Some("spiffe://t/ns/qa/sa/bot"));
+    assert_eq!(gated.read(&headers, &allowed), faults);
+    for other in [
+        None,
+        Some("spiffe://t/ns/prod/sa/web"),
+        Some("spiffe://t/ns/qa/"),
+    ] {
+        let peer = meshwarden_common::Peer::known(other);
+        assert_eq!(gated.read(&headers, &peer), Default::default(), "{other:?}");
+    }
     let cap = spec.max_percentage();
     if let Some((status, pct)) = faults.abort {
         assert!(pct <= cap, "abort percentage {pct:?} over the cap {cap:?}");

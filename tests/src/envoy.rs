@@ -4,6 +4,7 @@ use crate::control_plane::ControlPlane;
 use crate::paths::envoy_bin;
 use crate::ports::free_port;
 use crate::process::ChildGuard;
+use crate::tls::{with_listener_tls, ListenerTls};
 use crate::wait::wait_until;
 pub use meshwarden_cp::bootstrap::Layout;
 use meshwarden_cp::bootstrap::{render, with_xds_tls, BootstrapParams, XdsTls};
@@ -28,6 +29,9 @@ pub struct EnvoyOptions {
     pub layout: Layout,
     /// Reach the control plane over TLS (`None`: clear text).
     pub xds_tls: Option<XdsTls>,
+    /// Serve the traffic listener over TLS, requiring client certificates (`None`: clear
+    /// text).
+    pub listener_tls: Option<ListenerTls>,
 }
 
 impl Default for EnvoyOptions {
@@ -41,6 +45,7 @@ impl Default for EnvoyOptions {
             wait_for_config: true,
             layout: Layout::Combined,
             xds_tls: None,
+            listener_tls: None,
         }
     }
 }
@@ -81,6 +86,10 @@ impl Envoy {
         });
         let bootstrap = match &opts.xds_tls {
             Some(tls) => with_xds_tls(&bootstrap, tls),
+            None => bootstrap,
+        };
+        let bootstrap = match &opts.listener_tls {
+            Some(tls) => with_listener_tls(&bootstrap, tls),
             None => bootstrap,
         };
         let envoy =
@@ -249,6 +258,41 @@ impl Envoy {
     /// One stat's value, 0 if absent.
     pub async fn stat(&self, name: &str) -> anyhow::Result<i64> {
         Ok(self.stats().await?.get(name).copied().unwrap_or(0))
+    }
+
+    /// A meshwarden filter counter or gauge for a policy (0 if absent), by its metric name
+    /// (`meshwarden_ratelimit_overflow_total`).
+    pub async fn policy_stat(&self, metric: &str, policy: &str) -> anyhow::Result<i64> {
+        self.stat(&format!("wasmcustom.{metric}.policy.{policy}"))
+            .await
+    }
+
+    /// Bytes Envoy's allocator has handed out (admin `/memory`, `allocated`).
+    pub async fn memory_allocated(&self) -> anyhow::Result<u64> {
+        let v: serde_json::Value = self
+            .client
+            .get(self.admin_url("/memory"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        v["allocated"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .or_else(|| v["allocated"].as_u64())
+            .ok_or_else(|| anyhow::anyhow!("no allocated figure in /memory: {v}"))
+    }
+
+    /// Envoy's resident set size (Linux `/proc/<pid>/status` `VmRSS`): includes the Wasm
+    /// VMs' linear memory, which the allocator figure does not.
+    pub fn resident_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{}/status", self.pid()))
     }
 
     /// The Prometheus exposition of Envoy's stats.

@@ -8,6 +8,7 @@ pub mod istio;
 pub mod paths;
 pub mod ports;
 pub mod process;
+pub mod raw_http;
 pub mod static_envoy;
 pub mod tls;
 pub mod upstream;

@@ -44,6 +44,16 @@ impl TestPki {
             .issue_files(self.dir.path(), "server", &["localhost", "127.0.0.1"], true);
     }
 
+    /// A traffic listener serving the `localhost` certificate and requiring client
+    /// certificates issued by this CA.
+    pub fn listener_tls(&self) -> ListenerTls {
+        ListenerTls {
+            cert: self.server.cert.clone(),
+            key: self.server.key.clone(),
+            client_ca: self.ca_file.clone(),
+        }
+    }
+
     /// `serve` flags for TLS with mutual TLS required, checking the files every 200 ms.
     pub fn serve_args(&self) -> Vec<String> {
         [
@@ -100,6 +110,33 @@ impl TestPki {
     }
 }
 
+/// TLS on Envoy's traffic listener, with client certificates required (mutual TLS, as on
+/// an Istio sidecar's inbound listener).
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA bundle client certificates must chain to.
+    pub client_ca: PathBuf,
+}
+
+/// The line of a rendered bootstrap that opens the traffic listener's filter chain.
+const LISTENER_CHAIN: &str = "    filter_chains:\n    - filters:\n";
+
+/// `bootstrap` (from `meshwarden_cp::bootstrap::render`) with its traffic listener over TLS
+/// requiring a verified client certificate.
+pub fn with_listener_tls(bootstrap: &str, tls: &ListenerTls) -> String {
+    let json = |p: &PathBuf| serde_json::to_string(&p.display().to_string()).expect("strings");
+    let chain = format!(
+        "    filter_chains:\n    - transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n          require_client_certificate: true\n          common_tls_context:\n            tls_certificates:\n            - certificate_chain: {{filename: {}}}\n              private_key: {{filename: {}}}\n            validation_context:\n              trusted_ca: {{filename: {}}}\n      filters:\n",
+        json(&tls.cert),
+        json(&tls.key),
+        json(&tls.client_ca)
+    );
+    assert!(bootstrap.contains(LISTENER_CHAIN), "a rendered bootstrap");
+    bootstrap.replacen(LISTENER_CHAIN, &chain, 1)
+}
+
 /// Handshakes with `127.0.0.1:port` and returns the certificate (DER) the server presented.
 pub async fn server_certificate(
     connector: &tokio_rustls::TlsConnector,
@@ -126,16 +163,28 @@ pub async fn https_get(
     port: u16,
     path: &str,
 ) -> anyhow::Result<(u16, String)> {
+    https_get_with(connector, port, path, &[]).await
+}
+
+/// [`https_get`] with extra request headers.
+pub async fn https_get_with(
+    connector: &tokio_rustls::TlsConnector,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, String)> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let mut tls = tokio::time::timeout(
         Duration::from_secs(5),
         connector.connect(ServerName::try_from("localhost")?, tcp),
     )
     .await??;
-    tls.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head += &format!("{k}: {v}\r\n");
+    }
+    head += "\r\n";
+    tls.write_all(head.as_bytes()).await?;
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await??;
     let out = String::from_utf8_lossy(&out);

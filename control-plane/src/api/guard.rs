@@ -2,7 +2,7 @@
 //! reflection): authenticates the caller ([`super::auth::Authenticator`]), checks its role for the
 //! method called, checks an editor's kinds and name prefixes against the policies an
 //! apply or delete touches (read from the request itself, before the service sees it), and
-//! records every apply and delete, accepted or refused, in the [`AuditLog`].
+//! records every apply, delete, halt and resume, accepted or refused, in the [`AuditLog`].
 //!
 //! Methods are classed by name; a method not listed here (a new one) needs `admin`, so
 //! nothing is open by accident.
@@ -34,8 +34,8 @@ enum Access {
     /// Apply or delete: editor, within its scope; audited.
     Write(Verb),
     /// Halt and resume (an emergency stop of faults and mirrors, no policy changes):
-    /// editor, whatever its scope.
-    Operate,
+    /// editor, whatever its scope; audited.
+    Operate(Op),
     /// Anything else: admin.
     Admin,
 }
@@ -44,6 +44,13 @@ enum Access {
 enum Verb {
     Apply,
     Delete,
+}
+
+/// An operation on halts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Halt,
+    Resume,
 }
 
 /// The access `path` (`/package.Service/Method`) needs; `None` if it is not guarded.
@@ -56,7 +63,8 @@ fn access(path: &str) -> Option<Access> {
     Some(match (service, method) {
         ("PolicyService", "Apply") => Access::Write(Verb::Apply),
         ("PolicyService", "Delete") => Access::Write(Verb::Delete),
-        ("PolicyService", "Halt" | "Resume") => Access::Operate,
+        ("PolicyService", "Halt") => Access::Operate(Op::Halt),
+        ("PolicyService", "Resume") => Access::Operate(Op::Resume),
         ("PolicyService", "Get" | "List" | "Watch" | "Diff" | "ListHalts")
         | ("ProxyStatusService", _)
         | ("AuditService", _) => Access::Read,
@@ -160,10 +168,9 @@ where
     };
     let path = request.uri().path().to_string();
     let verb = match access {
-        Access::Read | Access::Operate | Access::Admin => {
+        Access::Read | Access::Admin => {
             let role = match access {
                 Access::Read => Role::Viewer,
-                Access::Operate => Role::Editor,
                 _ => Role::Admin,
             };
             return match principal.and_then(|p| p.require(role, &method_name(&path))) {
@@ -171,29 +178,19 @@ where
                 Err(status) => Ok(status.into_http()),
             };
         }
+        Access::Operate(op) => return operate(&state, inner, op, principal, request).await,
         Access::Write(verb) => verb,
     };
 
-    let (parts, body) = request.into_parts();
-    let bytes = match Limited::new(body, MAX_APPLY_REQUEST_BYTES + 5)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            // As the service itself answers an oversized request (tonic's decoding limit).
-            return Ok(Status::out_of_range(format!(
-                "request larger than {MAX_APPLY_REQUEST_BYTES} bytes, or unreadable"
-            ))
-            .into_http());
-        }
+    let (parts, bytes) = match read_body(request).await {
+        Ok(read) => read,
+        Err(status) => return Ok(status.into_http()),
     };
     let attempt = Attempt::read(verb, &bytes);
     let old = attempt.versions(&state.registry);
     let record = AuditRecord {
         state: &state,
-        principal: principal.as_ref().ok().cloned(),
-        peer: peer.as_ref(),
+        caller: Caller::new(principal.as_ref().ok(), peer.as_ref()),
         attempt: &attempt,
         old: &old,
     };
@@ -210,6 +207,168 @@ where
         None => record.accepted().await,
     }
     Ok(response)
+}
+
+/// The request's head and its whole (bounded) body; an oversized or unreadable body is
+/// refused as the service itself would refuse it (tonic's decoding limit).
+async fn read_body(
+    request: Request<Body>,
+) -> Result<(tonic::codegen::http::request::Parts, tonic::codegen::Bytes), Status> {
+    let (parts, body) = request.into_parts();
+    match Limited::new(body, MAX_APPLY_REQUEST_BYTES + 5)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok((parts, collected.to_bytes())),
+        Err(_) => Err(Status::out_of_range(format!(
+            "request larger than {MAX_APPLY_REQUEST_BYTES} bytes, or unreadable"
+        ))),
+    }
+}
+
+/// A halt or resume: checked against the caller's role, passed on, and recorded in the
+/// audit trail either way.
+async fn operate<S>(
+    state: &State,
+    mut inner: S,
+    op: Op,
+    principal: Result<Arc<Principal>, Status>,
+    request: Request<Body>,
+) -> Result<Response<Body>, S::Error>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>>,
+{
+    let peer = request.extensions().get::<PeerInfo>().cloned();
+    let caller = Caller::new(principal.as_ref().ok(), peer.as_ref());
+    let (parts, bytes) = match read_body(request).await {
+        Ok(read) => read,
+        Err(status) => {
+            caller
+                .record(
+                    state,
+                    vec![Operation::unreadable(op).entry(&caller, &status)],
+                )
+                .await;
+            return Ok(status.into_http());
+        }
+    };
+    let operation = Operation::read(op, &bytes);
+    if let Err(status) = principal.and_then(|p| p.require(Role::Editor, operation.action())) {
+        caller
+            .record(state, vec![operation.entry(&caller, &status)])
+            .await;
+        return Ok(status.into_http());
+    }
+    let response = inner
+        .call(Request::from_parts(parts, Body::new(Full::new(bytes))))
+        .await?;
+    let status = refusal_of(&response).unwrap_or_else(|| Status::ok(""));
+    caller
+        .record(state, vec![operation.entry(&caller, &status)])
+        .await;
+    Ok(response)
+}
+
+/// A halt or resume request, as far as it can be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Operation {
+    op: Op,
+    /// The halt's name (`default` when the request names none); for a resume, empty
+    /// means every halt.
+    name: String,
+    /// The kinds halted, as requested (empty: every haltable kind).
+    kinds: Vec<String>,
+    unreadable: bool,
+}
+
+impl Operation {
+    fn unreadable(op: Op) -> Self {
+        Self {
+            op,
+            name: String::new(),
+            kinds: Vec::new(),
+            unreadable: true,
+        }
+    }
+
+    /// Reads the one gRPC message of `body`.
+    fn read(op: Op, body: &[u8]) -> Self {
+        let Some(message) = grpc_message(body) else {
+            return Self::unreadable(op);
+        };
+        match op {
+            Op::Halt => match pb::HaltRequest::decode(message) {
+                Ok(req) => {
+                    let halt = req.halt.unwrap_or_default();
+                    Self {
+                        op,
+                        name: if halt.name.is_empty() {
+                            crate::halt::DEFAULT_HALT_NAME.to_string()
+                        } else {
+                            halt.name
+                        },
+                        kinds: halt.kinds,
+                        unreadable: false,
+                    }
+                }
+                Err(_) => Self::unreadable(op),
+            },
+            Op::Resume => match pb::ResumeRequest::decode(message) {
+                Ok(req) => Self {
+                    op,
+                    name: req.name,
+                    kinds: Vec::new(),
+                    unreadable: false,
+                },
+                Err(_) => Self::unreadable(op),
+            },
+        }
+    }
+
+    fn action(&self) -> &'static str {
+        match self.op {
+            Op::Halt => "halt",
+            Op::Resume => "resume",
+        }
+    }
+
+    /// The audit entry of this operation ending with `status`.
+    fn entry(&self, caller: &Caller, status: &Status) -> AuditEntry {
+        let kinds = if self.op == Op::Halt && self.kinds.is_empty() && !self.unreadable {
+            crate::halt::HALTABLE
+                .iter()
+                .map(|k| k.to_string())
+                .collect()
+        } else {
+            self.kinds
+                .iter()
+                .map(|k| Kind::parse(k).map_or_else(|| k.clone(), |k| k.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let result = match (status.code(), self.op) {
+            (tonic::Code::Ok, Op::Halt) => "halted",
+            (tonic::Code::Ok, Op::Resume) => "resumed",
+            _ => "refused",
+        };
+        let name = match (self.op, self.name.is_empty(), self.unreadable) {
+            (Op::Resume, true, false) => "*".to_string(),
+            _ => self.name.clone(),
+        };
+        caller.entry(self.action(), kinds.join(","), name, result, status)
+    }
+}
+
+/// The one message of a unary gRPC request body (uncompressed: the server offers no
+/// compression).
+fn grpc_message(body: &[u8]) -> Option<&[u8]> {
+    match body {
+        [0, a, b, c, d, rest @ ..]
+            if rest.len() == u32::from_be_bytes([*a, *b, *c, *d]) as usize =>
+        {
+            Some(rest)
+        }
+        _ => None,
+    }
 }
 
 /// `Service/Method` of a path, for messages.
@@ -249,13 +408,8 @@ impl Attempt {
             targets: Vec::new(),
             unreadable: true,
         };
-        let message = match body {
-            [0, a, b, c, d, rest @ ..]
-                if rest.len() == u32::from_be_bytes([*a, *b, *c, *d]) as usize =>
-            {
-                rest
-            }
-            _ => return attempt,
+        let Some(message) = grpc_message(body) else {
+            return attempt;
         };
         match verb {
             Verb::Apply => {
@@ -336,11 +490,70 @@ fn identify(document: &str) -> Option<(Kind, String)> {
     Some((kind, name.to_string()))
 }
 
+/// Who made a request, as the audit trail names them.
+struct Caller {
+    identity: String,
+    role: String,
+    remote: String,
+}
+
+impl Caller {
+    fn new(principal: Option<&Arc<Principal>>, peer: Option<&PeerInfo>) -> Self {
+        let (identity, role) = match principal {
+            Some(p) => (p.name.clone(), p.role.as_str().to_string()),
+            None => ("anonymous".to_string(), String::new()),
+        };
+        let remote = peer
+            .and_then(|p| p.remote)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        Self {
+            identity,
+            role,
+            remote,
+        }
+    }
+
+    /// An entry of this caller's `action` on `kind`/`name`, now (versions empty).
+    fn entry(
+        &self,
+        action: &str,
+        kind: String,
+        name: String,
+        result: &str,
+        status: &Status,
+    ) -> AuditEntry {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        AuditEntry {
+            seq: 0,
+            at_unix_ms: at,
+            identity: self.identity.clone(),
+            role: self.role.clone(),
+            remote: self.remote.clone(),
+            action: action.to_string(),
+            kind,
+            name,
+            old_version: String::new(),
+            new_version: String::new(),
+            result: result.to_string(),
+            code: code_name(status.code()),
+            message: status.message().to_string(),
+        }
+    }
+
+    /// Records `entries` in the trail (off the async threads).
+    async fn record(&self, state: &State, entries: Vec<AuditEntry>) {
+        let audit = state.audit.clone();
+        let _ = tokio::task::spawn_blocking(move || audit.record(entries)).await;
+    }
+}
+
 /// Records one attempt in the audit trail.
 struct AuditRecord<'a> {
     state: &'a State,
-    principal: Option<Arc<Principal>>,
-    peer: Option<&'a PeerInfo>,
+    caller: Caller,
     attempt: &'a Attempt,
     old: &'a [String],
 }
@@ -387,18 +600,6 @@ impl AuditRecord<'_> {
         outcome: impl Fn(Option<&(Kind, String)>, &String) -> (String, String),
         status: &Status,
     ) {
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        let (identity, role) = match &self.principal {
-            Some(p) => (p.name.clone(), p.role.as_str().to_string()),
-            None => ("anonymous".to_string(), String::new()),
-        };
-        let remote = self
-            .peer
-            .and_then(|p| p.remote)
-            .map(|a| a.to_string())
-            .unwrap_or_default();
         let none = String::new();
         let targets: Vec<Option<&(Kind, String)>> = if self.attempt.targets.is_empty() {
             vec![None]
@@ -412,24 +613,19 @@ impl AuditRecord<'_> {
                 let old = self.old.get(i).unwrap_or(&none);
                 let (result, new_version) = outcome(target, old);
                 AuditEntry {
-                    seq: 0,
-                    at_unix_ms: at,
-                    identity: identity.clone(),
-                    role: role.clone(),
-                    remote: remote.clone(),
-                    action: self.attempt.verb().to_string(),
-                    kind: target.map(|(k, _)| k.to_string()).unwrap_or_default(),
-                    name: target.map(|(_, n)| n.clone()).unwrap_or_default(),
                     old_version: old.clone(),
                     new_version,
-                    result,
-                    code: code_name(status.code()),
-                    message: status.message().to_string(),
+                    ..self.caller.entry(
+                        self.attempt.verb(),
+                        target.map(|(k, _)| k.to_string()).unwrap_or_default(),
+                        target.map(|(_, n)| n.clone()).unwrap_or_default(),
+                        &result,
+                        status,
+                    )
                 }
             })
             .collect();
-        let audit = self.state.audit.clone();
-        let _ = tokio::task::spawn_blocking(move || audit.record(entries)).await;
+        self.caller.record(self.state, entries).await;
     }
 }
 
@@ -461,8 +657,8 @@ mod tests {
         assert_eq!(p("PolicyService/Delete"), Some(Access::Write(Verb::Delete)));
         assert_eq!(p("PolicyService/List"), Some(Access::Read));
         assert_eq!(p("ProxyStatusService/ListProxies"), Some(Access::Read));
-        assert_eq!(p("PolicyService/Halt"), Some(Access::Operate));
-        assert_eq!(p("PolicyService/Resume"), Some(Access::Operate));
+        assert_eq!(p("PolicyService/Halt"), Some(Access::Operate(Op::Halt)));
+        assert_eq!(p("PolicyService/Resume"), Some(Access::Operate(Op::Resume)));
         assert_eq!(p("PolicyService/SomethingNew"), Some(Access::Admin));
         assert_eq!(
             access(
@@ -507,6 +703,41 @@ mod tests {
             ]
         );
         assert!(Attempt::read(Verb::Apply, b"\x01junk").unreadable);
+    }
+
+    #[test]
+    fn halts_and_resumes_are_read_for_the_audit_trail() {
+        let caller = Caller::new(None, None);
+        let halt = pb::HaltRequest {
+            halt: Some(pb::Halt {
+                kinds: vec!["fault".into()],
+                ..Default::default()
+            }),
+        };
+        let op = Operation::read(Op::Halt, &frame(&halt));
+        let e = op.entry(&caller, &Status::ok(""));
+        assert_eq!(
+            (
+                e.action.as_str(),
+                e.kind.as_str(),
+                e.name.as_str(),
+                e.result.as_str()
+            ),
+            ("halt", "FaultPolicy", "default", "halted")
+        );
+        let e = Operation::read(Op::Halt, &frame(&pb::HaltRequest::default()))
+            .entry(&caller, &Status::permission_denied("no"));
+        assert_eq!(e.kind, "FaultPolicy,MirrorPolicy");
+        assert_eq!(
+            (e.result.as_str(), e.code.as_str()),
+            ("refused", "PERMISSION_DENIED")
+        );
+        let resume = Operation::read(Op::Resume, &frame(&pb::ResumeRequest::default()));
+        let e = resume.entry(&caller, &Status::ok(""));
+        assert_eq!((e.name.as_str(), e.result.as_str()), ("*", "resumed"));
+        let junk = Operation::read(Op::Resume, b"\x01junk");
+        assert!(junk.unreadable);
+        assert_eq!(junk.entry(&caller, &Status::invalid_argument("x")).name, "");
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub enum Command {
     Status(StatusArgs),
     /// Print an Envoy bootstrap for a proxy managed by this control plane.
     Bootstrap(bootstrap::BootstrapArgs),
-    /// Show the audit trail: every apply and delete, accepted or refused, with who and when.
+    /// Show the audit trail: every apply, delete, halt and resume, accepted or refused, with who and when.
     Audit(audit::AuditArgs),
     /// Show what an apply would change (per policy, and which connected proxies would get
     /// a new version), without storing anything.

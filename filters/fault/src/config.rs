@@ -4,7 +4,7 @@
 use crate::metrics::FaultMetrics;
 use crate::shared::{self, PolicyKeys};
 use meshwarden_common::fault::FaultSpec;
-use meshwarden_common::{CompiledMatch, FilterConfig, PolicyIndex, RequestHeaders};
+use meshwarden_common::{CompiledMatch, FilterConfig, Peer, PolicyIndex, RequestHeaders};
 
 /// One policy, ready to run.
 pub struct ActivePolicy {
@@ -48,9 +48,9 @@ impl ActiveConfig {
         Self { policies, index }
     }
 
-    /// The first policy that applies to the request at `now_ms`: its match and source
-    /// select the request and it has not expired.
-    pub fn select(&self, headers: &RequestHeaders, now_ms: i64) -> Option<usize> {
+    /// The first policy that applies to the request from `peer` at `now_ms`: its match and
+    /// source select the request and it has not expired.
+    pub fn select(&self, headers: &RequestHeaders, peer: &Peer, now_ms: i64) -> Option<usize> {
         self.index
             .candidates(headers)
             .into_iter()
@@ -58,7 +58,7 @@ impl ActiveConfig {
             .find(|&i| {
                 let p = &self.policies[i];
                 p.matcher.matches(headers)
-                    && p.spec.source_matches(headers)
+                    && p.spec.source_matches(headers, peer)
                     && !p.spec.expired(p.first_seen_ms, now_ms)
             })
     }

@@ -6,6 +6,7 @@ use crate::metrics;
 use crate::shared;
 use meshwarden_common::fault::{AbortPlan, AbortResponse, FaultPlan, SplitMix64};
 use meshwarden_common::trace::log_id;
+use meshwarden_filter_runtime::connection::downstream_peer;
 use meshwarden_filter_runtime::host::{now_ms, now_us};
 use meshwarden_filter_runtime::{headers, host, Flow, LocalResponse, Phase, Stream, StreamStage};
 use std::cell::RefCell;
@@ -151,11 +152,12 @@ impl StreamStage for FaultStream {
     fn request_headers(&mut self, s: &mut Stream<'_>) -> Flow {
         let now_ms = now_ms();
         let config = self.config.clone();
-        let Some(index) = config.select(s.headers, now_ms as i64) else {
+        let peer = downstream_peer();
+        let Some(index) = config.select(s.headers, &peer, now_ms as i64) else {
             return Flow::Continue;
         };
         let p = &config.policies[index];
-        let plan = p.spec.plan(s.headers, &mut *self.rng.borrow_mut());
+        let plan = p.spec.plan(s.headers, &peer, &mut *self.rng.borrow_mut());
         let mut m = Matched {
             policy: index,
             plan: FaultPlan::default(),

@@ -46,6 +46,8 @@ pub struct FakeHost {
     pub calls: RefCell<Vec<SentCall>>,
     pub config: RefCell<Vec<u8>>,
     pub properties: RefCell<HashMap<String, Vec<u8>>>,
+    /// Properties read, in order (`connection.uri_san_peer_certificate`).
+    pub property_reads: RefCell<Vec<String>>,
     /// The stream calls apply to.
     pub current: Cell<u32>,
     /// Streams that no longer exist.
@@ -92,6 +94,25 @@ impl FakeHost {
                 .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
                 .collect(),
         );
+    }
+
+    /// Sets the downstream peer's certificate URI SAN (`None`: no certificate).
+    pub fn set_peer(&self, uri_san: Option<&str>) {
+        let key = crate::connection::PEER_URI_SAN.join(".");
+        let mut props = self.properties.borrow_mut();
+        match uri_san {
+            Some(v) => props.insert(key, v.as_bytes().to_vec()),
+            None => props.remove(&key),
+        };
+    }
+
+    /// How many times property `key` (`connection.uri_san_peer_certificate`) was read.
+    pub fn property_reads(&self, key: &str) -> usize {
+        self.property_reads
+            .borrow()
+            .iter()
+            .filter(|k| *k == key)
+            .count()
     }
 
     /// Sets the response headers of the current stream.
@@ -269,7 +290,10 @@ impl Host for FakeHost {
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         self.tally();
-        self.properties.borrow().get(&path.join(".")).cloned()
+        let key = path.join(".");
+        let value = self.properties.borrow().get(&key).cloned();
+        self.property_reads.borrow_mut().push(key);
+        value
     }
 
     fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {

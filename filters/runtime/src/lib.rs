@@ -7,11 +7,12 @@
 //! - [`pipeline`]: the [`Stage`]s of a module run in one pass over each request, with
 //!   parking (injected delays), periodic ticks and call-out answers;
 //! - [`module`]: the proxy-wasm root and HTTP contexts around a pipeline (Wasm only);
-//! - [`headers`] (lazy request headers), [`shared`] (compare-and-swap updates),
+//! - [`headers`] (lazy request headers), [`connection`] (the downstream peer's identity), [`shared`] (compare-and-swap updates),
 //!   [`metrics`] (per-policy stats), [`random`], [`calls`] (host-call accounting).
 
 pub mod calls;
 pub mod config;
+pub mod connection;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fake_host;
 pub mod headers;

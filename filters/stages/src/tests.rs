@@ -5,7 +5,7 @@
 use super::*;
 use meshwarden_filter_runtime::fake_host::FakeHost;
 use meshwarden_filter_runtime::pipeline::Request;
-use meshwarden_filter_runtime::{Flow, Map, Phase};
+use meshwarden_filter_runtime::{connection, Flow, Map, Phase};
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -228,4 +228,75 @@ fn host_calls_per_request_with_every_stage() {
     let calls = host.take_count();
     assert!(calls <= 20, "{calls} host calls");
     println!("host calls per request, every stage: {calls}");
+}
+
+#[test]
+fn a_fault_scoped_to_a_peer_identity_trusts_the_certificate_not_the_headers() {
+    let (p, host) = configured(json!({
+        "fault": [
+            {"name": "web-only", "spec": {"abort": {"httpStatus": 503, "percentage": {"value": 100}},
+                "source": {"identities": ["spiffe://cluster.local/ns/shop/sa/web"]}}},
+            {"name": "qa-headers", "spec": {"headerControl": {"enabled": true, "identities": ["spiffe://cluster.local/ns/qa/*"]}}},
+        ],
+    }));
+    let peer = connection::PEER_URI_SAN.join(".");
+    let forged = [
+        GET[0],
+        GET[1],
+        GET[2],
+        ("x-envoy-downstream-service-cluster", "web"),
+        ("x-envoy-fault-abort-request", "418"),
+    ];
+    host.set_peer(Some("spiffe://cluster.local/ns/shop/sa/web"));
+    let (_, flow) = send(&p, host, 1, &GET);
+    assert_eq!(flow, Flow::Pause);
+    assert_eq!(host.sent.borrow().last().unwrap().status, 503);
+    assert_eq!(host.property_reads(&peer), 1, "read once per request");
+
+    host.set_peer(Some("spiffe://cluster.local/ns/shop/sa/api"));
+    let (_, flow) = send(&p, host, 2, &forged);
+    assert_eq!(
+        flow,
+        Flow::Continue,
+        "a forged caller header selects nothing"
+    );
+    assert_eq!(host.property_reads(&peer), 2, "still once per request");
+
+    host.set_peer(None);
+    let (_, flow) = send(&p, host, 3, &forged);
+    assert_eq!(
+        flow,
+        Flow::Continue,
+        "no certificate: no header fault either"
+    );
+
+    host.set_peer(Some("spiffe://cluster.local/ns/qa/sa/bot"));
+    let (_, flow) = send(&p, host, 4, &forged);
+    assert_eq!(flow, Flow::Pause, "an allowed caller's header fault");
+    assert_eq!(host.sent.borrow().last().unwrap().status, 418);
+}
+
+#[test]
+fn policies_without_identities_never_read_the_peer() {
+    let (p, host) = configured(json!({
+        "fault": [{"name": "f", "spec": {"abort": {"httpStatus": 503, "percentage": {"value": 100}},
+            "source": {"clusters": ["web"], "trustHeaders": true}}},
+            {"name": "h", "spec": {"headerControl": {"enabled": true, "anyCaller": true}}}],
+    }));
+    host.set_peer(Some("spiffe://cluster.local/ns/shop/sa/web"));
+    let (_, flow) = send(
+        &p,
+        host,
+        1,
+        &[GET[0], GET[1], ("x-envoy-fault-abort-request", "503")],
+    );
+    assert_eq!(flow, Flow::Pause);
+    let (_, flow) = send(
+        &p,
+        host,
+        2,
+        &[GET[0], ("x-envoy-downstream-service-cluster", "web")],
+    );
+    assert_eq!(flow, Flow::Pause);
+    assert!(host.property_reads.borrow().is_empty());
 }

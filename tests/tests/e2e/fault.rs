@@ -423,7 +423,7 @@ async fn grpc_abort_is_seen_by_a_grpc_client_as_the_configured_status() -> anyho
         ),
         fault_policy(
             "grpc-by-number",
-            "match: {path: {prefix: /meshwarden.test.Other/}}\nabort: {grpcStatus: 8, percentage: {value: 100}}\nheaderControl: {enabled: true, allowedGrpcStatuses: [DEADLINE_EXCEEDED]}",
+            "match: {path: {prefix: /meshwarden.test.Other/}}\nabort: {grpcStatus: 8, percentage: {value: 100}}\nheaderControl: {enabled: true, anyCaller: true, allowedGrpcStatuses: [DEADLINE_EXCEEDED]}",
         )
     );
     s.apply(&policies).await?;
@@ -597,7 +597,7 @@ async fn hostile_fault_headers_never_crash_the_filter_or_exceed_caps() -> anyhow
     let s = stack("fault-hostile").await?;
     s.apply(&fault_policy(
         "headers",
-        "match: {path: {prefix: /hostile}}\nheaderControl:\n  enabled: true\n  maxDelay: 30ms\n  maxPercentage: {value: 25}\n  allowedStatuses: [429, 503]\n  allowedGrpcStatuses: [UNAVAILABLE]",
+        "match: {path: {prefix: /hostile}}\nheaderControl:\n  enabled: true\n  maxDelay: 30ms\n  maxPercentage: {value: 25}\n  allowedStatuses: [429, 503]\n  allowedGrpcStatuses: [UNAVAILABLE]\n  anyCaller: true",
     ))
     .await?;
 
@@ -744,7 +744,7 @@ async fn response_phase_faults_sticky_source_and_dry_run() -> anyhow::Result<()>
         fault_policy("dry", "match: {path: {exact: /dry}}\nabort: {httpStatus: 503, percentage: {value: 100}}\ndryRun: true"),
         fault_policy("sticky", "match: {path: {exact: /sticky}}\nabort: {httpStatus: 503, percentage: {value: 50}}\nsticky: {header: x-user-id, seed: 7}"),
         fault_policy("custom-abort", "match: {path: {exact: /custom-abort}}\nabort:\n  httpStatus: 429\n  percentage: {value: 100}\n  body: '{\"error\":\"slow down\"}'\n  headers: {content-type: application/json, retry-after: \"2\"}"),
-        fault_policy("from-web", "match: {path: {exact: /source}}\nabort: {httpStatus: 503, percentage: {value: 100}}\nsource: {clusters: [web]}"),
+        fault_policy("from-web", "match: {path: {exact: /source}}\nabort: {httpStatus: 503, percentage: {value: 100}}\nsource: {clusters: [web], trustHeaders: true}"),
     ];
     s.apply(&docs.join("---\n")).await?;
 

@@ -7,6 +7,8 @@ mod explain;
 mod fault;
 mod foundation;
 mod halt;
+mod hostile;
+mod identity;
 mod istio;
 mod layout;
 mod limits;

@@ -380,6 +380,81 @@ async fn api_callers_need_credentials_and_a_role_allowing_the_call_and_every_att
     Ok(())
 }
 
+/// `identity action kind/name result code` of each audit entry, oldest first.
+fn audit_rows(cli: &meshwarden_e2e::Cli) -> anyhow::Result<Vec<String>> {
+    let out = cli.run(&["audit", "-o", "json"]);
+    anyhow::ensure!(out.success, "{}", out.stderr);
+    let trail: Vec<Value> = serde_json::from_str(&out.stdout)?;
+    Ok(trail
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            format!(
+                "{} {} {}/{} {} {}",
+                s("identity"),
+                s("action"),
+                s("kind"),
+                s("name"),
+                s("result"),
+                s("code")
+            )
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn every_halt_and_resume_accepted_or_refused_is_audited() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tokens = token_file(dir.path())?;
+    let cp = ControlPlane::start_with_args(
+        vec!["--token-file".into(), tokens.display().to_string()],
+        None,
+        Vec::new(),
+    )
+    .await?;
+    let as_user = |token: &str| cp.cli().with_args(&["--token".into(), token.into()]);
+
+    assert!(!cp.cli().run(&["halt"]).success, "no credentials");
+    let out = as_user("viewer-token").run(&["halt", "fault", "--name", "gameday"]);
+    assert!(
+        !out.success && out.stderr.contains("needs editor"),
+        "{}",
+        out.stderr
+    );
+    let out = as_user("team-a-token").run(&["halt", "fault", "--name", "Bad Name"]);
+    assert!(!out.success, "an invalid halt name is refused");
+    let team_a = as_user("team-a-token");
+    let out = team_a.run(&[
+        "halt",
+        "fault",
+        "--name",
+        "gameday",
+        "--reason",
+        "incident 7",
+    ]);
+    assert!(out.success, "{}", out.stderr);
+    assert!(!as_user("viewer-token").run(&["resume", "gameday"]).success);
+    let out = team_a.run(&["resume", "gameday"]);
+    assert!(out.success, "{}", out.stderr);
+    let out = as_user("admin-token").run(&["resume"]);
+    assert!(out.success, "{}", out.stderr);
+
+    let rows = audit_rows(&as_user("viewer-token"))?;
+    assert_eq!(
+        rows,
+        [
+            "anonymous halt FaultPolicy,MirrorPolicy/default refused UNAUTHENTICATED",
+            "viewer halt FaultPolicy/gameday refused PERMISSION_DENIED",
+            "team-a halt FaultPolicy/Bad Name refused INVALID_ARGUMENT",
+            "team-a halt FaultPolicy/gameday halted OK",
+            "viewer resume /gameday refused PERMISSION_DENIED",
+            "team-a resume /gameday resumed OK",
+            "admin resume /* resumed OK",
+        ]
+    );
+    Ok(())
+}
+
 /// Applies `documents` (JSON texts) in one request over gRPC: the error status, if any.
 async fn apply_documents(
     cp: &ControlPlane,

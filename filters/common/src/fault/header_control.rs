@@ -3,6 +3,7 @@
 
 use super::grpc::GrpcCode;
 use super::spec::{HeaderControlSpec, HttpStatus};
+use crate::peer::Peer;
 use crate::percentage::Percentage;
 use crate::request::RequestHeaders;
 
@@ -35,11 +36,21 @@ pub struct HeaderFaults {
 
 impl HeaderControlSpec {
     /// Reads the request's `x-envoy-fault-*` headers (first value of each). Returns nothing
-    /// when header control is disabled.
-    pub fn read(&self, headers: &RequestHeaders) -> HeaderFaults {
+    /// when header control is disabled or `peer` is not an allowed caller (the peer is
+    /// looked at only when the request asks for a fault).
+    pub fn read(&self, headers: &RequestHeaders, peer: &Peer) -> HeaderFaults {
         if !self.enabled {
             return HeaderFaults::default();
         }
+        let faults = self.requested(headers);
+        if faults == HeaderFaults::default() || !self.caller_allowed(peer) {
+            return HeaderFaults::default();
+        }
+        faults
+    }
+
+    /// What the headers ask for, within the caps, whoever sent them.
+    fn requested(&self, headers: &RequestHeaders) -> HeaderFaults {
         let cap = self.max_percentage();
         let pct = |name: &str| {
             headers
@@ -137,7 +148,14 @@ mod tests {
                 HttpStatus::new(429).unwrap(),
             ]),
             allowed_grpc_statuses: None,
+            identities: vec![],
+            any_caller: true,
         }
+    }
+
+    /// What `c` makes of `h` from a caller without a certificate.
+    fn read(c: &HeaderControlSpec, h: &RequestHeaders) -> HeaderFaults {
+        c.read(h, &Peer::default())
     }
 
     fn req(pairs: &[(&str, &[u8])]) -> RequestHeaders {
@@ -156,12 +174,15 @@ mod tests {
     #[test]
     fn envoy_headers_are_read_and_clamped() {
         let c = control();
-        let f = c.read(&req(&[
-            (ABORT_REQUEST, b"503"),
-            (ABORT_REQUEST_PERCENTAGE, b"80"),
-            (DELAY_REQUEST, b"5000"),
-            (DELAY_REQUEST_PERCENTAGE, b"12.5"),
-        ]));
+        let f = read(
+            &c,
+            &req(&[
+                (ABORT_REQUEST, b"503"),
+                (ABORT_REQUEST_PERCENTAGE, b"80"),
+                (DELAY_REQUEST, b"5000"),
+                (DELAY_REQUEST_PERCENTAGE, b"12.5"),
+            ]),
+        );
         assert_eq!(
             f.abort,
             Some((AbortStatus::Http(HttpStatus::new(503).unwrap()), pct(50.0)))
@@ -171,7 +192,7 @@ mod tests {
 
     #[test]
     fn percentages_default_to_the_cap() {
-        let f = control().read(&req(&[(DELAY_REQUEST, b" 100 ")]));
+        let f = read(&control(), &req(&[(DELAY_REQUEST, b" 100 ")]));
         assert_eq!(f.delay, Some((100, pct(50.0))));
         assert_eq!(f.abort, None);
     }
@@ -190,16 +211,24 @@ mod tests {
             b"\xff\xfe",
             b"99999999999999999999999999999999999",
         ] {
-            assert_eq!(c.read(&req(&[(ABORT_REQUEST, bad)])).abort, None, "{bad:?}");
+            assert_eq!(
+                read(&c, &req(&[(ABORT_REQUEST, bad)])).abort,
+                None,
+                "{bad:?}"
+            );
         }
         for bad in [&b"-5"[..], b"1e3", b"inf", b"NaN", b"", b"0", b"1.5"] {
-            assert_eq!(c.read(&req(&[(DELAY_REQUEST, bad)])).delay, None, "{bad:?}");
+            assert_eq!(
+                read(&c, &req(&[(DELAY_REQUEST, bad)])).delay,
+                None,
+                "{bad:?}"
+            );
         }
         for bad in [&b"-5"[..], b"1e3", b"inf", b"NaN", b"", b"1..5", b"."] {
-            let f = c.read(&req(&[
-                (DELAY_REQUEST, b"10"),
-                (DELAY_REQUEST_PERCENTAGE, bad),
-            ]));
+            let f = read(
+                &c,
+                &req(&[(DELAY_REQUEST, b"10"), (DELAY_REQUEST_PERCENTAGE, bad)]),
+            );
             assert_eq!(
                 f.delay,
                 Some((10, pct(50.0))),
@@ -211,7 +240,7 @@ mod tests {
             ..control()
         };
         assert_eq!(
-            disabled.read(&req(&[(ABORT_REQUEST, b"503")])),
+            read(&disabled, &req(&[(ABORT_REQUEST, b"503")])),
             HeaderFaults::default()
         );
     }
@@ -219,22 +248,61 @@ mod tests {
     #[test]
     fn grpc_header_applies_unless_http_header_is_valid() {
         let c = control();
-        let f = c.read(&req(&[(ABORT_GRPC_REQUEST, b"14")]));
+        let f = read(&c, &req(&[(ABORT_GRPC_REQUEST, b"14")]));
         assert_eq!(f.abort.unwrap().0, AbortStatus::Grpc(GrpcCode::UNAVAILABLE));
-        let f = c.read(&req(&[
-            (ABORT_REQUEST, b"429"),
-            (ABORT_GRPC_REQUEST, b"14"),
-        ]));
+        let f = read(
+            &c,
+            &req(&[(ABORT_REQUEST, b"429"), (ABORT_GRPC_REQUEST, b"14")]),
+        );
         assert_eq!(
             f.abort.unwrap().0,
             AbortStatus::Http(HttpStatus::new(429).unwrap())
         );
-        assert_eq!(c.read(&req(&[(ABORT_GRPC_REQUEST, b"17")])).abort, None);
+        assert_eq!(read(&c, &req(&[(ABORT_GRPC_REQUEST, b"17")])).abort, None);
         let none = HeaderControlSpec {
             allowed_grpc_statuses: Some(vec![]),
             ..control()
         };
-        assert_eq!(none.read(&req(&[(ABORT_GRPC_REQUEST, b"14")])).abort, None);
+        assert_eq!(
+            read(&none, &req(&[(ABORT_GRPC_REQUEST, b"14")])).abort,
+            None
+        );
+    }
+
+    #[test]
+    fn only_allowed_callers_are_heard_and_the_peer_is_read_only_when_asked() {
+        use crate::peer::IdentityPattern;
+        use std::cell::Cell;
+        use std::rc::Rc;
+        let c = HeaderControlSpec {
+            any_caller: false,
+            identities: vec![IdentityPattern::try_from("spiffe://t/ns/qa/*".to_string()).unwrap()],
+            ..control()
+        };
+        let reads = Rc::new(Cell::new(0));
+        let peer = |id: &'static str| {
+            let reads = reads.clone();
+            Peer::lazy(move || {
+                reads.set(reads.get() + 1);
+                Some(id.as_bytes().to_vec())
+            })
+        };
+        let ask = req(&[(ABORT_REQUEST, b"503")]);
+        assert!(c
+            .read(&ask, &peer("spiffe://t/ns/qa/sa/bot"))
+            .abort
+            .is_some());
+        assert_eq!(
+            c.read(&ask, &peer("spiffe://t/ns/prod/sa/web")),
+            HeaderFaults::default()
+        );
+        assert_eq!(c.read(&ask, &Peer::known(None)), HeaderFaults::default());
+        assert_eq!(reads.get(), 2);
+        assert_eq!(
+            c.read(&req(&[]), &peer("spiffe://t/ns/qa/sa/bot")),
+            HeaderFaults::default()
+        );
+        assert_eq!(reads.get(), 2, "no fault header, no peer read");
     }
 
     /// Values a hostile caller might send: random bytes, numbers at and around every
@@ -310,7 +378,7 @@ mod tests {
                 }
             }
             let h = RequestHeaders::new(pairs);
-            let f = c.read(&h);
+            let f = read(c, &h);
             if let Some((status, p)) = f.abort {
                 assert!(p <= c.max_percentage(), "case {case}: {p:?}");
                 match status {

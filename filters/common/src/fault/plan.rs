@@ -3,6 +3,7 @@
 use super::header_control::AbortStatus;
 use super::select::{Random, Salt, Selector};
 use super::spec::{FaultSpec, HttpStatus};
+use crate::peer::Peer;
 use crate::request::RequestHeaders;
 
 /// Body of an abort when the policy sets none (the same text as Envoy's fault filter).
@@ -50,19 +51,23 @@ pub enum AbortResponse<'a> {
 }
 
 impl FaultSpec {
-    /// Whether the request comes from a targeted downstream (always, without `source`).
-    pub fn source_matches(&self, headers: &RequestHeaders) -> bool {
+    /// Whether the request comes from a targeted caller (always, without `source`): its
+    /// peer certificate identity (read from `peer` only if the policy names identities)
+    /// and, when the policy trusts them, its caller headers.
+    pub fn source_matches(&self, headers: &RequestHeaders, peer: &Peer) -> bool {
         let Some(src) = &self.source else {
             return true;
         };
         let one_of = |list: &[String], header: &str| {
             list.is_empty()
-                || headers
-                    .get(header)
-                    .is_some_and(|v| list.iter().any(|l| l.as_bytes() == v))
+                || (src.trust_headers
+                    && headers
+                        .get(header)
+                        .is_some_and(|v| list.iter().any(|l| l.as_bytes() == v)))
         };
         one_of(&src.clusters, src.cluster_header.as_str())
             && one_of(&src.nodes, src.node_header.as_str())
+            && (src.identities.is_empty() || peer.matches_any(&src.identities))
     }
 
     /// The instant (Unix ms) injection stops, given when this proxy first saw this version of
@@ -84,12 +89,18 @@ impl FaultSpec {
     }
 
     /// Selects the faults for a request that matched this policy. Header-requested faults
-    /// (when enabled and valid) replace the configured ones of the same type.
-    pub fn plan<E: Random>(&self, headers: &RequestHeaders, entropy: &mut E) -> FaultPlan {
+    /// (when enabled, valid and sent by an allowed `peer`) replace the configured ones of
+    /// the same type.
+    pub fn plan<E: Random>(
+        &self,
+        headers: &RequestHeaders,
+        peer: &Peer,
+        entropy: &mut E,
+    ) -> FaultPlan {
         let requested = self
             .header_control
             .as_ref()
-            .map(|h| h.read(headers))
+            .map(|h| h.read(headers, peer))
             .unwrap_or_default();
         let mut sel = Selector::new(self.sticky.as_deref(), headers, entropy);
         let mut plan = FaultPlan::default();
@@ -197,7 +208,7 @@ mod tests {
         let (mut delays, mut aborts, mut both) = (0, 0, 0);
         let n = 100_000;
         for _ in 0..n {
-            let p = s.plan(&h, &mut rng);
+            let p = s.plan(&h, &Peer::default(), &mut rng);
             delays += usize::from(p.delay_ms == Some(100));
             aborts += usize::from(p.abort.is_some());
             both += usize::from(p.delay_ms.is_some() && p.abort.is_some());
@@ -212,7 +223,7 @@ mod tests {
     fn header_faults_replace_configured_ones() {
         let s = spec(json!({
             "abort": {"httpStatus": 503, "percentage": {"value": 0}},
-            "headerControl": {"enabled": true, "maxDelay": "50ms"},
+            "headerControl": {"enabled": true, "maxDelay": "50ms", "anyCaller": true},
         }));
         let mut rng = SplitMix64(3);
         let p = s.plan(
@@ -220,6 +231,7 @@ mod tests {
                 ("x-envoy-fault-abort-request", "429"),
                 ("x-envoy-fault-delay-request", "900"),
             ]),
+            &Peer::default(),
             &mut rng,
         );
         assert_eq!(p.delay_ms, Some(50));
@@ -233,7 +245,7 @@ mod tests {
                 headers: vec![]
             }
         );
-        assert!(s.plan(&req(&[]), &mut rng).is_empty());
+        assert!(s.plan(&req(&[]), &Peer::default(), &mut rng).is_empty());
     }
 
     #[test]
@@ -241,7 +253,7 @@ mod tests {
         let s = spec(
             json!({"abort": {"grpcStatus": "UNAVAILABLE", "percentage": {"value": 100}, "body": "try later", "headers": {"x-a": "1"}}}),
         );
-        let p = s.plan(&req(&[]), &mut SplitMix64(0));
+        let p = s.plan(&req(&[]), &Peer::default(), &mut SplitMix64(0));
         assert_eq!(
             s.abort_response(&p.abort.unwrap()),
             AbortResponse::Grpc {
@@ -262,34 +274,78 @@ mod tests {
         }));
         let mut rng = SplitMix64(11);
         for _ in 0..1000 {
-            let p = s.plan(&req(&[]), &mut rng);
+            let p = s.plan(&req(&[]), &Peer::default(), &mut rng);
             assert_eq!(p.abort.is_some(), p.response_delay_ms.is_none());
             assert_eq!(p.abort.is_some(), !p.response_override);
         }
     }
 
     #[test]
-    fn source_targeting() {
+    fn source_targeting_by_trusted_headers() {
         let s = spec(
-            json!({"abort": {"httpStatus": 503, "percentage": {"value": 100}}, "source": {"clusters": ["web"], "nodes": ["n1", "n2"]}}),
+            json!({"abort": {"httpStatus": 503, "percentage": {"value": 100}}, "source": {"clusters": ["web"], "nodes": ["n1", "n2"], "trustHeaders": true}}),
         );
-        assert!(s.source_matches(&req(&[
-            ("x-envoy-downstream-service-cluster", "web"),
-            ("x-envoy-downstream-service-node", "n2")
-        ])));
-        assert!(!s.source_matches(&req(&[("x-envoy-downstream-service-cluster", "web")])));
-        assert!(!s.source_matches(&req(&[
-            ("x-envoy-downstream-service-cluster", "api"),
-            ("x-envoy-downstream-service-node", "n1")
-        ])));
+        let anon = Peer::default();
+        assert!(s.source_matches(
+            &req(&[
+                ("x-envoy-downstream-service-cluster", "web"),
+                ("x-envoy-downstream-service-node", "n2")
+            ]),
+            &anon
+        ));
+        assert!(!s.source_matches(
+            &req(&[("x-envoy-downstream-service-cluster", "web")]),
+            &anon
+        ));
+        assert!(!s.source_matches(
+            &req(&[
+                ("x-envoy-downstream-service-cluster", "api"),
+                ("x-envoy-downstream-service-node", "n1")
+            ]),
+            &anon
+        ));
         let custom = spec(
-            json!({"abort": {"httpStatus": 503, "percentage": {"value": 100}}, "source": {"clusters": ["web"], "clusterHeader": "x-caller"}}),
+            json!({"abort": {"httpStatus": 503, "percentage": {"value": 100}}, "source": {"clusters": ["web"], "clusterHeader": "x-caller", "trustHeaders": true}}),
         );
-        assert!(custom.source_matches(&req(&[("x-caller", "web")])));
+        assert!(custom.source_matches(&req(&[("x-caller", "web")]), &anon));
         assert!(
             spec(json!({"abort": {"httpStatus": 503, "percentage": {"value": 1}}}))
-                .source_matches(&req(&[]))
+                .source_matches(&req(&[]), &anon)
         );
+    }
+
+    #[test]
+    fn source_targeting_by_peer_identity_ignores_caller_headers() {
+        let s = spec(
+            json!({"abort": {"httpStatus": 503, "percentage": {"value": 100}}, "source": {"identities": ["spiffe://cluster.local/ns/shop/sa/web", "spiffe://cluster.local/ns/qa/*"]}}),
+        );
+        let forged = req(&[("x-envoy-downstream-service-cluster", "web")]);
+        let web = Peer::known(Some("spiffe://cluster.local/ns/shop/sa/web"));
+        let qa = Peer::known(Some("spiffe://cluster.local/ns/qa/sa/bot"));
+        let api = Peer::known(Some("spiffe://cluster.local/ns/shop/sa/api"));
+        assert!(s.source_matches(&req(&[]), &web));
+        assert!(s.source_matches(&req(&[]), &qa));
+        assert!(!s.source_matches(&forged, &api));
+        assert!(!s.source_matches(&forged, &Peer::default()));
+        // A policy that did not opt in to trusting headers never reads them.
+        let mut untrusted = s.clone();
+        let src = untrusted.source.as_mut().unwrap();
+        src.clusters = vec!["web".into()];
+        assert!(!untrusted.source_matches(&forged, &web));
+    }
+
+    #[test]
+    fn header_faults_only_for_allowed_callers() {
+        let s = spec(json!({
+            "headerControl": {"enabled": true, "identities": ["spiffe://cluster.local/ns/qa/*"]},
+        }));
+        let h = req(&[("x-envoy-fault-abort-request", "503")]);
+        let mut rng = SplitMix64(1);
+        let qa = Peer::known(Some("spiffe://cluster.local/ns/qa/sa/bot"));
+        assert!(s.plan(&h, &qa, &mut rng).abort.is_some());
+        let prod = Peer::known(Some("spiffe://cluster.local/ns/prod/sa/web"));
+        assert!(s.plan(&h, &prod, &mut rng).is_empty());
+        assert!(s.plan(&h, &Peer::default(), &mut rng).is_empty());
     }
 
     #[test]
@@ -317,18 +373,21 @@ mod tests {
         for u in 0..200 {
             let id = format!("u{u}");
             let h = req(&[("x-user-id", &id)]);
-            let first = s.plan(&h, &mut rng);
+            let first = s.plan(&h, &Peer::default(), &mut rng);
             for _ in 0..3 {
-                assert_eq!(s.plan(&h, &mut rng), first);
+                assert_eq!(s.plan(&h, &Peer::default(), &mut rng), first);
             }
         }
-        assert!(s.plan(&req(&[]), &mut rng).is_empty(), "no key, no fault");
+        assert!(
+            s.plan(&req(&[]), &Peer::default(), &mut rng).is_empty(),
+            "no key, no fault"
+        );
     }
 
     #[test]
     fn header_requested_percentages_never_exceed_the_cap() {
         let s = spec(json!({
-            "headerControl": {"enabled": true, "maxDelay": "20ms", "maxPercentage": {"value": 10}, "allowedStatuses": [503]},
+            "headerControl": {"enabled": true, "maxDelay": "20ms", "maxPercentage": {"value": 10}, "allowedStatuses": [503], "anyCaller": true},
         }));
         let h = req(&[
             ("x-envoy-fault-abort-request", "503"),
@@ -340,7 +399,7 @@ mod tests {
         let n = 50_000;
         let (mut aborts, mut delays) = (0, 0);
         for _ in 0..n {
-            let p = s.plan(&h, &mut rng);
+            let p = s.plan(&h, &Peer::default(), &mut rng);
             aborts += usize::from(p.abort.is_some());
             if let Some(ms) = p.delay_ms {
                 assert_eq!(ms, 20);

@@ -5,6 +5,7 @@ use super::timestamp::Timestamp;
 use crate::duration::DurationSpec;
 use crate::error::ValidationError;
 use crate::names::HeaderName;
+use crate::peer::{IdentityPattern, Peer, MAX_IDENTITIES};
 use crate::percentage::Percentage;
 use crate::spec::KindSpec;
 use serde::{Deserialize, Serialize};
@@ -165,16 +166,26 @@ pub struct ResponseOverrideSpec {
     pub headers: BTreeMap<HeaderName, String>,
 }
 
-/// Downstream identity targeting, by the headers a calling Envoy sets.
+/// Which callers a policy targets: by the identity of the peer certificate (which a client
+/// cannot forge), and/or by headers a calling proxy sets (which any client can set, so they
+/// are read only when the policy says it trusts them). Every criterion set must match.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SourceSpec {
-    /// Downstream service clusters, any of which matches.
+    /// Peer certificate identities (the URI SAN: a SPIFFE id under Istio), any of which
+    /// matches; `spiffe://cluster.local/ns/shop/*` matches every identity under it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<IdentityPattern>,
+    /// Downstream service clusters, any of which matches (needs `trustHeaders`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clusters: Vec<String>,
-    /// Downstream service nodes, any of which matches.
+    /// Downstream service nodes, any of which matches (needs `trustHeaders`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
+    /// Trust `clusterHeader` and `nodeHeader`: only where every hop in front of this proxy
+    /// is one you run that sets or strips them, since any client can send them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trust_headers: bool,
     /// Header carrying the downstream cluster.
     #[serde(default = "default_cluster_header")]
     pub cluster_header: HeaderName,
@@ -239,6 +250,13 @@ pub struct HeaderControlSpec {
     /// gRPC statuses a header may request; unset allows all, `[]` allows none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_grpc_statuses: Option<Vec<GrpcCode>>,
+    /// Callers whose headers are honoured: peer certificate identities (URI SAN), exact or
+    /// `.../*`. Requests from anyone else (clear text included) get no header fault.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<IdentityPattern>,
+    /// Honour the headers from any caller that can reach the proxy, instead of `identities`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_caller: bool,
 }
 
 fn default_max_delay() -> DurationSpec {
@@ -479,9 +497,13 @@ fn validate_payload(
 
 impl SourceSpec {
     fn validate(&self) -> Result<(), ValidationError> {
-        if self.clusters.is_empty() && self.nodes.is_empty() {
-            return Err(ValidationError::new("", "set clusters or nodes"));
+        if self.identities.is_empty() && self.clusters.is_empty() && self.nodes.is_empty() {
+            return Err(ValidationError::new(
+                "",
+                "set identities, clusters or nodes",
+            ));
         }
+        validate_identities(&self.identities)?;
         for (list, values) in [("clusters", &self.clusters), ("nodes", &self.nodes)] {
             if let Some(i) = values.iter().position(String::is_empty) {
                 return Err(ValidationError::new(
@@ -490,8 +512,35 @@ impl SourceSpec {
                 ));
             }
         }
+        let by_header = !self.clusters.is_empty() || !self.nodes.is_empty();
+        if by_header && !self.trust_headers {
+            return Err(ValidationError::new(
+                "trustHeaders",
+                format!(
+                    "clusters and nodes are read from the {} and {} request headers, which any client can set; select callers by identities (their peer certificate), or set trustHeaders: true if every hop in front of this proxy sets or strips those headers",
+                    self.cluster_header.as_str(),
+                    self.node_header.as_str()
+                ),
+            ));
+        }
+        if self.trust_headers && !by_header {
+            return Err(ValidationError::new(
+                "trustHeaders",
+                "only applies to clusters and nodes; set one of them or remove trustHeaders",
+            ));
+        }
         Ok(())
     }
+}
+
+fn validate_identities(identities: &[IdentityPattern]) -> Result<(), ValidationError> {
+    if identities.len() > MAX_IDENTITIES {
+        return Err(ValidationError::new(
+            "identities",
+            format!("at most {MAX_IDENTITIES} identities"),
+        ));
+    }
+    Ok(())
 }
 
 impl HeaderControlSpec {
@@ -499,7 +548,25 @@ impl HeaderControlSpec {
         if self.max_delay.as_millis() > MAX_DELAY_MS {
             return Err(ValidationError::new("maxDelay", "must be at most 1h"));
         }
+        validate_identities(&self.identities)?;
+        if self.any_caller && !self.identities.is_empty() {
+            return Err(ValidationError::new(
+                "anyCaller",
+                "set only one of identities or anyCaller",
+            ));
+        }
+        if self.enabled && !self.any_caller && self.identities.is_empty() {
+            return Err(ValidationError::new(
+                "identities",
+                "name the callers allowed to request faults with x-envoy-fault-* headers (their peer certificate identities, e.g. spiffe://cluster.local/ns/qa/*), or set anyCaller: true to let any client that reaches the proxy request them",
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether `peer` may request faults with headers.
+    pub fn caller_allowed(&self, peer: &Peer) -> bool {
+        self.any_caller || peer.matches_any(&self.identities)
     }
 
     /// The percentage cap (100 % unless configured).
@@ -566,9 +633,9 @@ mod tests {
             "abort": {"httpStatus": 503, "percentage": {"value": 1}, "body": "oops", "headers": {"Retry-After": "1"}},
             "responseDelay": {"fixedDelay": "1s", "jitter": "100ms", "percentage": {"value": 50}},
             "responseOverride": {"httpStatus": 500, "percentage": {"value": 2}},
-            "source": {"clusters": ["frontend"]},
+            "source": {"clusters": ["frontend"], "trustHeaders": true, "identities": ["spiffe://cluster.local/ns/shop/*"]},
             "sticky": {"header": "x-user-id", "seed": 42, "whenMissing": "random"},
-            "headerControl": {"enabled": true, "maxDelay": "2s", "allowedStatuses": [503], "maxPercentage": {"value": 10}},
+            "headerControl": {"enabled": true, "maxDelay": "2s", "allowedStatuses": [503], "maxPercentage": {"value": 10}, "identities": ["spiffe://cluster.local/ns/qa/sa/tester"]},
             "maxActiveFaults": 10,
             "ttl": "10m",
             "expiresAt": "2030-01-01T00:00:00Z",
@@ -641,7 +708,9 @@ mod tests {
         let e =
             err(json!({"abort": {"httpStatus": 503, "percentage": {"value": 1}}, "source": {}}));
         assert_eq!(e.field, "spec.source");
-        let e = err(json!({"headerControl": {"enabled": true, "allowedStatuses": [100]}}));
+        let e = err(
+            json!({"headerControl": {"enabled": true, "allowedStatuses": [100], "anyCaller": true}}),
+        );
         assert_eq!(e.field, "spec.headerControl.allowedStatuses[0]");
         let e = err(json!({"abort": {"httpStatus": 503, "percentage": {"value": 1}}, "bogus": 1}));
         assert_eq!(e.field, "spec.bogus");
@@ -654,7 +723,55 @@ mod tests {
         assert!(e.message.contains("at least one"));
         let e = err(json!({"headerControl": {"enabled": false}}));
         assert_eq!(e.field, "spec");
-        assert!(parse(json!({"headerControl": {"enabled": true}})).is_ok());
+        assert!(parse(json!({"headerControl": {"enabled": true, "anyCaller": true}})).is_ok());
+    }
+
+    #[test]
+    fn caller_identity_comes_from_the_certificate_unless_headers_are_trusted() {
+        let abort = json!({"httpStatus": 503, "percentage": {"value": 1}});
+        let e = err(json!({"abort": abort, "source": {"clusters": ["web"]}}));
+        assert_eq!(e.field, "spec.source.trustHeaders");
+        assert!(e.message.contains("any client can set"), "{e}");
+        let e = err(
+            json!({"abort": abort, "source": {"identities": ["spiffe://a/b"], "trustHeaders": true}}),
+        );
+        assert_eq!(e.field, "spec.source.trustHeaders");
+        let e = err(json!({"abort": abort, "source": {"identities": ["spiffe://a/*/b"]}}));
+        assert_eq!(e.field, "spec.source.identities[0]");
+        let e = err(json!({"abort": abort, "source": {"identities": ["web"]}}));
+        assert_eq!(e.field, "spec.source.identities[0]");
+        let many: Vec<String> = (0..=MAX_IDENTITIES)
+            .map(|i| format!("spiffe://t/{i}"))
+            .collect();
+        let e = err(json!({"abort": abort, "source": {"identities": many}}));
+        assert_eq!(e.field, "spec.source.identities");
+        assert!(
+            parse(json!({"abort": abort, "source": {"identities": ["spiffe://t/ns/shop/*"]}}))
+                .is_ok()
+        );
+        assert!(parse(
+            json!({"abort": abort, "source": {"clusters": ["web"], "trustHeaders": true}})
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn header_control_names_its_callers() {
+        let e = err(json!({"headerControl": {"enabled": true}}));
+        assert_eq!(e.field, "spec.headerControl.identities");
+        assert!(e.message.contains("anyCaller: true"), "{e}");
+        let e = err(
+            json!({"headerControl": {"enabled": true, "anyCaller": true, "identities": ["spiffe://t/qa"]}}),
+        );
+        assert_eq!(e.field, "spec.headerControl.anyCaller");
+        let s = parse(
+            json!({"headerControl": {"enabled": true, "identities": ["spiffe://t/ns/qa/*"]}}),
+        )
+        .unwrap();
+        let hc = s.header_control.unwrap();
+        assert!(hc.caller_allowed(&Peer::known(Some("spiffe://t/ns/qa/sa/x"))));
+        assert!(!hc.caller_allowed(&Peer::known(Some("spiffe://t/ns/prod/sa/x"))));
+        assert!(!hc.caller_allowed(&Peer::known(None)));
     }
 
     #[test]
