@@ -4,6 +4,9 @@
 //! apply or delete touches (read from the request itself, before the service sees it), and
 //! records every apply and delete, accepted or refused, in the [`AuditLog`].
 //!
+//! The authenticated [`Principal`] is handed to the service in the request's extensions
+//! (an `Arc<Principal>`), so the policy history records who made each change.
+//!
 //! Methods are classed by name; a method not listed here (a new one) needs `admin`, so
 //! nothing is open by accident.
 
@@ -31,7 +34,7 @@ const GUARDED: [&str; 1] = ["/meshwarden.v1alpha1."];
 enum Access {
     /// Reading: viewer.
     Read,
-    /// Apply or delete: editor, within its scope; audited.
+    /// Apply, delete or rollback: editor, within its scope; audited.
     Write(Verb),
     /// Halt and resume (an emergency stop of faults and mirrors, no policy changes):
     /// editor, whatever its scope.
@@ -44,6 +47,7 @@ enum Access {
 enum Verb {
     Apply,
     Delete,
+    Rollback,
 }
 
 /// The access `path` (`/package.Service/Method`) needs; `None` if it is not guarded.
@@ -56,8 +60,9 @@ fn access(path: &str) -> Option<Access> {
     Some(match (service, method) {
         ("PolicyService", "Apply") => Access::Write(Verb::Apply),
         ("PolicyService", "Delete") => Access::Write(Verb::Delete),
+        ("PolicyService", "Rollback") => Access::Write(Verb::Rollback),
         ("PolicyService", "Halt" | "Resume") => Access::Operate,
-        ("PolicyService", "Get" | "List" | "Watch" | "Diff" | "ListHalts")
+        ("PolicyService", "Get" | "List" | "Watch" | "Diff" | "ListHalts" | "History")
         | ("ProxyStatusService", _)
         | ("AuditService", _) => Access::Read,
         _ => Access::Admin,
@@ -166,15 +171,22 @@ where
                 Access::Operate => Role::Editor,
                 _ => Role::Admin,
             };
-            return match principal.and_then(|p| p.require(role, &method_name(&path))) {
-                Ok(()) => inner.call(request).await,
+            let mut request = request;
+            return match principal.and_then(|p| {
+                p.require(role, &method_name(&path))?;
+                Ok(p)
+            }) {
+                Ok(p) => {
+                    request.extensions_mut().insert(p);
+                    inner.call(request).await
+                }
                 Err(status) => Ok(status.into_http()),
             };
         }
         Access::Write(verb) => verb,
     };
 
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let bytes = match Limited::new(body, MAX_APPLY_REQUEST_BYTES + 5)
         .collect()
         .await
@@ -197,10 +209,15 @@ where
         attempt: &attempt,
         old: &old,
     };
-    let checked = principal.and_then(|p| attempt.authorize(&p));
-    if let Err(status) = checked {
-        record.refused(&status).await;
-        return Ok(status.into_http());
+    let checked = principal.and_then(|p| attempt.authorize(&p).map(|()| p));
+    match checked {
+        Ok(p) => {
+            parts.extensions.insert(p);
+        }
+        Err(status) => {
+            record.refused(&status).await;
+            return Ok(status.into_http());
+        }
     }
     let response = inner
         .call(Request::from_parts(parts, Body::new(Full::new(bytes))))
@@ -271,6 +288,13 @@ impl Attempt {
                 };
                 attempt.targets = vec![Kind::parse(&req.kind).map(|k| (k, req.name))];
             }
+            Verb::Rollback => {
+                let Ok(req) = pb::RollbackRequest::decode(message) else {
+                    return attempt;
+                };
+                attempt.dry_run = req.dry_run;
+                attempt.targets = vec![Kind::parse(&req.kind).map(|k| (k, req.name))];
+            }
         }
         attempt.unreadable = false;
         attempt
@@ -281,6 +305,8 @@ impl Attempt {
             (Verb::Apply, false) => "apply",
             (Verb::Apply, true) => "apply --dry-run",
             (Verb::Delete, _) => "delete",
+            (Verb::Rollback, false) => "rollback",
+            (Verb::Rollback, true) => "rollback --dry-run",
         }
     }
 
@@ -363,7 +389,7 @@ impl AuditRecord<'_> {
                     .unwrap_or_default();
                 let result = match (verb, dry_run) {
                     (Verb::Delete, _) => "deleted",
-                    (Verb::Apply, true) => "dry-run",
+                    (_, true) => "dry-run",
                     _ if old.is_empty() => "created",
                     _ if *old == new => "unchanged",
                     _ => "configured",
@@ -459,6 +485,11 @@ mod tests {
         let p = |m: &str| access(&format!("/meshwarden.v1alpha1.{m}"));
         assert_eq!(p("PolicyService/Apply"), Some(Access::Write(Verb::Apply)));
         assert_eq!(p("PolicyService/Delete"), Some(Access::Write(Verb::Delete)));
+        assert_eq!(
+            p("PolicyService/Rollback"),
+            Some(Access::Write(Verb::Rollback))
+        );
+        assert_eq!(p("PolicyService/History"), Some(Access::Read));
         assert_eq!(p("PolicyService/List"), Some(Access::Read));
         assert_eq!(p("ProxyStatusService/ListProxies"), Some(Access::Read));
         assert_eq!(p("PolicyService/Halt"), Some(Access::Operate));
@@ -495,6 +526,7 @@ mod tests {
                 "not json".into(),
             ],
             dry_run: true,
+            ..Default::default()
         };
         let attempt = Attempt::read(Verb::Apply, &frame(&req));
         assert!(!attempt.unreadable && attempt.dry_run);
