@@ -10,6 +10,10 @@
 //! - Revisions are numbered per policy (`kind`/`name`), from 1, one more than the last one
 //!   ever committed for that policy, deleted or not; a number is never reused. The store
 //!   assigns them inside the transaction and returns them.
+//! - A change with a `base_revision` is compare-and-swap: if the policy's stored revision
+//!   (0 when there is no record) is not that one, nothing of the commit is written and it
+//!   fails with [`StoreError::Conflict`]. A writer whose view is stale (another replica
+//!   wrote meanwhile) therefore cannot overwrite a change it has not seen.
 //! - At most `history_limit` revisions are kept per policy (the oldest go first, in the
 //!   same transaction); the newest is always kept, so numbering continues after a delete.
 
@@ -91,6 +95,8 @@ pub struct PolicyChange<'a> {
     pub deleted_version: &'a str,
     /// For a rollback, the revision restored.
     pub rollback_of: Option<u64>,
+    /// The revision the writer saw as current (0: no record); `None` skips the check.
+    pub base_revision: Option<u64>,
 }
 
 /// Everything one transaction writes.

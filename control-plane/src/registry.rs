@@ -476,6 +476,14 @@ impl PolicyRegistry {
                     change: *change,
                     deleted_version: "",
                     rollback_of: options.rollback_of,
+                    // A record that failed to load is replaced whatever its revision.
+                    base_revision: match current.get(p.kind(), p.name()) {
+                        Some(stored) => Some(stored.revision),
+                        None if writer.invalid.contains_key(&store::key(p.kind(), p.name())) => {
+                            None
+                        }
+                        None => Some(0),
+                    },
                 })
                 .collect();
             let revisions = self.commit(generation, &changes, &options.actor)?;
@@ -553,9 +561,10 @@ impl PolicyRegistry {
         let mut writer = self.lock();
         let current = self.current();
         let key = store::key(kind, name);
-        let version = match current.get(kind, name) {
-            Some(p) => p.version.clone(),
-            None if writer.invalid.contains_key(&key) => String::new(),
+        let (version, base_revision) = match current.get(kind, name) {
+            Some(p) => (p.version.clone(), Some(p.revision)),
+            // A record that failed to load: its revision is not known here.
+            None if writer.invalid.contains_key(&key) => (String::new(), None),
             None => {
                 return Err(DeleteError::NotFound {
                     kind,
@@ -571,6 +580,7 @@ impl PolicyRegistry {
             change: HistoryChange::Deleted,
             deleted_version: &version,
             rollback_of: None,
+            base_revision,
         };
         self.commit(generation, &[change], actor)?;
         writer.invalid.remove(&key);

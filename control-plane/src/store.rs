@@ -77,6 +77,14 @@ pub enum StoreError {
     Corrupt { path: PathBuf, detail: String },
     #[error("store {path} cannot be written: {detail} (it is reopened before the next write)")]
     Unavailable { path: PathBuf, detail: String },
+    /// A change's base revision is not the stored one: another writer got there first.
+    /// Nothing was written; the store stays healthy.
+    #[error("conflict: {key} is at revision {found} in the store, not revision {expected} this change was based on; nothing was applied")]
+    Conflict {
+        key: String,
+        expected: u64,
+        found: u64,
+    },
 }
 
 /// The stored form of one policy.
@@ -490,6 +498,8 @@ impl Store {
         let result = guarded(&self.path, || self.commit_records(commit));
         match &result {
             Ok(_) => self.mark_generation(commit.generation),
+            // Refused on purpose (compare-and-swap), not a failure of the store.
+            Err(StoreError::Conflict { .. }) => {}
             Err(e) => {
                 self.write_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(path = %self.path.display(), error = %e, "store write failed");
@@ -513,6 +523,16 @@ impl Store {
             let mut history = txn.open_table(HISTORY).map_err(redb::Error::from)?;
             for change in commit.changes {
                 let key = key(change.kind, change.name);
+                if let Some(expected) = change.base_revision {
+                    let found = stored_revision(&table, &key)?;
+                    if found != expected {
+                        return Err(StoreError::Conflict {
+                            key,
+                            expected,
+                            found,
+                        });
+                    }
+                }
                 let revision = last_revision(&table, &history, &key)? + 1;
                 let (version, document) = match change.policy {
                     Some(p) => {
@@ -644,15 +664,20 @@ fn last_revision(
         .transpose()
         .map_err(redb::Error::from)?
         .and_then(|(k, _)| k.value().strip_prefix(&prefix)?.parse::<u64>().ok());
-    if let Some(revision) = newest {
-        return Ok(revision);
+    match newest {
+        Some(revision) => Ok(revision),
+        None => stored_revision(policies, key),
     }
-    let recorded = policies
+}
+
+/// The revision of the record stored under `key` (0 if there is none, or it predates
+/// revisions).
+fn stored_revision(policies: &redb::Table<&str, &str>, key: &str) -> Result<u64, StoreError> {
+    Ok(policies
         .get(key)
         .map_err(redb::Error::from)?
         .and_then(|v| serde_json::from_str::<Record>(v.value()).ok())
-        .map_or(0, |r| r.revision);
-    Ok(recorded)
+        .map_or(0, |r| r.revision))
 }
 
 /// Removes the oldest entries of `key` beyond `limit`.
@@ -766,6 +791,7 @@ mod tests {
             change: HistoryChange::Updated,
             deleted_version: "",
             rollback_of: None,
+            base_revision: None,
         }
     }
 
@@ -777,6 +803,7 @@ mod tests {
             change: HistoryChange::Deleted,
             deleted_version: "v",
             rollback_of: None,
+            base_revision: None,
         }
     }
 
@@ -855,6 +882,48 @@ mod tests {
         // Numbering continues after a delete.
         assert_eq!(put(&store, 4, &[&policy("a", 30, 4)]), [4]);
         assert_eq!(store.load().unwrap().policies[0].revision, 4);
+    }
+
+    #[test]
+    fn a_change_based_on_a_stale_revision_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        put(&store, 1, &[&policy("a", 10, 1)]);
+        let (b, a2) = (policy("b", 1, 2), policy("a", 20, 2));
+        let based = |p, base| PolicyChange {
+            base_revision: Some(base),
+            ..changed(p)
+        };
+        let err = PolicyStore::commit(
+            &store,
+            &Commit {
+                generation: 2,
+                changes: &[based(&b, 0), based(&a2, 0)],
+                actor: "tester",
+                at_unix_ms: 0,
+                history_limit: 50,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Conflict {
+                    expected: 0,
+                    found: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(store.health(), StoreHealth::Healthy);
+        let loaded = store.load().unwrap();
+        assert_eq!((loaded.generation, loaded.policies.len()), (1, 1));
+        assert!(store.history(Kind::TracePolicy, "b").unwrap().is_empty());
+        assert_eq!(
+            commit(&store, 2, &[based(&b, 0), based(&a2, 1)], &[]),
+            [1, 2]
+        );
     }
 
     #[test]
@@ -968,6 +1037,37 @@ mod tests {
         let keys: Vec<_> = loaded.invalid.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(keys, ["TracePolicy/bad"]);
         assert!(loaded.invalid[0].error.contains("spec.samplingPercentage"));
+    }
+
+    #[test]
+    fn a_record_that_no_longer_loads_can_be_replaced_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bad = json!({"document": {"apiVersion": "meshwarden.dev/v1alpha1", "kind": "TracePolicy",
+            "metadata": {"name": "bad"}, "spec": {"samplingPercentage": 150}},
+            "version": "x", "generation": 1, "updated_unix_ms": 0, "revision": 3});
+        raw_insert(&store, "TracePolicy/bad", &bad.to_string());
+        let reg = crate::registry::PolicyRegistry::from_store(store).unwrap();
+        assert_eq!(reg.invalid_records().len(), 1);
+        let r = reg
+            .apply(vec![policy("bad", 10, 0).doc.to_value()], false)
+            .unwrap();
+        assert_eq!(
+            r[0].revision, 4,
+            "numbering continues from the record's revision"
+        );
+        assert!(reg.invalid_records().is_empty());
+        reg.delete(Kind::TracePolicy, "bad").unwrap();
+        let revisions: Vec<_> = reg
+            .history(Kind::TracePolicy, "bad")
+            .unwrap()
+            .iter()
+            .map(|r| (r.revision, r.change))
+            .collect();
+        assert_eq!(
+            revisions,
+            [(4, HistoryChange::Created), (5, HistoryChange::Deleted)]
+        );
     }
 
     fn raw_insert(store: &Store, key: &str, value: &str) {

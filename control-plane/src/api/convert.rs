@@ -110,7 +110,10 @@ pub fn kind_filter(s: &str) -> Result<Option<Kind>, Status> {
 /// Invalid input becomes INVALID_ARGUMENT with the registry's message, a conflict with a
 /// concurrent writer ABORTED; store failures become INTERNAL.
 pub fn apply_error(e: ApplyError) -> Status {
-    if matches!(e, ApplyError::Conflict(_)) {
+    if matches!(
+        e,
+        ApplyError::Conflict(_) | ApplyError::Store(crate::store::StoreError::Conflict { .. })
+    ) {
         tracing::info!(error = %e, "apply refused: conflict");
         Status::aborted(e.to_string())
     } else if e.is_invalid_input() {

@@ -542,6 +542,36 @@ mod tests {
     }
 
     #[test]
+    fn a_rollback_is_a_write_of_the_policy_it_names() {
+        let req = pb::RollbackRequest {
+            kind: "fault".into(),
+            name: "team-b-x".into(),
+            to_revision: 3,
+            dry_run: false,
+        };
+        let attempt = Attempt::read(Verb::Rollback, &frame(&req));
+        assert_eq!(attempt.verb(), "rollback");
+        assert_eq!(
+            attempt.targets,
+            [Some((Kind::FaultPolicy, "team-b-x".to_string()))]
+        );
+        let editor = Principal {
+            name: "team-a".into(),
+            role: Role::Editor,
+            kinds: None,
+            name_prefixes: Some(vec!["team-a-".into()]),
+        };
+        let err = attempt.authorize(&editor).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(
+            err.message()
+                .starts_with("rollback of FaultPolicy \"team-b-x\" refused"),
+            "{}",
+            err.message()
+        );
+    }
+
+    #[test]
     fn codes_are_named_as_grpc_does() {
         assert_eq!(
             code_name(tonic::Code::PermissionDenied),
