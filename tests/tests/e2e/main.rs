@@ -7,6 +7,7 @@ mod explain;
 mod fault;
 mod foundation;
 mod halt;
+mod history;
 mod istio;
 mod layout;
 mod limits;
