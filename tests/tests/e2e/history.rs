@@ -118,7 +118,7 @@ async fn rollback_and_rollback_of_a_deleted_policy_are_enforced_by_envoy() -> an
 #[tokio::test]
 async fn applies_based_on_a_stale_revision_conflict_and_racing_ones_never_lose_an_update(
 ) -> anyhow::Result<()> {
-    let cp = ControlPlane::start().await?;
+    let mut cp = ControlPlane::start().await?;
     let cli = cp.cli();
     assert!(
         cli.apply_yaml(&trace_policy("race", "samplingPercentage: 0"))
@@ -210,5 +210,116 @@ async fn applies_based_on_a_stale_revision_conflict_and_racing_ones_never_lose_a
             "round {round}: the winner's content is stored"
         );
     }
+
+    // kill -9: every acknowledged apply and its revision are still there.
+    cp.kill9();
+    cp.restart().await?;
+    let cli = cp.cli();
+    let history: Value =
+        serde_json::from_str(&ok(&cli, &["history", "trace", "race", "-o", "json"])?)?;
+    let revisions: Vec<u64> = history
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|r| r["revision"].as_u64())
+        .collect();
+    assert_eq!(revisions.len(), 50, "the last 50 are kept");
+    assert_eq!(revisions.last(), Some(&revision));
+    let stored: Value = serde_json::from_str(&ok(&cli, &["get", "trace", "race", "-o", "json"])?)?;
+    assert_eq!(stored["metadata"]["revision"], revision);
+    Ok(())
+}
+
+#[tokio::test]
+async fn history_names_the_caller_and_rollback_needs_editor_rights_for_the_policy(
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tokens = crate::security::token_file(dir.path())?;
+    let args = vec!["--token-file".into(), tokens.display().to_string()];
+    let cp = ControlPlane::start_with_args(args, None, Vec::new()).await?;
+    let as_user = |token: &str| cp.cli().with_args(&["--token".into(), token.into()]);
+    let (viewer, team_a, admin) = (
+        as_user("viewer-token"),
+        as_user("team-a-token"),
+        as_user("admin-token"),
+    );
+    let fault = |name: &str, pct: u32| {
+        policy(
+            "FaultPolicy",
+            name,
+            &format!("abort: {{httpStatus: 503, percentage: {{value: {pct}}}}}"),
+        )
+    };
+    assert!(admin.apply_yaml(&fault("team-a-x", 1)).success);
+    assert!(team_a.apply_yaml(&fault("team-a-x", 2)).success);
+    assert!(admin.apply_yaml(&fault("team-b-x", 1)).success);
+    assert!(admin.apply_yaml(&fault("team-b-x", 2)).success);
+
+    // Viewers read the history; it names who made each change.
+    let history: Value = serde_json::from_str(&ok(
+        &viewer,
+        &["history", "fault", "team-a-x", "-o", "json"],
+    )?)?;
+    let actors: Vec<&str> = history
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|r| r["actor"].as_str())
+        .collect();
+    assert_eq!(actors, ["admin", "team-a"]);
+    assert!(
+        viewer
+            .run(&["get", "fault", "team-a-x", "--revision", "1"])
+            .success
+    );
+
+    // Rolling back is writing: not for viewers, nor for editors outside their scope.
+    let out = viewer.run(&["rollback", "fault", "team-a-x"]);
+    assert!(
+        !out.success && out.stderr.contains("needs editor"),
+        "{}",
+        out.stderr
+    );
+    let out = team_a.run(&["rollback", "fault", "team-b-x"]);
+    assert!(
+        !out.success
+            && out
+                .stderr
+                .contains(r#"rollback of FaultPolicy "team-b-x" refused"#)
+            && out.stderr.contains("team-a-*"),
+        "{}",
+        out.stderr
+    );
+    let out = ok(&team_a, &["rollback", "fault", "team-a-x"])?;
+    assert_eq!(out, "faultpolicy/team-a-x configured (revision 3)\n");
+    let history: Value = serde_json::from_str(&ok(
+        &viewer,
+        &["history", "fault", "team-a-x", "-o", "json"],
+    )?)?;
+    assert_eq!(history[2]["actor"], "team-a");
+    assert_eq!(history[2]["change"], "rolled-back");
+
+    // Every rollback attempt is in the audit trail.
+    let trail: Value = serde_json::from_str(&ok(&admin, &["audit", "-o", "json"])?)?;
+    let rollbacks: Vec<(&str, &str)> = trail
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter(|e| e["action"] == "rollback")
+        .map(|e| {
+            (
+                e["identity"].as_str().unwrap_or(""),
+                e["result"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rollbacks,
+        [
+            ("viewer", "refused"),
+            ("team-a", "refused"),
+            ("team-a", "configured")
+        ]
+    );
     Ok(())
 }
