@@ -138,6 +138,8 @@ pub struct ChangeEvent {
     /// record was an invalid one).
     pub version: String,
     pub generation: u64,
+    /// The policy's revision made by the change (its history entry).
+    pub revision: u64,
 }
 
 /// Which document of an apply request an error is about: 1-based index, plus kind and
@@ -250,6 +252,7 @@ pub struct RegistryStats {
     updated: AtomicU64,
     unchanged: AtomicU64,
     rejected: AtomicU64,
+    conflicts: AtomicU64,
 }
 
 impl RegistryStats {
@@ -261,6 +264,12 @@ impl RegistryStats {
     /// Apply requests refused for invalid input since startup.
     pub fn rejections(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Apply requests refused since startup because a policy had moved on since the
+    /// revision they were based on.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
     }
 
     fn counter(&self, outcome: Outcome) -> &AtomicU64 {
@@ -434,8 +443,14 @@ impl PolicyRegistry {
         options: &ApplyOptions,
     ) -> Result<Vec<ApplyOutcome>, ApplyError> {
         let result = self.apply_inner(docs, options);
-        if matches!(&result, Err(e) if e.is_invalid_input()) {
-            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        match &result {
+            Err(e) if e.is_invalid_input() => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(ApplyError::Conflict(_) | ApplyError::Store(StoreError::Conflict { .. })) => {
+                self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
         result
     }
@@ -515,7 +530,7 @@ impl PolicyRegistry {
                     Outcome::Created => ChangeType::Created,
                     _ => ChangeType::Updated,
                 };
-                self.emit(p.kind(), p.name(), change, &p.version, generation);
+                self.emit(p, change, &p.version, generation);
             }
         }
         for o in &outcomes {
@@ -582,7 +597,7 @@ impl PolicyRegistry {
             rollback_of: None,
             base_revision,
         };
-        self.commit(generation, &[change], actor)?;
+        let revision = self.commit(generation, &[change], actor)?;
         writer.invalid.remove(&key);
         let policies = current
             .policies
@@ -595,7 +610,14 @@ impl PolicyRegistry {
             policies,
             halts: current.halts.clone(),
         });
-        self.emit(kind, name, ChangeType::Deleted, &version, generation);
+        let _ = self.events_tx.send(ChangeEvent {
+            kind,
+            name: name.to_string(),
+            change: ChangeType::Deleted,
+            version,
+            generation,
+            revision: revision.first().copied().unwrap_or_default(),
+        });
         Ok(generation)
     }
 
@@ -744,14 +766,15 @@ impl PolicyRegistry {
         self.set_tx.send_replace(Arc::new(set));
     }
 
-    fn emit(&self, kind: Kind, name: &str, change: ChangeType, version: &str, generation: u64) {
+    fn emit(&self, p: &StoredPolicy, change: ChangeType, version: &str, generation: u64) {
         // No receivers is fine: nobody is watching.
         let _ = self.events_tx.send(ChangeEvent {
-            kind,
-            name: name.to_string(),
+            kind: p.kind(),
+            name: p.name().to_string(),
             change,
             version: version.to_string(),
             generation,
+            revision: p.revision,
         });
     }
 }
@@ -1113,6 +1136,7 @@ mod tests {
             (ev.name.as_str(), ev.change, ev.generation),
             ("a", ChangeType::Deleted, 2)
         );
+        assert_eq!(ev.revision, 2, "the deletion is the policy's revision 2");
         assert!(matches!(
             reg.delete(Kind::TracePolicy, "a"),
             Err(DeleteError::NotFound { .. })
@@ -1311,6 +1335,7 @@ mod tests {
             }]
         );
         assert!(!err.is_invalid_input());
+        assert_eq!(reg.stats().conflicts(), 1);
         assert_eq!(
             (sampling(&reg, "a"), reg.current().generation),
             (Some(1.0), 2)

@@ -86,6 +86,7 @@ pub fn change_event(e: &ChangeEvent) -> pb::ChangeEvent {
         r#type: ty.into(),
         version: e.version.clone(),
         generation: e.generation,
+        revision: e.revision,
     }
 }
 

@@ -580,6 +580,7 @@ impl PolicyService for PolicyApi {
                         r#type: pb::change_event::Type::Created.into(),
                         version: p.version.clone(),
                         generation: p.generation,
+                        revision: p.revision,
                     })
                 })
                 .collect()
