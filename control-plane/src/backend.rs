@@ -17,6 +17,9 @@
 //! - At most `history_limit` revisions are kept per policy (the oldest go first, in the
 //!   same transaction); the newest is always kept, so numbering continues after a delete.
 
+#[cfg(test)]
+pub mod contract;
+
 use crate::policy_set::StoredPolicy;
 use crate::store::{Loaded, StoreError, StoreHealth};
 use meshwarden_common::Kind;
