@@ -503,19 +503,13 @@ impl PolicyRegistry {
                 .collect();
             let revisions = self.commit(generation, &changes, &options.actor)?;
             drop(changes);
-            for (p, revision) in changed.iter_mut().zip(revisions) {
-                p.revision = revision;
-            }
-            for o in outcomes
+            // `changed` holds the documents whose outcome is not Unchanged, in order.
+            let changed_outcomes = outcomes
                 .iter_mut()
-                .filter(|o| o.outcome != Outcome::Unchanged)
-            {
-                if let Some(p) = changed
-                    .iter()
-                    .find(|p| p.kind() == o.kind && p.name() == o.name)
-                {
-                    o.revision = p.revision;
-                }
+                .filter(|o| o.outcome != Outcome::Unchanged);
+            for ((p, o), revision) in changed.iter_mut().zip(changed_outcomes).zip(revisions) {
+                p.revision = revision;
+                o.revision = revision;
             }
             for p in &changed {
                 writer.invalid.remove(&store::key(p.kind(), p.name()));

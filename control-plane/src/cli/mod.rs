@@ -249,6 +249,19 @@ mod tests {
     }
 
     #[test]
+    fn history_limit_is_at_least_one() {
+        let parse = |n: &str| Cli::try_parse_from(["meshwarden", "serve", "--history-limit", n]);
+        assert!(parse("0").is_err());
+        assert!(matches!(
+            parse("7").unwrap().command,
+            Command::Serve(ServeArgs {
+                history_limit: 7,
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn server_flag_is_global() {
         let cli = Cli::try_parse_from(["meshwarden", "get", "--server", "http://x:1"]).unwrap();
         assert_eq!(cli.server, "http://x:1");
