@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod backend;
 pub mod bootstrap;
 pub mod cli;
 pub mod explain;

@@ -133,6 +133,12 @@ impl Collector for PolicyCollector {
             "Apply requests refused because a document was invalid.",
             stats.rejections(),
         )?;
+        counter(
+            &mut enc,
+            "meshwarden_policy_conflicts",
+            "Apply requests refused because a policy had changed since the revision they were based on (optimistic concurrency).",
+            stats.conflicts(),
+        )?;
         gauge(
             &mut enc,
             "meshwarden_store_generation",
@@ -295,6 +301,7 @@ mod tests {
             "meshwarden_policy_applies_total{outcome=\"created\"} 1",
             "meshwarden_policy_applies_total{outcome=\"unchanged\"} 1",
             "meshwarden_policy_rejections_total 1",
+            "meshwarden_policy_conflicts_total 0",
             "meshwarden_store_generation 1",
             "meshwarden_store_invalid_records 0",
             "meshwarden_halts{kind=\"FaultPolicy\"} 1",

@@ -16,6 +16,10 @@ pub struct StoredPolicy {
     pub generation: u64,
     /// Wall-clock time of that write, in milliseconds since the Unix epoch.
     pub updated_unix_ms: i64,
+    /// The policy's own revision: 1 when first created, one more with every stored change
+    /// (deletions included, so a re-created policy continues its numbering). Its history
+    /// keeps the last revisions; an apply may name the revision it was based on.
+    pub revision: u64,
 }
 
 impl StoredPolicy {

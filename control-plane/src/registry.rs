@@ -4,10 +4,19 @@
 //!
 //! Methods that write block on a durable commit (fsync); call them from a blocking context
 //! (`tokio::task::spawn_blocking`).
+//!
+//! The registry works on any [`PolicyStore`]. Every stored change of a policy gets a
+//! revision in the same transaction (see [`crate::backend`]); an apply may name the
+//! revision each document was based on, and is refused whole with
+//! [`ApplyError::Conflict`] if any policy moved on since (optimistic concurrency). An
+//! apply without expected revisions is last-writer-wins.
 
+use crate::backend::{
+    Commit, HistoryChange, PolicyChange, PolicyStore, Revision, DEFAULT_HISTORY_LIMIT,
+};
 use crate::halt::{Halt, HaltError, HALT_PREFIX, MAX_HALTS};
 use crate::policy_set::{content_version, PolicySet, SharedPolicySet, StoredPolicy};
-use crate::store::{self, InvalidRecord, Store, StoreError, StoreHealth, Write};
+use crate::store::{self, InvalidRecord, Store, StoreError, StoreHealth};
 use meshwarden_common::{Kind, PolicyDocument, ValidationError};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -48,6 +57,67 @@ pub struct ApplyOutcome {
     pub outcome: Outcome,
     /// Content version of the document as applied.
     pub version: String,
+    /// The policy's revision after the apply (unchanged: its current one; 0 in a dry run
+    /// of a change, which assigns none).
+    pub revision: u64,
+}
+
+/// Who applies, and on what the apply was based.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Compute outcomes only; store nothing.
+    pub dry_run: bool,
+    /// Per document (request order), the revision it was based on; `None` (or a shorter
+    /// list) means no expectation: last writer wins for that document.
+    pub expected_revisions: Vec<Option<u64>>,
+    /// Ignore `expected_revisions`: overwrite whatever is stored.
+    pub force: bool,
+    /// Who applies, for the history.
+    pub actor: String,
+    /// Set when the apply restores an earlier revision (`rollback`).
+    pub rollback_of: Option<u64>,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            expected_revisions: Vec::new(),
+            force: false,
+            actor: ANONYMOUS.to_string(),
+            rollback_of: None,
+        }
+    }
+}
+
+/// The actor recorded when the caller is not known (no authentication).
+pub const ANONYMOUS: &str = "anonymous";
+
+/// A document whose policy moved on since the revision it was based on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub kind: Kind,
+    pub name: String,
+    /// The revision the document was based on.
+    pub expected: u64,
+    /// The policy's revision now; `None` if it does not exist (never did, or deleted).
+    pub current: Option<u64>,
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, name, expected) = (self.kind, &self.name, self.expected);
+        match self.current {
+            Some(current) => write!(
+                f,
+                "{kind} {name:?} is at revision {current}, not revision {expected} this apply was based on"
+            ),
+            None => write!(
+                f,
+                "{kind} {name:?} does not exist now, but this apply was based on its revision {expected}"
+            ),
+        }
+    }
 }
 
 /// Kind of a committed change.
@@ -68,6 +138,8 @@ pub struct ChangeEvent {
     /// record was an invalid one).
     pub version: String,
     pub generation: u64,
+    /// The policy's revision made by the change (its history entry).
+    pub revision: u64,
 }
 
 /// Which document of an apply request an error is about: 1-based index, plus kind and
@@ -120,15 +192,48 @@ pub enum ApplyError {
         kind: Kind,
         name: String,
     },
+    #[error("conflict: {}; nothing was applied. Get the policy again and re-apply your change, or apply with --force to overwrite", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Conflict(Vec<Conflict>),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 impl ApplyError {
-    /// True when the caller's input was at fault (as opposed to the store).
+    /// True when the caller's input was at fault (as opposed to the store or a concurrent
+    /// writer).
     pub fn is_invalid_input(&self) -> bool {
-        !matches!(self, ApplyError::Store(_))
+        !matches!(self, ApplyError::Store(_) | ApplyError::Conflict(_))
     }
+}
+
+/// Why a rollback target cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error("{kind} {name:?} has no history")]
+    NoHistory { kind: Kind, name: String },
+    #[error(
+        "{kind} {name:?} has no revision before its current revision {current} to roll back to"
+    )]
+    NothingBefore {
+        kind: Kind,
+        name: String,
+        current: u64,
+    },
+    #[error("{kind} {name:?}: revision {revision} is not kept (revisions kept: {kept})")]
+    NotKept {
+        kind: Kind,
+        name: String,
+        revision: u64,
+        kept: String,
+    },
+    #[error("{kind} {name:?}: revision {revision} is its deletion, which holds no content; use `meshwarden delete` to delete it")]
+    Deletion {
+        kind: Kind,
+        name: String,
+        revision: u64,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Why a delete failed.
@@ -147,6 +252,7 @@ pub struct RegistryStats {
     updated: AtomicU64,
     unchanged: AtomicU64,
     rejected: AtomicU64,
+    conflicts: AtomicU64,
 }
 
 impl RegistryStats {
@@ -158,6 +264,12 @@ impl RegistryStats {
     /// Apply requests refused for invalid input since startup.
     pub fn rejections(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Apply requests refused since startup because a policy had moved on since the
+    /// revision they were based on.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
     }
 
     fn counter(&self, outcome: Outcome) -> &AtomicU64 {
@@ -172,7 +284,9 @@ impl RegistryStats {
 /// Owns the store and the current policy set.
 #[derive(Debug)]
 pub struct PolicyRegistry {
-    store: Store,
+    store: Box<dyn PolicyStore>,
+    /// Revisions kept per policy.
+    history_limit: usize,
     /// Serialises writers; held from reading the current set until it is published.
     write: Mutex<Writer>,
     set_tx: watch::Sender<SharedPolicySet>,
@@ -195,7 +309,7 @@ impl PolicyRegistry {
     }
 
     /// Loads an already opened store.
-    pub fn from_store(store: Store) -> Result<Self, StoreError> {
+    pub fn from_store(store: impl PolicyStore + 'static) -> Result<Self, StoreError> {
         let loaded = store.load()?;
         for bad in &loaded.invalid {
             tracing::error!(key = %bad.key, error = %bad.error, "stored policy not loaded");
@@ -203,7 +317,7 @@ impl PolicyRegistry {
         let mut policies = loaded.policies;
         sort(&mut policies);
         tracing::info!(
-            path = %store.path().display(),
+            path = %store.location(),
             policies = policies.len(),
             invalid = loaded.invalid.len(),
             generation = loaded.generation,
@@ -227,12 +341,19 @@ impl PolicyRegistry {
                 .collect(),
         };
         Ok(Self {
-            store,
+            store: Box::new(store),
+            history_limit: DEFAULT_HISTORY_LIMIT,
             write: Mutex::new(writer),
             set_tx: watch::channel(set).0,
             events_tx: broadcast::channel(EVENT_BUFFER).0,
             stats: RegistryStats::default(),
         })
+    }
+
+    /// Keeps at most `limit` revisions per policy (at least 1) from now on.
+    pub fn with_history_limit(mut self, limit: usize) -> Self {
+        self.history_limit = limit.max(1);
+        self
     }
 
     /// The current policy set.
@@ -305,9 +426,31 @@ impl PolicyRegistry {
     /// bump the generation; if nothing changed nothing is written or published. With
     /// `dry_run` the outcomes are computed but nothing is written.
     pub fn apply(&self, docs: Vec<Value>, dry_run: bool) -> Result<Vec<ApplyOutcome>, ApplyError> {
-        let result = self.apply_inner(docs, dry_run);
-        if matches!(&result, Err(e) if e.is_invalid_input()) {
-            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        let options = ApplyOptions {
+            dry_run,
+            ..ApplyOptions::default()
+        };
+        self.apply_with(docs, &options)
+    }
+
+    /// [`PolicyRegistry::apply`] with who applies, the revisions the documents were based on
+    /// (checked under the writer lock: a policy that moved on refuses the whole apply with
+    /// [`ApplyError::Conflict`], unless `force`) and, for a rollback, the revision restored.
+    /// Every changed policy gets a new revision, written with it in one transaction.
+    pub fn apply_with(
+        &self,
+        docs: Vec<Value>,
+        options: &ApplyOptions,
+    ) -> Result<Vec<ApplyOutcome>, ApplyError> {
+        let result = self.apply_inner(docs, options);
+        match &result {
+            Err(e) if e.is_invalid_input() => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(ApplyError::Conflict(_) | ApplyError::Store(StoreError::Conflict { .. })) => {
+                self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
         result
     }
@@ -315,19 +458,59 @@ impl PolicyRegistry {
     fn apply_inner(
         &self,
         docs: Vec<Value>,
-        dry_run: bool,
+        options: &ApplyOptions,
     ) -> Result<Vec<ApplyOutcome>, ApplyError> {
         let parsed = validate_all(&docs)?;
         let mut writer = self.lock();
         let current = self.current();
+        if !options.force {
+            check_expected(&current, &parsed, &options.expected_revisions)?;
+        }
         let generation = current.generation + 1;
-        let (outcomes, changed) = plan(&current, parsed, generation);
-        if dry_run {
+        let (mut outcomes, mut changed) = plan(&current, parsed, generation);
+        if options.dry_run {
             return Ok(outcomes);
         }
         if !changed.is_empty() {
-            let writes: Vec<_> = changed.iter().map(Write::Put).collect();
-            self.store.commit(generation, &writes)?;
+            let history: Vec<HistoryChange> = outcomes
+                .iter()
+                .filter(|o| o.outcome != Outcome::Unchanged)
+                .map(|o| match (options.rollback_of, o.outcome) {
+                    (Some(_), _) => HistoryChange::RolledBack,
+                    (None, Outcome::Created) => HistoryChange::Created,
+                    (None, _) => HistoryChange::Updated,
+                })
+                .collect();
+            let changes: Vec<PolicyChange<'_>> = changed
+                .iter()
+                .zip(&history)
+                .map(|(p, change)| PolicyChange {
+                    kind: p.kind(),
+                    name: p.name(),
+                    policy: Some(p),
+                    change: *change,
+                    deleted_version: "",
+                    rollback_of: options.rollback_of,
+                    // A record that failed to load is replaced whatever its revision.
+                    base_revision: match current.get(p.kind(), p.name()) {
+                        Some(stored) => Some(stored.revision),
+                        None if writer.invalid.contains_key(&store::key(p.kind(), p.name())) => {
+                            None
+                        }
+                        None => Some(0),
+                    },
+                })
+                .collect();
+            let revisions = self.commit(generation, &changes, &options.actor)?;
+            drop(changes);
+            // `changed` holds the documents whose outcome is not Unchanged, in order.
+            let changed_outcomes = outcomes
+                .iter_mut()
+                .filter(|o| o.outcome != Outcome::Unchanged);
+            for ((p, o), revision) in changed.iter_mut().zip(changed_outcomes).zip(revisions) {
+                p.revision = revision;
+                o.revision = revision;
+            }
             for p in &changed {
                 writer.invalid.remove(&store::key(p.kind(), p.name()));
             }
@@ -341,7 +524,7 @@ impl PolicyRegistry {
                     Outcome::Created => ChangeType::Created,
                     _ => ChangeType::Updated,
                 };
-                self.emit(p.kind(), p.name(), change, &p.version, generation);
+                self.emit(p, change, &p.version, generation);
             }
         }
         for o in &outcomes {
@@ -378,12 +561,19 @@ impl PolicyRegistry {
     /// Deletes one policy (or a stored record that failed to load) in one durable
     /// transaction. Returns the new store generation.
     pub fn delete(&self, kind: Kind, name: &str) -> Result<u64, DeleteError> {
+        self.delete_as(kind, name, ANONYMOUS)
+    }
+
+    /// [`PolicyRegistry::delete`] by `actor`, recorded in the policy's history (a deleted
+    /// policy keeps its history, so it can be rolled back to life).
+    pub fn delete_as(&self, kind: Kind, name: &str, actor: &str) -> Result<u64, DeleteError> {
         let mut writer = self.lock();
         let current = self.current();
         let key = store::key(kind, name);
-        let version = match current.get(kind, name) {
-            Some(p) => p.version.clone(),
-            None if writer.invalid.contains_key(&key) => String::new(),
+        let (version, base_revision) = match current.get(kind, name) {
+            Some(p) => (p.version.clone(), Some(p.revision)),
+            // A record that failed to load: its revision is not known here.
+            None if writer.invalid.contains_key(&key) => (String::new(), None),
             None => {
                 return Err(DeleteError::NotFound {
                     kind,
@@ -392,8 +582,16 @@ impl PolicyRegistry {
             }
         };
         let generation = current.generation + 1;
-        self.store
-            .commit(generation, &[Write::Delete(key.clone())])?;
+        let change = PolicyChange {
+            kind,
+            name,
+            policy: None,
+            change: HistoryChange::Deleted,
+            deleted_version: &version,
+            rollback_of: None,
+            base_revision,
+        };
+        let revision = self.commit(generation, &[change], actor)?;
         writer.invalid.remove(&key);
         let policies = current
             .policies
@@ -406,7 +604,14 @@ impl PolicyRegistry {
             policies,
             halts: current.halts.clone(),
         });
-        self.emit(kind, name, ChangeType::Deleted, &version, generation);
+        let _ = self.events_tx.send(ChangeEvent {
+            kind,
+            name: name.to_string(),
+            change: ChangeType::Deleted,
+            version,
+            generation,
+            revision: revision.first().copied().unwrap_or_default(),
+        });
         Ok(generation)
     }
 
@@ -462,6 +667,89 @@ impl PolicyRegistry {
         Ok(names)
     }
 
+    /// The revisions kept for one policy, oldest first; empty if it never existed. A
+    /// deleted policy keeps its history.
+    pub fn history(&self, kind: Kind, name: &str) -> Result<Vec<Revision>, StoreError> {
+        self.store.history(kind, name)
+    }
+
+    /// One kept revision of a policy.
+    pub fn revision(
+        &self,
+        kind: Kind,
+        name: &str,
+        revision: u64,
+    ) -> Result<Option<Revision>, StoreError> {
+        Ok(self
+            .history(kind, name)?
+            .into_iter()
+            .find(|r| r.revision == revision))
+    }
+
+    /// The revision a rollback restores: `to`, or by default the newest revision older than
+    /// the newest one that holds content (so the default undoes the last change, and
+    /// restores a deleted policy).
+    pub fn rollback_target(
+        &self,
+        kind: Kind,
+        name: &str,
+        to: Option<u64>,
+    ) -> Result<Revision, RollbackError> {
+        let history = self.history(kind, name)?;
+        let Some(newest) = history.last() else {
+            return Err(RollbackError::NoHistory {
+                kind,
+                name: name.to_string(),
+            });
+        };
+        let target = match to {
+            Some(revision) => history
+                .iter()
+                .find(|r| r.revision == revision)
+                .ok_or_else(|| RollbackError::NotKept {
+                    kind,
+                    name: name.to_string(),
+                    revision,
+                    kept: match (history.first(), history.last()) {
+                        (Some(a), Some(b)) => format!("{} to {}", a.revision, b.revision),
+                        _ => "none".into(),
+                    },
+                })?,
+            None => history
+                .iter()
+                .rev()
+                .find(|r| r.revision < newest.revision && r.document.is_some())
+                .ok_or_else(|| RollbackError::NothingBefore {
+                    kind,
+                    name: name.to_string(),
+                    current: newest.revision,
+                })?,
+        };
+        if target.document.is_none() {
+            return Err(RollbackError::Deletion {
+                kind,
+                name: name.to_string(),
+                revision: target.revision,
+            });
+        }
+        Ok(target.clone())
+    }
+
+    fn commit(
+        &self,
+        generation: u64,
+        changes: &[PolicyChange<'_>],
+        actor: &str,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.store.commit(&Commit {
+            generation,
+            changes,
+            actor,
+            at_unix_ms: unix_ms(),
+            history_limit: self.history_limit,
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, Writer> {
         // A panic while holding the lock cannot leave the store half-written (transactions
         // are atomic), so the state behind a poisoned lock is still consistent.
@@ -472,14 +760,15 @@ impl PolicyRegistry {
         self.set_tx.send_replace(Arc::new(set));
     }
 
-    fn emit(&self, kind: Kind, name: &str, change: ChangeType, version: &str, generation: u64) {
+    fn emit(&self, p: &StoredPolicy, change: ChangeType, version: &str, generation: u64) {
         // No receivers is fine: nobody is watching.
         let _ = self.events_tx.send(ChangeEvent {
-            kind,
-            name: name.to_string(),
+            kind: p.kind(),
+            name: p.name().to_string(),
             change,
             version: version.to_string(),
             generation,
+            revision: p.revision,
         });
     }
 }
@@ -514,6 +803,12 @@ fn plan(
             name: doc.name().as_str().to_string(),
             outcome,
             version: version.clone(),
+            revision: match outcome {
+                Outcome::Unchanged => current
+                    .get(doc.kind(), doc.name().as_str())
+                    .map_or(0, |p| p.revision),
+                _ => 0,
+            },
         });
         if outcome != Outcome::Unchanged {
             changed.push(StoredPolicy {
@@ -521,6 +816,7 @@ fn plan(
                 version,
                 generation,
                 updated_unix_ms: now,
+                revision: 0,
             });
         }
     }
@@ -556,13 +852,42 @@ pub enum HaltWriteError {
     Store(#[from] StoreError),
 }
 
+/// The documents whose policy is not at the revision they were based on.
+fn check_expected(
+    current: &PolicySet,
+    parsed: &[PolicyDocument],
+    expected: &[Option<u64>],
+) -> Result<(), ApplyError> {
+    let conflicts: Vec<Conflict> = parsed
+        .iter()
+        .zip(expected)
+        .filter_map(|(doc, expected)| {
+            let expected = (*expected)?;
+            let now = current
+                .get(doc.kind(), doc.name().as_str())
+                .map(|p| p.revision);
+            (now != Some(expected)).then(|| Conflict {
+                kind: doc.kind(),
+                name: doc.name().as_str().to_string(),
+                expected,
+                current: now,
+            })
+        })
+        .collect();
+    if conflicts.is_empty() {
+        Ok(())
+    } else {
+        Err(ApplyError::Conflict(conflicts))
+    }
+}
+
 /// Reads the stored halts, sorted by name. An unreadable halt record makes the store
 /// refused: serving without it would silently resume what it suspended.
-fn load_halts(store: &Store) -> Result<Vec<Halt>, StoreError> {
+fn load_halts(store: &dyn PolicyStore) -> Result<Vec<Halt>, StoreError> {
     let mut halts = Vec::new();
     for (key, json) in store.aux_records(HALT_PREFIX)? {
         let halt: Halt = serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
-            path: store.path().to_path_buf(),
+            path: store.location().into(),
             detail: format!("halt record {key:?} is unreadable: {e}"),
         })?;
         halts.push(halt);
@@ -805,6 +1130,7 @@ mod tests {
             (ev.name.as_str(), ev.change, ev.generation),
             ("a", ChangeType::Deleted, 2)
         );
+        assert_eq!(ev.revision, 2, "the deletion is the policy's revision 2");
         assert!(matches!(
             reg.delete(Kind::TracePolicy, "a"),
             Err(DeleteError::NotFound { .. })
@@ -882,5 +1208,171 @@ mod tests {
                 ("b".to_string(), ChangeType::Created, 2),
             ]
         );
+    }
+
+    fn sampling(reg: &PolicyRegistry, name: &str) -> Option<f64> {
+        reg.current()
+            .get(Kind::TracePolicy, name)
+            .and_then(|p| p.doc.to_value()["spec"]["samplingPercentage"].as_f64())
+    }
+
+    /// Rolls `name` back through the registry as the API does: the target, then an apply.
+    fn rollback(reg: &PolicyRegistry, name: &str, to: Option<u64>) -> Vec<ApplyOutcome> {
+        let target = reg.rollback_target(Kind::TracePolicy, name, to).unwrap();
+        let options = ApplyOptions {
+            rollback_of: Some(target.revision),
+            actor: "ops".into(),
+            ..ApplyOptions::default()
+        };
+        reg.apply_with(vec![target.document.unwrap()], &options)
+            .unwrap()
+    }
+
+    #[test]
+    fn history_is_bounded_and_rollback_restores_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = PolicyRegistry::open(dir.path())
+            .unwrap()
+            .with_history_limit(3);
+        for pct in 1..=5 {
+            let r = reg.apply(vec![trace("a", json!(pct))], false).unwrap();
+            assert_eq!(r[0].revision, pct as u64);
+        }
+        let kept: Vec<u64> = reg
+            .history(Kind::TracePolicy, "a")
+            .unwrap()
+            .iter()
+            .map(|r| r.revision)
+            .collect();
+        assert_eq!(kept, [3, 4, 5]);
+        let r = rollback(&reg, "a", None);
+        assert_eq!((r[0].outcome, r[0].revision), (Outcome::Updated, 6));
+        assert_eq!(sampling(&reg, "a"), Some(4.0));
+        let newest = reg.history(Kind::TracePolicy, "a").unwrap().pop().unwrap();
+        assert_eq!(
+            (newest.change, newest.rollback_of, newest.actor.as_str()),
+            (HistoryChange::RolledBack, Some(4), "ops")
+        );
+        assert!(matches!(
+            reg.rollback_target(Kind::TracePolicy, "a", Some(1)),
+            Err(RollbackError::NotKept { revision: 1, .. })
+        ));
+        assert!(matches!(
+            reg.rollback_target(Kind::TracePolicy, "nope", None),
+            Err(RollbackError::NoHistory { .. })
+        ));
+        // Reopened: the rollback and its revision were committed together.
+        drop(reg);
+        let reg = PolicyRegistry::open(dir.path()).unwrap();
+        assert_eq!(
+            reg.current().get(Kind::TracePolicy, "a").unwrap().revision,
+            6
+        );
+        assert_eq!(
+            reg.history(Kind::TracePolicy, "a")
+                .unwrap()
+                .last()
+                .unwrap()
+                .revision,
+            6
+        );
+    }
+
+    #[test]
+    fn a_deleted_policy_keeps_its_history_and_rolls_back_to_life() {
+        let (_dir, reg) = registry();
+        reg.apply(vec![trace("a", json!(7))], false).unwrap();
+        reg.delete_as(Kind::TracePolicy, "a", "alice").unwrap();
+        assert!(reg.current().get(Kind::TracePolicy, "a").is_none());
+        let history = reg.history(Kind::TracePolicy, "a").unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(
+            (history[1].change, history[1].actor.as_str()),
+            (HistoryChange::Deleted, "alice")
+        );
+        assert!(matches!(
+            reg.rollback_target(Kind::TracePolicy, "a", Some(2)),
+            Err(RollbackError::Deletion { revision: 2, .. })
+        ));
+        let r = rollback(&reg, "a", None);
+        assert_eq!((r[0].outcome, r[0].revision), (Outcome::Created, 3));
+        assert_eq!(sampling(&reg, "a"), Some(7.0));
+        // Re-created by an apply, the numbering continues.
+        reg.delete(Kind::TracePolicy, "a").unwrap();
+        let r = reg.apply(vec![trace("a", json!(8))], false).unwrap();
+        assert_eq!(r[0].revision, 5);
+    }
+
+    #[test]
+    fn an_apply_based_on_a_stale_revision_conflicts_and_changes_nothing() {
+        let (_dir, reg) = registry();
+        reg.apply(vec![trace("a", json!(1)), trace("b", json!(1))], false)
+            .unwrap();
+        reg.apply(vec![trace("b", json!(2))], false).unwrap();
+        let based = |force| ApplyOptions {
+            expected_revisions: vec![Some(1), Some(1)],
+            force,
+            ..ApplyOptions::default()
+        };
+        let docs = || vec![trace("a", json!(3)), trace("b", json!(3))];
+        let err = reg.apply_with(docs(), &based(false)).unwrap_err();
+        let ApplyError::Conflict(conflicts) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(
+            conflicts,
+            &[Conflict {
+                kind: Kind::TracePolicy,
+                name: "b".into(),
+                expected: 1,
+                current: Some(2)
+            }]
+        );
+        assert!(!err.is_invalid_input());
+        assert_eq!(reg.stats().conflicts(), 1);
+        assert_eq!(
+            (sampling(&reg, "a"), reg.current().generation),
+            (Some(1.0), 2)
+        );
+        let r = reg.apply_with(docs(), &based(true)).unwrap();
+        assert_eq!((r[0].revision, r[1].revision), (2, 3));
+    }
+
+    #[test]
+    fn racing_applies_based_on_one_revision_have_exactly_one_winner() {
+        let (_dir, reg) = registry();
+        let reg = Arc::new(reg);
+        reg.apply(vec![trace("race", json!(0))], false).unwrap();
+        for round in 0..100u64 {
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let racers: Vec<_> = [1, 2]
+                .map(|n| {
+                    let (reg, barrier) = (reg.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        let options = ApplyOptions {
+                            expected_revisions: vec![Some(round + 1)],
+                            ..ApplyOptions::default()
+                        };
+                        barrier.wait();
+                        reg.apply_with(vec![trace("race", json!(n * 10 + round % 10))], &options)
+                    })
+                })
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect();
+            let won: Vec<_> = racers.iter().filter_map(|r| r.as_ref().ok()).collect();
+            assert_eq!(won.len(), 1, "round {round}: {racers:?}");
+            assert!(racers
+                .iter()
+                .any(|r| matches!(r, Err(ApplyError::Conflict(_)))));
+            assert_eq!(won[0][0].revision, round + 2);
+            assert_eq!(
+                reg.current()
+                    .get(Kind::TracePolicy, "race")
+                    .unwrap()
+                    .version,
+                won[0][0].version
+            );
+        }
     }
 }

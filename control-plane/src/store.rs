@@ -1,9 +1,12 @@
 //! The embedded, crash-safe policy store: one redb file in the data directory.
 //!
 //! Table `policies` maps `"<Kind>/<name>"` to a JSON record
-//! `{"document", "version", "generation", "updated_unix_ms", "checksum"}`; table `meta` holds
-//! the store generation. Every [`Store::commit`] is one transaction with immediate
-//! durability, so once it returns the change survives a crash or `kill -9`.
+//! `{"document", "version", "generation", "updated_unix_ms", "revision", "checksum"}`; table
+//! `history` maps `"<Kind>/<name>\n<revision, 20 digits>"` to a JSON [`Revision`] (with its
+//! own checksum); table `meta` holds the store generation. Every commit
+//! ([`PolicyStore::commit`]) writes the records, their revisions and the generation in one
+//! transaction with immediate durability, so once it returns the change and its history
+//! survive a crash or `kill -9`, and neither exists without the other.
 //!
 //! The store checks itself, because serving from a damaged store would push a wrong (or
 //! empty) configuration to every proxy:
@@ -18,6 +21,7 @@
 //! reports itself unhealthy and reopens the database before the next write (and whenever
 //! [`Store::recover`] is called), so writes work again once space returns.
 
+use crate::backend::{Commit, PolicyStore, Revision};
 use crate::policy_set::{content_version, StoredPolicy};
 use meshwarden_common::{Kind, PolicyDocument};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -31,6 +35,8 @@ use std::time::SystemTime;
 
 const POLICIES: TableDefinition<&str, &str> = TableDefinition::new("policies");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Revisions of every policy, `"<Kind>/<name>\n<revision:020>"` to JSON.
+const HISTORY: TableDefinition<&str, &str> = TableDefinition::new("history");
 /// Records other parts of the control plane keep across restarts (e.g. the xDS side's
 /// memory of rejected configurations), key to JSON, outside the policy generation.
 const AUX: TableDefinition<&str, &str> = TableDefinition::new("aux");
@@ -71,6 +77,14 @@ pub enum StoreError {
     Corrupt { path: PathBuf, detail: String },
     #[error("store {path} cannot be written: {detail} (it is reopened before the next write)")]
     Unavailable { path: PathBuf, detail: String },
+    /// A change's base revision is not the stored one: another writer got there first.
+    /// Nothing was written; the store stays healthy.
+    #[error("conflict: {key} is at revision {found} in the store, not revision {expected} this change was based on; nothing was applied")]
+    Conflict {
+        key: String,
+        expected: u64,
+        found: u64,
+    },
 }
 
 /// The stored form of one policy.
@@ -80,10 +94,17 @@ struct Record {
     version: String,
     generation: u64,
     updated_unix_ms: i64,
+    /// The policy's revision (records written before revisions existed have none: 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    revision: u64,
     /// SHA-256 (hex) of the record serialized without this field. Records written before
     /// checksums existed have none and are accepted as they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     checksum: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Record {
@@ -93,6 +114,7 @@ impl Record {
             version: self.version.clone(),
             generation: self.generation,
             updated_unix_ms: self.updated_unix_ms,
+            revision: self.revision,
             checksum: None,
         };
         let json = serde_json::to_string(&unsigned).expect("records always serialize");
@@ -132,13 +154,27 @@ pub struct Loaded {
     pub invalid: Vec<InvalidRecord>,
 }
 
-/// One change inside a [`Store::commit`].
-#[derive(Debug, Clone)]
-pub enum Write<'a> {
-    /// Create or replace a policy.
-    Put(&'a StoredPolicy),
-    /// Remove the record with this key, if present.
-    Delete(String),
+/// A history entry as stored: the revision and a SHA-256 of it.
+#[derive(Debug, Serialize, Deserialize)]
+struct HistoryRecord {
+    #[serde(flatten)]
+    revision: Revision,
+    checksum: String,
+}
+
+fn revision_checksum(revision: &Revision) -> String {
+    let json = serde_json::to_string(revision).expect("revisions always serialize");
+    hex::encode(Sha256::digest(json.as_bytes()))
+}
+
+/// Key prefix of one policy's history entries.
+fn history_prefix(key: &str) -> String {
+    format!("{key}\n")
+}
+
+/// Key of one history entry (zero-padded, so key order is revision order).
+fn history_key(key: &str, revision: u64) -> String {
+    format!("{key}\n{revision:020}")
 }
 
 /// The store key of a policy.
@@ -252,6 +288,7 @@ impl Store {
         txn.open_table(POLICIES).map_err(redb::Error::from)?;
         txn.open_table(META).map_err(redb::Error::from)?;
         txn.open_table(AUX).map_err(redb::Error::from)?;
+        txn.open_table(HISTORY).map_err(redb::Error::from)?;
         txn.commit().map_err(redb::Error::from)?;
         Ok(())
     }
@@ -451,23 +488,18 @@ impl Store {
         }
     }
 
-    /// Applies `writes` and sets the store generation to `generation`, in one durable
+    /// Writes `commit` (records, their revisions, the generation) in one durable
     /// transaction: all of it is on disk when this returns `Ok`, none of it otherwise. After
     /// a failed write (e.g. a full disk) the database is reopened before this one.
-    pub fn commit(&self, generation: u64, writes: &[Write<'_>]) -> Result<(), StoreError> {
-        let records = writes
-            .iter()
-            .map(|w| match w {
-                Write::Put(p) => encode(p).map(|(k, v)| (k, Some(v))),
-                Write::Delete(k) => Ok((k.clone(), None)),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+    fn commit_durably(&self, commit: &Commit<'_>) -> Result<Vec<u64>, StoreError> {
         if !matches!(self.health(), StoreHealth::Healthy) {
             self.recover()?;
         }
-        let result = guarded(&self.path, || self.commit_records(generation, &records));
+        let result = guarded(&self.path, || self.commit_records(commit));
         match &result {
-            Ok(()) => self.mark_generation(generation),
+            Ok(_) => self.mark_generation(commit.generation),
+            // Refused on purpose (compare-and-swap), not a failure of the store.
+            Err(StoreError::Conflict { .. }) => {}
             Err(e) => {
                 self.write_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(path = %self.path.display(), error = %e, "store write failed");
@@ -479,32 +511,192 @@ impl Store {
         result
     }
 
-    fn commit_records(
-        &self,
-        generation: u64,
-        records: &[(String, Option<String>)],
-    ) -> Result<(), StoreError> {
+    fn commit_records(&self, commit: &Commit<'_>) -> Result<Vec<u64>, StoreError> {
         let guard = lock(&self.db);
         let db = self.database(&guard)?;
         let mut txn = db.begin_write().map_err(redb::Error::from)?;
         txn.set_durability(Durability::Immediate)
             .map_err(redb::Error::from)?;
+        let mut revisions = Vec::with_capacity(commit.changes.len());
         {
             let mut table = txn.open_table(POLICIES).map_err(redb::Error::from)?;
-            for (key, value) in records {
-                match value {
-                    Some(v) => table.insert(key.as_str(), v.as_str()),
-                    None => table.remove(key.as_str()),
+            let mut history = txn.open_table(HISTORY).map_err(redb::Error::from)?;
+            for change in commit.changes {
+                let key = key(change.kind, change.name);
+                if let Some(expected) = change.base_revision {
+                    let found = stored_revision(&table, &key)?;
+                    if found != expected {
+                        return Err(StoreError::Conflict {
+                            key,
+                            expected,
+                            found,
+                        });
+                    }
                 }
-                .map_err(redb::Error::from)?;
+                let revision = last_revision(&table, &history, &key)? + 1;
+                let (version, document) = match change.policy {
+                    Some(p) => {
+                        let (_, json) = encode(p, revision)?;
+                        table
+                            .insert(key.as_str(), json.as_str())
+                            .map_err(redb::Error::from)?;
+                        (p.version.clone(), Some(p.doc.to_value()))
+                    }
+                    None => {
+                        table.remove(key.as_str()).map_err(redb::Error::from)?;
+                        (change.deleted_version.to_string(), None)
+                    }
+                };
+                let entry = Revision {
+                    revision,
+                    change: change.change,
+                    actor: commit.actor.to_string(),
+                    at_unix_ms: commit.at_unix_ms,
+                    generation: commit.generation,
+                    version,
+                    document,
+                    rollback_of: change.rollback_of,
+                };
+                let record = HistoryRecord {
+                    checksum: revision_checksum(&entry),
+                    revision: entry,
+                };
+                let json = serde_json::to_string(&record).map_err(|source| StoreError::Encode {
+                    key: key.clone(),
+                    source,
+                })?;
+                history
+                    .insert(history_key(&key, revision).as_str(), json.as_str())
+                    .map_err(redb::Error::from)?;
+                prune_history(&mut history, &key, commit.history_limit.max(1))?;
+                revisions.push(revision);
             }
             let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
-            meta.insert(GENERATION, generation)
+            meta.insert(GENERATION, commit.generation)
                 .map_err(redb::Error::from)?;
         }
         txn.commit().map_err(redb::Error::from)?;
-        Ok(())
+        Ok(revisions)
     }
+
+    fn read_history(&self, key: &str) -> Result<Vec<Revision>, StoreError> {
+        let guard = lock(&self.db);
+        let db = self.database(&guard)?;
+        let txn = db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(HISTORY).map_err(redb::Error::from)?;
+        let prefix = history_prefix(key);
+        let mut out = Vec::new();
+        for entry in table.range(prefix.as_str()..).map_err(redb::Error::from)? {
+            let (k, v) = entry.map_err(redb::Error::from)?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            let record: HistoryRecord =
+                serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("history entry {:?} is unreadable: {e}", k.value()),
+                })?;
+            if record.checksum != revision_checksum(&record.revision) {
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!(
+                        "history entry {:?}: checksum mismatch: the entry was altered on disk",
+                        k.value()
+                    ),
+                });
+            }
+            out.push(record.revision);
+        }
+        Ok(out)
+    }
+}
+
+impl PolicyStore for Store {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn load(&self) -> Result<Loaded, StoreError> {
+        Store::load(self)
+    }
+
+    fn commit(&self, commit: &Commit<'_>) -> Result<Vec<u64>, StoreError> {
+        self.commit_durably(commit)
+    }
+
+    fn history(&self, kind: Kind, name: &str) -> Result<Vec<Revision>, StoreError> {
+        guarded(&self.path, || self.read_history(&key(kind, name)))
+    }
+
+    fn aux_records(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        Store::aux_records(self, prefix)
+    }
+
+    fn write_aux(&self, writes: &[(String, Option<String>)]) -> Result<(), StoreError> {
+        Store::write_aux(self, writes)
+    }
+
+    fn health(&self) -> StoreHealth {
+        Store::health(self)
+    }
+
+    fn write_errors(&self) -> u64 {
+        Store::write_errors(self)
+    }
+
+    fn recover(&self) -> Result<(), StoreError> {
+        Store::recover(self)
+    }
+}
+
+/// The last revision committed for `key`: the newest history entry, or (for a record
+/// written before history existed) the record's own revision; 0 if there is neither.
+fn last_revision(
+    policies: &redb::Table<&str, &str>,
+    history: &redb::Table<&str, &str>,
+    key: &str,
+) -> Result<u64, StoreError> {
+    let prefix = history_prefix(key);
+    let newest = history
+        .range(prefix.as_str()..history_key(key, u64::MAX).as_str())
+        .map_err(redb::Error::from)?
+        .next_back()
+        .transpose()
+        .map_err(redb::Error::from)?
+        .and_then(|(k, _)| k.value().strip_prefix(&prefix)?.parse::<u64>().ok());
+    match newest {
+        Some(revision) => Ok(revision),
+        None => stored_revision(policies, key),
+    }
+}
+
+/// The revision of the record stored under `key` (0 if there is none, or it predates
+/// revisions).
+fn stored_revision(policies: &redb::Table<&str, &str>, key: &str) -> Result<u64, StoreError> {
+    Ok(policies
+        .get(key)
+        .map_err(redb::Error::from)?
+        .and_then(|v| serde_json::from_str::<Record>(v.value()).ok())
+        .map_or(0, |r| r.revision))
+}
+
+/// Removes the oldest entries of `key` beyond `limit`.
+fn prune_history(
+    history: &mut redb::Table<&str, &str>,
+    key: &str,
+    limit: usize,
+) -> Result<(), StoreError> {
+    let prefix = history_prefix(key);
+    let keys: Vec<String> = history
+        .range(prefix.as_str()..history_key(key, u64::MAX).as_str())
+        .map_err(redb::Error::from)?
+        .map(|e| e.map(|(k, _)| k.value().to_string()))
+        .collect::<Result<_, _>>()
+        .map_err(redb::Error::from)?;
+    for old in keys.iter().take(keys.len().saturating_sub(limit)) {
+        history.remove(old.as_str()).map_err(redb::Error::from)?;
+    }
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -512,13 +704,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn encode(p: &StoredPolicy) -> Result<(String, String), StoreError> {
+fn encode(p: &StoredPolicy, revision: u64) -> Result<(String, String), StoreError> {
     let key = key(p.kind(), p.name());
     let mut record = Record {
         document: p.doc.to_value(),
         version: p.version.clone(),
         generation: p.generation,
         updated_unix_ms: p.updated_unix_ms,
+        revision,
         checksum: None,
     };
     record.checksum = Some(record.compute_checksum());
@@ -562,12 +755,14 @@ fn decode(key: &str, json: &str) -> Result<StoredPolicy, Decode> {
         doc,
         generation: record.generation,
         updated_unix_ms: record.updated_unix_ms,
+        revision: record.revision,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{HistoryChange, PolicyChange};
     use serde_json::json;
 
     fn policy(name: &str, sampling: u32, generation: u64) -> StoredPolicy {
@@ -583,7 +778,152 @@ mod tests {
             doc,
             generation,
             updated_unix_ms: 1_700_000_000_000 + generation as i64,
+            revision: 0,
         }
+    }
+
+    /// A change creating or updating `p` (the history type does not matter to the store).
+    fn changed(p: &StoredPolicy) -> PolicyChange<'_> {
+        PolicyChange {
+            kind: p.kind(),
+            name: p.name(),
+            policy: Some(p),
+            change: HistoryChange::Updated,
+            deleted_version: "",
+            rollback_of: None,
+            base_revision: None,
+        }
+    }
+
+    fn delete(name: &str) -> PolicyChange<'_> {
+        PolicyChange {
+            kind: Kind::TracePolicy,
+            name,
+            policy: None,
+            change: HistoryChange::Deleted,
+            deleted_version: "v",
+            rollback_of: None,
+            base_revision: None,
+        }
+    }
+
+    /// Commits `changes` by `tester` at `generation`, keeping `limit` revisions (default 50).
+    fn commit(
+        store: &Store,
+        generation: u64,
+        changes: &[PolicyChange<'_>],
+        limit: &[usize],
+    ) -> Vec<u64> {
+        PolicyStore::commit(
+            store,
+            &Commit {
+                generation,
+                changes,
+                actor: "tester",
+                at_unix_ms: 1_700_000_000_000,
+                history_limit: limit.first().copied().unwrap_or(50),
+            },
+        )
+        .unwrap()
+    }
+
+    fn put(store: &Store, generation: u64, policies: &[&StoredPolicy]) -> Vec<u64> {
+        let changes: Vec<_> = policies.iter().map(|p| changed(p)).collect();
+        commit(store, generation, &changes, &[])
+    }
+
+    #[test]
+    fn every_commit_keeps_a_revision_in_the_same_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(
+                put(&store, 1, &[&policy("a", 10, 1), &policy("b", 10, 1)]),
+                [1, 1]
+            );
+            assert_eq!(put(&store, 2, &[&policy("a", 20, 2)]), [2]);
+            assert_eq!(commit(&store, 3, &[delete("a")], &[]), [3]);
+        }
+        // Reopened: the records and their history were committed together.
+        let store = Store::open(dir.path()).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.generation, 3);
+        let names: Vec<_> = loaded
+            .policies
+            .iter()
+            .map(|p| (p.name(), p.revision))
+            .collect();
+        assert_eq!(names, [("b", 1)]);
+        let history = store.history(Kind::TracePolicy, "a").unwrap();
+        let seen: Vec<_> = history
+            .iter()
+            .map(|r| {
+                (
+                    r.revision,
+                    r.generation,
+                    r.document.is_some(),
+                    r.actor.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, 1, true, "tester"),
+                (2, 2, true, "tester"),
+                (3, 3, false, "tester")
+            ]
+        );
+        assert_eq!(
+            history[1].document.as_ref().unwrap()["spec"]["samplingPercentage"].as_f64(),
+            Some(20.0)
+        );
+        assert_eq!(history[1].version, policy("a", 20, 2).version);
+    }
+
+    #[test]
+    fn keeps_the_store_contract() {
+        let dirs: std::cell::RefCell<Vec<tempfile::TempDir>> = Default::default();
+        crate::backend::contract::run_all(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            dirs.borrow_mut().push(dir);
+            store
+        });
+    }
+
+    #[test]
+    fn an_altered_history_entry_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        put(&store, 1, &[&policy("a", 10, 1)]);
+        let key = history_key("TracePolicy/a", 1);
+        let altered = {
+            let guard = lock(&store.db);
+            let txn = guard.as_ref().unwrap().begin_read().unwrap();
+            let t = txn.open_table(HISTORY).unwrap();
+            let v = t
+                .get(key.as_str())
+                .unwrap()
+                .unwrap()
+                .value()
+                .replace("10", "90");
+            v
+        };
+        {
+            let guard = lock(&store.db);
+            let txn = guard.as_ref().unwrap().begin_write().unwrap();
+            txn.open_table(HISTORY)
+                .unwrap()
+                .insert(key.as_str(), altered.as_str())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = store
+            .history(Kind::TracePolicy, "a")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
     }
 
     #[test]
@@ -601,19 +941,18 @@ mod tests {
         let (a, b) = (policy("a", 10, 1), policy("b", 20, 1));
         {
             let store = Store::open(dir.path()).unwrap();
-            store.commit(1, &[Write::Put(&a), Write::Put(&b)]).unwrap();
+            put(&store, 1, &[&a, &b]);
             let a2 = policy("a", 30, 2);
-            store
-                .commit(
-                    2,
-                    &[Write::Put(&a2), Write::Delete(key(Kind::TracePolicy, "b"))],
-                )
-                .unwrap();
+            let deleted = [delete("b")];
+            commit(&store, 2, &[changed(&a2)], &[]);
+            commit(&store, 3, &deleted, &[]);
         }
         let store = Store::open(dir.path()).unwrap();
         let loaded = store.load().unwrap();
-        assert_eq!(loaded.generation, 2);
-        assert_eq!(loaded.policies, vec![policy("a", 30, 2)]);
+        assert_eq!(loaded.generation, 3);
+        let mut a2 = policy("a", 30, 2);
+        a2.revision = 2;
+        assert_eq!(loaded.policies, vec![a2]);
         assert!(loaded.invalid.is_empty());
     }
 
@@ -630,7 +969,7 @@ mod tests {
     fn invalid_records_are_reported_with_their_key() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.commit(1, &[Write::Put(&policy("ok", 1, 1))]).unwrap();
+        put(&store, 1, &[&policy("ok", 1, 1)]);
         // Simulate a record written by another build (no checksum, stricter validation).
         let bad = json!({"document": {"apiVersion": "meshwarden.dev/v1alpha1", "kind": "TracePolicy",
             "metadata": {"name": "bad"}, "spec": {"samplingPercentage": 150}},
@@ -641,6 +980,37 @@ mod tests {
         let keys: Vec<_> = loaded.invalid.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(keys, ["TracePolicy/bad"]);
         assert!(loaded.invalid[0].error.contains("spec.samplingPercentage"));
+    }
+
+    #[test]
+    fn a_record_that_no_longer_loads_can_be_replaced_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bad = json!({"document": {"apiVersion": "meshwarden.dev/v1alpha1", "kind": "TracePolicy",
+            "metadata": {"name": "bad"}, "spec": {"samplingPercentage": 150}},
+            "version": "x", "generation": 1, "updated_unix_ms": 0, "revision": 3});
+        raw_insert(&store, "TracePolicy/bad", &bad.to_string());
+        let reg = crate::registry::PolicyRegistry::from_store(store).unwrap();
+        assert_eq!(reg.invalid_records().len(), 1);
+        let r = reg
+            .apply(vec![policy("bad", 10, 0).doc.to_value()], false)
+            .unwrap();
+        assert_eq!(
+            r[0].revision, 4,
+            "numbering continues from the record's revision"
+        );
+        assert!(reg.invalid_records().is_empty());
+        reg.delete(Kind::TracePolicy, "bad").unwrap();
+        let revisions: Vec<_> = reg
+            .history(Kind::TracePolicy, "bad")
+            .unwrap()
+            .iter()
+            .map(|r| (r.revision, r.change))
+            .collect();
+        assert_eq!(
+            revisions,
+            [(4, HistoryChange::Created), (5, HistoryChange::Deleted)]
+        );
     }
 
     fn raw_insert(store: &Store, key: &str, value: &str) {
@@ -665,9 +1035,7 @@ mod tests {
     fn unreadable_and_altered_records_make_the_store_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store
-            .commit(1, &[Write::Put(&policy("ok", 10, 1))])
-            .unwrap();
+        put(&store, 1, &[&policy("ok", 10, 1)]);
         // A digit altered inside the record: still valid JSON and a valid document.
         let altered = raw_get(&store, "TracePolicy/ok").replace("10", "90");
         raw_insert(&store, "TracePolicy/ok", &altered);
@@ -708,8 +1076,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            store.commit(1, &[Write::Put(&policy("a", 10, 1))]).unwrap();
-            store.commit(2, &[Write::Put(&policy("b", 10, 2))]).unwrap();
+            put(&store, 1, &[&policy("a", 10, 1)]);
+            put(&store, 2, &[&policy("b", 10, 2)]);
         }
         let db = dir.path().join(DB_FILE);
         // Zero bytes: refused at open.
@@ -737,9 +1105,7 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             for g in 1..=20 {
-                store
-                    .commit(g, &[Write::Put(&policy(&format!("p{g}"), 10, g))])
-                    .unwrap();
+                put(&store, g, &[&policy(&format!("p{g}"), 10, g)]);
             }
         }
         let db = dir.path().join(DB_FILE);

@@ -18,6 +18,7 @@ pub fn stored(kind: &str, name: &str, spec: Value) -> StoredPolicy {
         doc,
         generation: 1,
         updated_unix_ms: 0,
+        revision: 1,
     }
 }
 

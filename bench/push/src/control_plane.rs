@@ -214,6 +214,7 @@ impl PolicyClient {
             .apply(ApplyRequest {
                 documents_json: vec![doc.to_string()],
                 dry_run: false,
+                ..Default::default()
             })
             .await
             .map_err(|s| anyhow::anyhow!("apply failed: {}", s.message()))?;

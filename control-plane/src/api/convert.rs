@@ -1,8 +1,11 @@
 //! Conversions between the registry's types and the API messages, and error mapping.
 
 use super::pb;
+use crate::backend::Revision;
 use crate::policy_set::StoredPolicy;
-use crate::registry::{ApplyError, ApplyOutcome, ChangeEvent, ChangeType, DeleteError, Outcome};
+use crate::registry::{
+    ApplyError, ApplyOutcome, ChangeEvent, ChangeType, DeleteError, Outcome, RollbackError,
+};
 use meshwarden_common::Kind;
 use tonic::Status;
 
@@ -15,6 +18,42 @@ pub fn policy(p: &StoredPolicy) -> pb::Policy {
         version: p.version.clone(),
         generation: p.generation,
         updated_unix_ms: p.updated_unix_ms,
+        revision: p.revision,
+    }
+}
+
+/// One kept revision of a policy.
+pub fn revision(r: &Revision) -> pb::PolicyRevision {
+    pb::PolicyRevision {
+        revision: r.revision,
+        change: r.change.as_str().to_string(),
+        actor: r.actor.clone(),
+        at_unix_ms: r.at_unix_ms,
+        generation: r.generation,
+        version: r.version.clone(),
+        document_json: r
+            .document
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        rollback_of: r.rollback_of.unwrap_or(0),
+    }
+}
+
+/// A kept revision shown as a policy (`get --revision`).
+pub fn revision_policy(kind: Kind, name: &str, r: &Revision) -> pb::Policy {
+    pb::Policy {
+        kind: kind.to_string(),
+        name: name.to_string(),
+        document_json: r
+            .document
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        version: r.version.clone(),
+        generation: r.generation,
+        updated_unix_ms: r.at_unix_ms,
+        revision: r.revision,
     }
 }
 
@@ -30,6 +69,7 @@ pub fn apply_result(o: &ApplyOutcome) -> pb::ApplyResult {
         name: o.name.clone(),
         outcome: outcome.into(),
         version: o.version.clone(),
+        revision: o.revision,
     }
 }
 
@@ -46,6 +86,7 @@ pub fn change_event(e: &ChangeEvent) -> pb::ChangeEvent {
         r#type: ty.into(),
         version: e.version.clone(),
         generation: e.generation,
+        revision: e.revision,
     }
 }
 
@@ -67,10 +108,16 @@ pub fn kind_filter(s: &str) -> Result<Option<Kind>, Status> {
     }
 }
 
-/// Invalid input becomes INVALID_ARGUMENT with the registry's message; store failures
-/// become INTERNAL.
+/// Invalid input becomes INVALID_ARGUMENT with the registry's message, a conflict with a
+/// concurrent writer ABORTED; store failures become INTERNAL.
 pub fn apply_error(e: ApplyError) -> Status {
-    if e.is_invalid_input() {
+    if matches!(
+        e,
+        ApplyError::Conflict(_) | ApplyError::Store(crate::store::StoreError::Conflict { .. })
+    ) {
+        tracing::info!(error = %e, "apply refused: conflict");
+        Status::aborted(e.to_string())
+    } else if e.is_invalid_input() {
         Status::invalid_argument(e.to_string())
     } else {
         tracing::error!(error = %e, "apply failed");
@@ -86,6 +133,15 @@ pub fn delete_error(e: DeleteError) -> Status {
             tracing::error!(error = %e, "delete failed");
             Status::internal(e.to_string())
         }
+    }
+}
+
+/// NOT_FOUND for a revision that cannot be rolled back to; store failures become INTERNAL.
+pub fn rollback_error(e: RollbackError) -> Status {
+    match e {
+        RollbackError::Store(e) => store_error(e),
+        RollbackError::Deletion { .. } => Status::failed_precondition(e.to_string()),
+        _ => Status::not_found(e.to_string()),
     }
 }
 

@@ -4,6 +4,9 @@
 //! apply or delete touches (read from the request itself, before the service sees it), and
 //! records every apply, delete, halt and resume, accepted or refused, in the [`AuditLog`].
 //!
+//! The authenticated [`Principal`] is handed to the service in the request's extensions
+//! (an `Arc<Principal>`), so the policy history records who made each change.
+//!
 //! Methods are classed by name; a method not listed here (a new one) needs `admin`, so
 //! nothing is open by accident.
 
@@ -31,7 +34,7 @@ const GUARDED: [&str; 1] = ["/meshwarden.v1alpha1."];
 enum Access {
     /// Reading: viewer.
     Read,
-    /// Apply or delete: editor, within its scope; audited.
+    /// Apply, delete or rollback: editor, within its scope; audited.
     Write(Verb),
     /// Halt and resume (an emergency stop of faults and mirrors, no policy changes):
     /// editor, whatever its scope; audited.
@@ -44,6 +47,7 @@ enum Access {
 enum Verb {
     Apply,
     Delete,
+    Rollback,
 }
 
 /// An operation on halts.
@@ -63,9 +67,10 @@ fn access(path: &str) -> Option<Access> {
     Some(match (service, method) {
         ("PolicyService", "Apply") => Access::Write(Verb::Apply),
         ("PolicyService", "Delete") => Access::Write(Verb::Delete),
+        ("PolicyService", "Rollback") => Access::Write(Verb::Rollback),
         ("PolicyService", "Halt") => Access::Operate(Op::Halt),
         ("PolicyService", "Resume") => Access::Operate(Op::Resume),
-        ("PolicyService", "Get" | "List" | "Watch" | "Diff" | "ListHalts")
+        ("PolicyService", "Get" | "List" | "Watch" | "Diff" | "ListHalts" | "History")
         | ("ProxyStatusService", _)
         | ("AuditService", _) => Access::Read,
         _ => Access::Admin,
@@ -173,8 +178,15 @@ where
                 Access::Read => Role::Viewer,
                 _ => Role::Admin,
             };
-            return match principal.and_then(|p| p.require(role, &method_name(&path))) {
-                Ok(()) => inner.call(request).await,
+            let mut request = request;
+            return match principal.and_then(|p| {
+                p.require(role, &method_name(&path))?;
+                Ok(p)
+            }) {
+                Ok(p) => {
+                    request.extensions_mut().insert(p);
+                    inner.call(request).await
+                }
                 Err(status) => Ok(status.into_http()),
             };
         }
@@ -182,7 +194,7 @@ where
         Access::Write(verb) => verb,
     };
 
-    let (parts, bytes) = match read_body(request).await {
+    let (mut parts, bytes) = match read_body(request).await {
         Ok(read) => read,
         Err(status) => return Ok(status.into_http()),
     };
@@ -194,10 +206,15 @@ where
         attempt: &attempt,
         old: &old,
     };
-    let checked = principal.and_then(|p| attempt.authorize(&p));
-    if let Err(status) = checked {
-        record.refused(&status).await;
-        return Ok(status.into_http());
+    let checked = principal.and_then(|p| attempt.authorize(&p).map(|()| p));
+    match checked {
+        Ok(p) => {
+            parts.extensions.insert(p);
+        }
+        Err(status) => {
+            record.refused(&status).await;
+            return Ok(status.into_http());
+        }
     }
     let response = inner
         .call(Request::from_parts(parts, Body::new(Full::new(bytes))))
@@ -425,6 +442,13 @@ impl Attempt {
                 };
                 attempt.targets = vec![Kind::parse(&req.kind).map(|k| (k, req.name))];
             }
+            Verb::Rollback => {
+                let Ok(req) = pb::RollbackRequest::decode(message) else {
+                    return attempt;
+                };
+                attempt.dry_run = req.dry_run;
+                attempt.targets = vec![Kind::parse(&req.kind).map(|k| (k, req.name))];
+            }
         }
         attempt.unreadable = false;
         attempt
@@ -435,6 +459,8 @@ impl Attempt {
             (Verb::Apply, false) => "apply",
             (Verb::Apply, true) => "apply --dry-run",
             (Verb::Delete, _) => "delete",
+            (Verb::Rollback, false) => "rollback",
+            (Verb::Rollback, true) => "rollback --dry-run",
         }
     }
 
@@ -576,7 +602,7 @@ impl AuditRecord<'_> {
                     .unwrap_or_default();
                 let result = match (verb, dry_run) {
                     (Verb::Delete, _) => "deleted",
-                    (Verb::Apply, true) => "dry-run",
+                    (_, true) => "dry-run",
                     _ if old.is_empty() => "created",
                     _ if *old == new => "unchanged",
                     _ => "configured",
@@ -655,6 +681,11 @@ mod tests {
         let p = |m: &str| access(&format!("/meshwarden.v1alpha1.{m}"));
         assert_eq!(p("PolicyService/Apply"), Some(Access::Write(Verb::Apply)));
         assert_eq!(p("PolicyService/Delete"), Some(Access::Write(Verb::Delete)));
+        assert_eq!(
+            p("PolicyService/Rollback"),
+            Some(Access::Write(Verb::Rollback))
+        );
+        assert_eq!(p("PolicyService/History"), Some(Access::Read));
         assert_eq!(p("PolicyService/List"), Some(Access::Read));
         assert_eq!(p("ProxyStatusService/ListProxies"), Some(Access::Read));
         assert_eq!(p("PolicyService/Halt"), Some(Access::Operate(Op::Halt)));
@@ -691,6 +722,7 @@ mod tests {
                 "not json".into(),
             ],
             dry_run: true,
+            ..Default::default()
         };
         let attempt = Attempt::read(Verb::Apply, &frame(&req));
         assert!(!attempt.unreadable && attempt.dry_run);
@@ -738,6 +770,36 @@ mod tests {
         let junk = Operation::read(Op::Resume, b"\x01junk");
         assert!(junk.unreadable);
         assert_eq!(junk.entry(&caller, &Status::invalid_argument("x")).name, "");
+    }
+
+    #[test]
+    fn a_rollback_is_a_write_of_the_policy_it_names() {
+        let req = pb::RollbackRequest {
+            kind: "fault".into(),
+            name: "team-b-x".into(),
+            to_revision: 3,
+            dry_run: false,
+        };
+        let attempt = Attempt::read(Verb::Rollback, &frame(&req));
+        assert_eq!(attempt.verb(), "rollback");
+        assert_eq!(
+            attempt.targets,
+            [Some((Kind::FaultPolicy, "team-b-x".to_string()))]
+        );
+        let editor = Principal {
+            name: "team-a".into(),
+            role: Role::Editor,
+            kinds: None,
+            name_prefixes: Some(vec!["team-a-".into()]),
+        };
+        let err = attempt.authorize(&editor).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(
+            err.message()
+                .starts_with("rollback of FaultPolicy \"team-b-x\" refused"),
+            "{}",
+            err.message()
+        );
     }
 
     #[test]

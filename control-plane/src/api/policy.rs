@@ -7,13 +7,14 @@
 //! filter limits ([`FilterUsage`]) is refused with RESOURCE_EXHAUSTED. So the memory an
 //! apply burst costs is bounded by a few requests' worth, whatever the number of callers.
 
+use super::auth::Principal;
 use super::convert;
 use super::pb;
 use super::pb::policy_service_server::PolicyService;
 use super::targets::TargetGuard;
 use super::{diff, halts};
 use crate::policy_set::PolicySet;
-use crate::registry::{ChangeEvent, HaltWriteError, PolicyRegistry};
+use crate::registry::{ApplyOptions, ChangeEvent, HaltWriteError, PolicyRegistry, ANONYMOUS};
 use crate::xds::{ProxyRegistry, Snapshot};
 use futures::{Stream, StreamExt};
 use meshwarden_common::document::KindBody;
@@ -266,6 +267,65 @@ fn check_limits(
     Ok(())
 }
 
+/// The caller's identity as the guard authenticated it (`anonymous` without the guard).
+fn actor<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Arc<Principal>>()
+        .map_or_else(|| ANONYMOUS.to_string(), |p| p.name.clone())
+}
+
+/// The expected revisions of an apply request, one per document (0: none).
+fn expected_revisions(req: &pb::ApplyRequest) -> Result<Vec<Option<u64>>, Status> {
+    let (given, docs) = (req.expected_revisions.len(), req.documents_json.len());
+    if given != 0 && given != docs {
+        return Err(Status::invalid_argument(format!(
+            "expected_revisions: {given} given for {docs} documents; give one per document (0 for none) or none"
+        )));
+    }
+    Ok(req
+        .expected_revisions
+        .iter()
+        .map(|&r| (r != 0).then_some(r))
+        .collect())
+}
+
+impl PolicyApi {
+    /// Applies `texts` with `options`: sizes, target and filter-limit checks, then the
+    /// registry (validation, conflicts, one durable commit). Apply and Rollback share it.
+    async fn apply_documents(
+        &self,
+        texts: Vec<String>,
+        options: ApplyOptions,
+    ) -> Result<pb::ApplyResponse, Status> {
+        let dry_run = options.dry_run;
+        check_document_sizes(&texts)?;
+        let _permit = self.write_permit("apply").await?;
+        let targets = self.targets.clone();
+        let (docs, usages) = tokio::task::spawn_blocking(move || parse_documents(texts, &targets))
+            .await
+            .map_err(convert::join_error)??;
+        let mut cache = self.writes.usage.lock().await;
+        // With an invalid document the registry refuses the whole apply with its own message.
+        if usages.iter().all(Option::is_some) {
+            check_limits(&mut cache, &self.registry.current(), &usages)?;
+        }
+        let registry = self.registry.clone();
+        let outcomes = tokio::task::spawn_blocking(move || registry.apply_with(docs, &options))
+            .await
+            .map_err(convert::join_error)?
+            .map_err(convert::apply_error)?;
+        drop(cache);
+        for o in &outcomes {
+            tracing::info!(kind = %o.kind, name = %o.name, outcome = o.outcome.as_str(), version = %o.version, revision = o.revision, dry_run, "apply");
+        }
+        Ok(pb::ApplyResponse {
+            results: outcomes.iter().map(convert::apply_result).collect(),
+            generation: self.registry.current().generation,
+        })
+    }
+}
+
 /// Stream of Watch events.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::ChangeEvent, Status>> + Send>>;
 
@@ -275,32 +335,69 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let actor = actor(&request);
         let req = request.into_inner();
-        let dry_run = req.dry_run;
-        check_document_sizes(&req.documents_json)?;
-        let _permit = self.write_permit("apply").await?;
-        let targets = self.targets.clone();
-        let (docs, usages) =
-            tokio::task::spawn_blocking(move || parse_documents(req.documents_json, &targets))
-                .await
-                .map_err(convert::join_error)??;
-        let mut cache = self.writes.usage.lock().await;
-        // With an invalid document the registry refuses the whole apply with its own message.
-        if usages.iter().all(Option::is_some) {
-            check_limits(&mut cache, &self.registry.current(), &usages)?;
-        }
+        let options = ApplyOptions {
+            dry_run: req.dry_run,
+            expected_revisions: expected_revisions(&req)?,
+            force: req.force,
+            actor,
+            rollback_of: None,
+        };
+        let response = self.apply_documents(req.documents_json, options).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let actor = actor(&request);
+        let req = request.into_inner();
+        let kind = convert::kind(&req.kind)?;
         let registry = self.registry.clone();
-        let outcomes = tokio::task::spawn_blocking(move || registry.apply(docs, dry_run))
+        let name = req.name.clone();
+        let to = (req.to_revision != 0).then_some(req.to_revision);
+        let target = tokio::task::spawn_blocking(move || registry.rollback_target(kind, &name, to))
             .await
             .map_err(convert::join_error)?
-            .map_err(convert::apply_error)?;
-        drop(cache);
-        for o in &outcomes {
-            tracing::info!(kind = %o.kind, name = %o.name, outcome = o.outcome.as_str(), version = %o.version, dry_run, "apply");
+            .map_err(convert::rollback_error)?;
+        let document = target
+            .document
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let options = ApplyOptions {
+            dry_run: req.dry_run,
+            actor,
+            rollback_of: Some(target.revision),
+            ..ApplyOptions::default()
+        };
+        let response = self.apply_documents(vec![document], options).await?;
+        tracing::info!(%kind, name = %req.name, to = target.revision, dry_run = req.dry_run, "rollback");
+        Ok(Response::new(response))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let req = request.into_inner();
+        let kind = convert::kind(&req.kind)?;
+        let registry = self.registry.clone();
+        let name = req.name.clone();
+        let history = tokio::task::spawn_blocking(move || registry.history(kind, &name))
+            .await
+            .map_err(convert::join_error)?
+            .map_err(convert::store_error)?;
+        if history.is_empty() {
+            return Err(Status::not_found(format!(
+                "{kind} {:?} has no history",
+                req.name
+            )));
         }
-        Ok(Response::new(pb::ApplyResponse {
-            results: outcomes.iter().map(convert::apply_result).collect(),
-            generation: self.registry.current().generation,
+        Ok(Response::new(pb::HistoryResponse {
+            revisions: history.iter().map(convert::revision).collect(),
         }))
     }
 
@@ -397,6 +494,28 @@ impl PolicyService for PolicyApi {
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Policy>, Status> {
         let req = request.into_inner();
         let kind = convert::kind(&req.kind)?;
+        if req.revision != 0 {
+            let registry = self.registry.clone();
+            let (name, revision) = (req.name.clone(), req.revision);
+            let found =
+                tokio::task::spawn_blocking(move || registry.revision(kind, &name, revision))
+                    .await
+                    .map_err(convert::join_error)?
+                    .map_err(convert::store_error)?;
+            return match found {
+                Some(r) if r.document.is_some() => {
+                    Ok(Response::new(convert::revision_policy(kind, &req.name, &r)))
+                }
+                Some(_) => Err(Status::not_found(format!(
+                    "{kind} {:?}: revision {revision} is its deletion and holds no content",
+                    req.name
+                ))),
+                None => Err(Status::not_found(format!(
+                    "{kind} {:?}: revision {revision} is not kept (see `meshwarden history`)",
+                    req.name
+                ))),
+            };
+        }
         let set = self.registry.current();
         let policy = set
             .get(kind, &req.name)
@@ -426,15 +545,17 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let actor = actor(&request);
         let req = request.into_inner();
         let kind = convert::kind(&req.kind)?;
         let _permit = self.write_permit("delete").await?;
         let registry = self.registry.clone();
         let name = req.name.clone();
-        let generation = tokio::task::spawn_blocking(move || registry.delete(kind, &name))
-            .await
-            .map_err(convert::join_error)?
-            .map_err(convert::delete_error)?;
+        let generation =
+            tokio::task::spawn_blocking(move || registry.delete_as(kind, &name, &actor))
+                .await
+                .map_err(convert::join_error)?
+                .map_err(convert::delete_error)?;
         tracing::info!(kind = %kind, name = %req.name, generation, "delete");
         Ok(Response::new(pb::DeleteResponse { generation }))
     }
@@ -459,6 +580,7 @@ impl PolicyService for PolicyApi {
                         r#type: pb::change_event::Type::Created.into(),
                         version: p.version.clone(),
                         generation: p.generation,
+                        revision: p.revision,
                     })
                 })
                 .collect()

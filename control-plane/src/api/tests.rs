@@ -70,6 +70,7 @@ fn apply(docs: Vec<String>) -> pb::ApplyRequest {
     pb::ApplyRequest {
         documents_json: docs,
         dry_run: false,
+        ..Default::default()
     }
 }
 
@@ -161,6 +162,7 @@ async fn apply_get_list_delete_and_watch() {
         .get(pb::GetRequest {
             kind: "tracepolicies".into(),
             name: "b".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -174,6 +176,7 @@ async fn apply_get_list_delete_and_watch() {
         .get(pb::GetRequest {
             kind: "TracePolicy".into(),
             name: "c".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -186,6 +189,7 @@ async fn apply_get_list_delete_and_watch() {
         .get(pb::GetRequest {
             kind: "nope".into(),
             name: "a".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -246,6 +250,7 @@ async fn dry_run_stores_nothing() {
         .apply(pb::ApplyRequest {
             documents_json: vec![doc("a", json!({}))],
             dry_run: true,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -456,4 +461,274 @@ async fn undecodable_requests_are_invalid_arguments() {
         err.message()
     );
     s.shutdown.send(true).unwrap();
+}
+
+fn based_on(docs: Vec<String>, revisions: Vec<u64>, force: bool) -> pb::ApplyRequest {
+    pb::ApplyRequest {
+        expected_revisions: revisions,
+        force,
+        ..apply(docs)
+    }
+}
+
+fn get_revision(name: &str, revision: u64) -> pb::GetRequest {
+    pb::GetRequest {
+        kind: "TracePolicy".into(),
+        name: name.into(),
+        revision,
+    }
+}
+
+#[tokio::test]
+async fn history_rollback_and_get_revision() {
+    let mut s = server().await;
+    let c = &mut s.client;
+    let v1 = c
+        .apply(apply(vec![doc("a", json!({"samplingPercentage": 10}))]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v1.results[0].revision, 1);
+    let v2 = c
+        .apply(apply(vec![doc("a", json!({"samplingPercentage": 20}))]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v2.results[0].revision, 2);
+    let same = c
+        .apply(apply(vec![doc("a", json!({"samplingPercentage": 20}))]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (same.results[0].outcome(), same.results[0].revision),
+        (Outcome::Unchanged, 2)
+    );
+
+    let old = c.get(get_revision("a", 1)).await.unwrap().into_inner();
+    assert_eq!(
+        (old.revision, old.version.as_str()),
+        (1, v1.results[0].version.as_str())
+    );
+    assert!(
+        old.document_json.contains("\"samplingPercentage\":10"),
+        "{}",
+        old.document_json
+    );
+    let err = c.get(get_revision("a", 9)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        err.message().contains("revision 9 is not kept"),
+        "{}",
+        err.message()
+    );
+
+    // Default: back to the revision before the current one; a new revision.
+    let back = c
+        .rollback(pb::RollbackRequest {
+            kind: "trace".into(),
+            name: "a".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (back.results[0].outcome(), back.results[0].revision),
+        (Outcome::Updated, 3)
+    );
+    assert_eq!(back.results[0].version, v1.results[0].version);
+    let current = c.get(get_revision("a", 0)).await.unwrap().into_inner();
+    assert_eq!(
+        (current.revision, current.version),
+        (3, v1.results[0].version.clone())
+    );
+
+    // Deleted, then rolled back to life.
+    c.delete(pb::DeleteRequest {
+        kind: "trace".into(),
+        name: "a".into(),
+    })
+    .await
+    .unwrap();
+    let history = c
+        .history(pb::HistoryRequest {
+            kind: "trace".into(),
+            name: "a".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let seen: Vec<_> = history
+        .revisions
+        .iter()
+        .map(|r| {
+            (
+                r.revision,
+                r.change.as_str(),
+                r.rollback_of,
+                r.actor.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, "created", 0, "anonymous"),
+            (2, "updated", 0, "anonymous"),
+            (3, "rolled-back", 1, "anonymous"),
+            (4, "deleted", 0, "anonymous")
+        ]
+    );
+    let err = c.get(get_revision("a", 4)).await.unwrap_err();
+    assert!(
+        err.message().contains("is its deletion"),
+        "{}",
+        err.message()
+    );
+    let err = c
+        .rollback(pb::RollbackRequest {
+            kind: "trace".into(),
+            name: "a".into(),
+            to_revision: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let restored = c
+        .rollback(pb::RollbackRequest {
+            kind: "trace".into(),
+            name: "a".into(),
+            to_revision: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (restored.results[0].outcome(), restored.results[0].revision),
+        (Outcome::Created, 5)
+    );
+    assert_eq!(restored.results[0].version, v2.results[0].version);
+
+    let err = c
+        .history(pb::HistoryRequest {
+            kind: "trace".into(),
+            name: "never".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn an_apply_based_on_an_old_revision_is_aborted_unless_forced() {
+    let mut s = server().await;
+    let c = &mut s.client;
+    c.apply(apply(vec![doc("a", json!({})), doc("b", json!({}))]))
+        .await
+        .unwrap();
+    c.apply(apply(vec![doc("a", json!({"formats": ["b3"]}))]))
+        .await
+        .unwrap();
+    // Based on revision 1 of both: a is at 2 now, so nothing of the request is applied.
+    let stale = based_on(
+        vec![
+            doc("a", json!({"formats": ["w3c"]})),
+            doc("b", json!({"formats": ["w3c"]})),
+        ],
+        vec![1, 1],
+        false,
+    );
+    let err = c.apply(stale.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+    assert!(
+        err.message().starts_with("conflict: TracePolicy \"a\" is at revision 2, not revision 1 this apply was based on; nothing was applied"),
+        "{}",
+        err.message()
+    );
+    let b = c.get(get_revision("b", 0)).await.unwrap().into_inner();
+    assert_eq!(b.revision, 1, "b untouched");
+    // A policy deleted meanwhile conflicts too.
+    c.delete(pb::DeleteRequest {
+        kind: "trace".into(),
+        name: "b".into(),
+    })
+    .await
+    .unwrap();
+    let err = c
+        .apply(based_on(vec![doc("b", json!({}))], vec![1], false))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("\"b\" does not exist now"),
+        "{}",
+        err.message()
+    );
+    // The right revision, or --force, goes through.
+    let ok = c
+        .apply(based_on(
+            vec![doc("a", json!({"formats": ["w3c"]}))],
+            vec![2],
+            false,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.results[0].revision, 3);
+    let forced = c
+        .apply(based_on(vec![doc("a", json!({}))], vec![1], true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(forced.results[0].revision, 4);
+    let err = c
+        .apply(based_on(vec![doc("a", json!({}))], vec![1, 2], false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .starts_with("expected_revisions: 2 given for 1 documents"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn racing_applies_based_on_one_revision_never_lose_an_update() {
+    let s = server().await;
+    let mut c = s.client.clone();
+    let mut revision = c
+        .apply(apply(vec![doc("race", json!({"samplingPercentage": 0}))]))
+        .await
+        .unwrap()
+        .into_inner()
+        .results[0]
+        .revision;
+    for round in 0..100u32 {
+        let request = |pct: u32| {
+            based_on(
+                vec![doc("race", json!({"samplingPercentage": pct}))],
+                vec![revision],
+                false,
+            )
+        };
+        let (mut x, mut y) = (s.client.clone(), s.client.clone());
+        let (rx, ry) = (request(round % 50 + 1), request(round % 50 + 51));
+        let (a, b) = tokio::join!(x.apply(rx), y.apply(ry));
+        let (won, lost) = match (a, b) {
+            (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w.into_inner(), l),
+            other => panic!("round {round}: exactly one apply must win: {other:?}"),
+        };
+        assert_eq!(lost.code(), Code::Aborted, "round {round}: {lost:?}");
+        assert_eq!(won.results[0].revision, revision + 1, "round {round}");
+        revision += 1;
+        let stored = c.get(get_revision("race", 0)).await.unwrap().into_inner();
+        assert_eq!(
+            stored.version, won.results[0].version,
+            "round {round}: the winner is stored"
+        );
+    }
 }

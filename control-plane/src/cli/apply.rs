@@ -11,13 +11,12 @@ use prost::Message;
 use std::collections::HashMap;
 
 /// Validates locally (for a fast error naming file, document and field), then applies
-/// everything in one request and prints one line per policy.
+/// everything in one request and prints one line per policy. Documents carrying
+/// `metadata.revision` (as `get -o yaml` prints them) are applied only if their policy is
+/// still at that revision, unless `--force`.
 pub async fn run(server: &str, args: ApplyArgs) -> anyhow::Result<()> {
     let docs = read_all(&args.files)?;
-    let request = pb::ApplyRequest {
-        documents_json: docs.iter().map(|d| d.value.to_string()).collect(),
-        dry_run: args.dry_run,
-    };
+    let request = request(&docs, args.dry_run, args.force);
     check_request(&docs, &request)?;
     let response = client::policies(server)
         .await?
@@ -25,21 +24,47 @@ pub async fn run(server: &str, args: ApplyArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| locate(&docs, client::status_error(s)))?
         .into_inner();
-    let suffix = if args.dry_run { " (dry run)" } else { "" };
-    for r in &response.results {
+    output::print(&render(&response.results, args.dry_run))
+}
+
+/// The apply request of `docs`: expected revisions are sent only if a document has one.
+fn request(docs: &[SourcedDocument], dry_run: bool, force: bool) -> pb::ApplyRequest {
+    let expected_revisions = if docs.iter().any(|d| d.revision.is_some()) {
+        docs.iter().map(|d| d.revision.unwrap_or(0)).collect()
+    } else {
+        Vec::new()
+    };
+    pb::ApplyRequest {
+        documents_json: docs.iter().map(|d| d.value.to_string()).collect(),
+        dry_run,
+        expected_revisions,
+        force,
+    }
+}
+
+/// One line per policy, kubectl style: `kind/name created|configured|unchanged`, with the
+/// policy's revision after the apply (not in a dry run, which assigns none).
+pub(super) fn render(results: &[pb::ApplyResult], dry_run: bool) -> String {
+    let mut out = String::new();
+    for r in results {
         let verb = match r.outcome() {
             pb::apply_result::Outcome::Created => "created",
             pb::apply_result::Outcome::Updated => "configured",
             pb::apply_result::Outcome::Unchanged => "unchanged",
             pb::apply_result::Outcome::Unspecified => "applied",
         };
-        output::println(&format!(
-            "{}/{} {verb}{suffix}",
+        let suffix = match (dry_run, r.revision) {
+            (true, _) => " (dry run)".to_string(),
+            (false, 0) => String::new(),
+            (false, n) => format!(" (revision {n})"),
+        };
+        out.push_str(&format!(
+            "{}/{} {verb}{suffix}\n",
             output::terminal_safe(&r.kind.to_ascii_lowercase()),
             output::terminal_safe(&r.name)
-        ))?;
+        ));
     }
-    Ok(())
+    out
 }
 
 /// The server's checks of an apply request (sizes, validation, duplicates), run locally so
@@ -166,6 +191,54 @@ mod tests {
     }
 
     #[test]
+    fn revisions_read_from_documents_are_sent_per_document() {
+        let mut docs = parse("one.yaml", GOOD).unwrap();
+        assert!(request(&docs, false, false).expected_revisions.is_empty());
+        let based = GOOD.replace("{name: a}", "{name: b, revision: 7}");
+        docs.extend(parse("two.yaml", &based).unwrap());
+        let req = request(&docs, false, true);
+        assert_eq!(req.expected_revisions, [0, 7]);
+        assert!(req.force);
+        assert!(!req.documents_json[1].contains("revision"), "stripped");
+        check(&docs).unwrap();
+        let err = parse(
+            "bad.yaml",
+            &GOOD.replace("{name: a}", "{name: a, revision: x}"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("bad.yaml: document 1: metadata.revision: must be a positive integer"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn apply_prints_what_changed_and_the_revision() {
+        let result = |name: &str, outcome: pb::apply_result::Outcome, revision| pb::ApplyResult {
+            kind: "TracePolicy".into(),
+            name: name.into(),
+            outcome: outcome.into(),
+            version: "v".into(),
+            revision,
+        };
+        use pb::apply_result::Outcome::*;
+        let results = [
+            result("a", Created, 1),
+            result("b", Updated, 4),
+            result("c", Unchanged, 2),
+        ];
+        assert_eq!(
+            render(&results, false),
+            "tracepolicy/a created (revision 1)\ntracepolicy/b configured (revision 4)\ntracepolicy/c unchanged (revision 2)\n"
+        );
+        assert_eq!(
+            render(&results[..1], true),
+            "tracepolicy/a created (dry run)\n"
+        );
+    }
+
+    #[test]
     fn server_errors_are_mapped_back_to_files() {
         let mut docs = parse("one.yaml", GOOD).unwrap();
         docs.extend(parse("two.yaml", &GOOD.replace("name: a", "name: b")).unwrap());
@@ -194,10 +267,7 @@ mod tests {
                 labels(n)
             )
         };
-        let request = |docs: &[SourcedDocument]| pb::ApplyRequest {
-            documents_json: docs.iter().map(|d| d.value.to_string()).collect(),
-            dry_run: false,
-        };
+        let request = |docs: &[SourcedDocument]| request(docs, false, false);
         let mut docs = parse("a.yaml", &format!("{GOOD}---\n{}", big("big", 1100))).unwrap();
         let err = check_sizes(&docs, &request(&docs)).unwrap_err().to_string();
         assert!(

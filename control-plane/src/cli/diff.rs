@@ -55,6 +55,7 @@ pub async fn run(server: &str, args: DiffArgs) -> anyhow::Result<()> {
     let request = pb::ApplyRequest {
         documents_json: docs.iter().map(|d| d.value.to_string()).collect(),
         dry_run: true,
+        ..Default::default()
     };
     super::apply::check_request(&docs, &request)?;
     let response = client::policies(server)

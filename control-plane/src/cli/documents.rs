@@ -24,7 +24,27 @@ pub struct SourcedDocument {
     pub source: String,
     /// 1-based position among the documents of that source.
     pub index: usize,
+    /// The document without `metadata.revision`.
     pub value: Value,
+    /// `metadata.revision`, as `get -o yaml|json` prints it: the revision the document was
+    /// based on, which `apply` sends so a concurrent change is not silently overwritten.
+    pub revision: Option<u64>,
+}
+
+/// Takes `metadata.revision` out of `value`; it must be a positive integer.
+fn take_revision(source: &str, index: usize, value: &mut Value) -> anyhow::Result<Option<u64>> {
+    let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return Ok(None);
+    };
+    let Some(revision) = metadata.remove("revision") else {
+        return Ok(None);
+    };
+    match revision.as_u64() {
+        Some(n) if n > 0 => Ok(Some(n)),
+        _ => bail!(
+            "{source}: document {index}: metadata.revision: must be a positive integer (the revision `meshwarden get` printed), got {revision}"
+        ),
+    }
 }
 
 /// Reads every document of every path, in order. A directory contributes its `*.yaml`,
@@ -133,15 +153,19 @@ pub fn parse(source: &str, text: &str) -> anyhow::Result<Vec<SourcedDocument>> {
     if values.is_empty() {
         bail!("{source}: no policy documents found");
     }
-    Ok(values
+    values
         .into_iter()
         .enumerate()
-        .map(|(i, value)| SourcedDocument {
-            source: source.to_string(),
-            index: i + 1,
-            value,
+        .map(|(i, mut value)| {
+            let revision = take_revision(source, i + 1, &mut value)?;
+            Ok(SourcedDocument {
+                source: source.to_string(),
+                index: i + 1,
+                value,
+                revision,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// What the documents of a file may expand to, in values plus bytes of strings and keys:

@@ -107,6 +107,7 @@ async fn policy_set(server: &str) -> anyhow::Result<PolicySet> {
             version: p.version,
             generation: p.generation,
             updated_unix_ms: p.updated_unix_ms,
+            revision: p.revision,
         });
     }
     let halts = super::halt::list(server)

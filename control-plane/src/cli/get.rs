@@ -22,6 +22,7 @@ pub async fn get(server: &str, args: GetArgs) -> anyhow::Result<()> {
             let request = pb::GetRequest {
                 kind: kind.to_string(),
                 name: name.clone(),
+                revision: args.revision.unwrap_or(0),
             };
             let p = api.get(request).await.map_err(client::status_error)?;
             (vec![p.into_inner()], true)
@@ -86,7 +87,7 @@ pub async fn delete(server: &str, args: DeleteArgs) -> anyhow::Result<()> {
     ))
 }
 
-fn parse_kind(s: &str) -> anyhow::Result<Kind> {
+pub(super) fn parse_kind(s: &str) -> anyhow::Result<Kind> {
     Kind::parse(s).with_context(|| {
         format!("unknown kind {s:?}; expected one of TracePolicy, FaultPolicy, MirrorPolicy, RateLimitPolicy (or trace, fault, mirror, ratelimit)")
     })
@@ -103,6 +104,7 @@ fn render(policies: &[pb::Policy], single: bool, output: Output) -> anyhow::Resu
                     p.kind.clone(),
                     p.name.clone(),
                     p.version.clone(),
+                    p.revision.to_string(),
                     p.generation.to_string(),
                     table::age(p.updated_unix_ms),
                 ]
@@ -112,19 +114,26 @@ fn render(policies: &[pb::Policy], single: bool, output: Output) -> anyhow::Resu
             return Ok(String::new());
         }
         return Ok(table::render(
-            &["KIND", "NAME", "VERSION", "GENERATION", "AGE"],
+            &["KIND", "NAME", "VERSION", "REVISION", "GENERATION", "AGE"],
             &rows,
         ));
     }
     let docs = policies
         .iter()
         .map(|p| {
-            serde_json::from_str::<Value>(&p.document_json).with_context(|| {
+            let mut doc = serde_json::from_str::<Value>(&p.document_json).with_context(|| {
                 format!(
                     "control plane sent an unreadable document for {}/{}",
                     p.kind, p.name
                 )
-            })
+            })?;
+            // The revision this copy is of: `apply` sends it back (optimistic concurrency).
+            if let Some(metadata) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
+                if p.revision > 0 {
+                    metadata.insert("revision".into(), p.revision.into());
+                }
+            }
+            Ok(doc)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(match (output, single) {
@@ -152,6 +161,7 @@ mod tests {
             version: "0123456789abcdef".into(),
             generation: 3,
             updated_unix_ms: 0,
+            revision: 2,
         }
     }
 
@@ -160,7 +170,7 @@ mod tests {
         let out = render(&[policy("a")], false, Output::Table).unwrap();
         assert_eq!(
             out,
-            "KIND          NAME   VERSION            GENERATION   AGE\nTracePolicy   a      0123456789abcdef   3            -\n"
+            "KIND          NAME   VERSION            REVISION   GENERATION   AGE\nTracePolicy   a      0123456789abcdef   2          3            -\n"
         );
     }
 
@@ -171,6 +181,7 @@ mod tests {
         assert_eq!(docs.len(), 2);
         for d in &docs {
             meshwarden_common::PolicyDocument::from_value(&d.value).unwrap();
+            assert_eq!(d.revision, Some(2), "the revision travels with the copy");
         }
         let json = render(&[policy("a")], true, Output::Json).unwrap();
         let v: Value = serde_json::from_str(&json).unwrap();

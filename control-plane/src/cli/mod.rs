@@ -10,6 +10,7 @@ pub mod documents;
 mod explain;
 mod get;
 mod halt;
+mod history;
 pub mod output;
 mod security;
 mod serve;
@@ -73,6 +74,11 @@ pub enum Command {
     /// Explain which policies a proxy holds, which match a request, in which order, and
     /// what each would do to it.
     Explain(ExplainArgs),
+    /// List the kept revisions of one policy (who, when, what), also after it was deleted.
+    History(history::HistoryArgs),
+    /// Set one policy back to an earlier revision (default: the one before the current),
+    /// stored as a new revision; restores a deleted policy.
+    Rollback(history::RollbackArgs),
 }
 
 /// `explain` arguments: a proxy (`--node-id` of a known proxy, or the identity it would
@@ -163,6 +169,10 @@ pub struct ApplyArgs {
     /// Validate on the server and report what would change, without storing anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Overwrite even if a document's `metadata.revision` (as `get -o yaml` prints it) is
+    /// no longer the policy's current revision. Without revisions, the last writer wins.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `get` arguments.
@@ -172,9 +182,15 @@ pub struct GetArgs {
     pub kind: Option<String>,
     /// Policy name; every policy of the kind if omitted.
     pub name: Option<String>,
-    /// Output format. `yaml` and `json` print documents that can be applied again.
+    /// Output format. `yaml` and `json` print documents that can be applied again; they
+    /// carry `metadata.revision`, so applying an edited copy is refused if the policy was
+    /// changed meanwhile (`apply --force` overwrites).
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Show this kept revision of the policy (see `history`) instead of the current one;
+    /// needs KIND and NAME.
+    #[arg(long, requires = "name")]
+    pub revision: Option<u64>,
 }
 
 /// `delete` arguments.
@@ -217,6 +233,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Halt(args) => halt::halt(&cli.server, args).await,
         Command::Resume(args) => halt::resume(&cli.server, args).await,
         Command::Explain(args) => explain::run(&cli.server, args).await,
+        Command::History(args) => history::history(&cli.server, args).await,
+        Command::Rollback(args) => history::rollback(&cli.server, args).await,
     }
 }
 
@@ -228,6 +246,19 @@ mod tests {
     #[test]
     fn command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn history_limit_is_at_least_one() {
+        let parse = |n: &str| Cli::try_parse_from(["meshwarden", "serve", "--history-limit", n]);
+        assert!(parse("0").is_err());
+        assert!(matches!(
+            parse("7").unwrap().command,
+            Command::Serve(ServeArgs {
+                history_limit: 7,
+                ..
+            })
+        ));
     }
 
     #[test]

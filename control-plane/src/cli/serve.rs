@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// Directory of the embedded policy store (created if missing).
     #[arg(long, default_value = "./.meshwarden")]
     pub data_dir: PathBuf,
+    /// Revisions kept per policy for `history`, `rollback` and `get --revision` (the
+    /// oldest go first; a deleted policy keeps its history). At least 1.
+    #[arg(long, default_value_t = crate::backend::DEFAULT_HISTORY_LIMIT as u64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub history_limit: u64,
     /// Directory holding `meshwarden_<filter>.wasm`, advertised to Envoy by absolute path.
     #[arg(long, default_value = super::DEFAULT_WASM_DIR)]
     pub wasm_dir: PathBuf,
@@ -115,15 +119,18 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
     )));
 
     let data_dir = args.data_dir.clone();
-    let registry = tokio::task::spawn_blocking(move || PolicyRegistry::open(&data_dir))
-        .await
-        .context("store loading task failed")?
-        .with_context(|| {
-            format!(
-                "cannot open the policy store in {}",
-                args.data_dir.display()
-            )
-        })?;
+    let history_limit = usize::try_from(args.history_limit).unwrap_or(usize::MAX);
+    let registry = tokio::task::spawn_blocking(move || {
+        PolicyRegistry::open(&data_dir).map(|r| r.with_history_limit(history_limit))
+    })
+    .await
+    .context("store loading task failed")?
+    .with_context(|| {
+        format!(
+            "cannot open the policy store in {}",
+            args.data_dir.display()
+        )
+    })?;
     let registry = Arc::new(registry);
     state.readiness.set_store(registry.clone());
     tokio::spawn(recover_store(registry.clone(), shutdown.clone()));

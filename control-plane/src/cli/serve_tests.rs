@@ -57,6 +57,7 @@ async fn start(data_dir: &Path, wasm_dir: &Path) -> Running {
         data_dir: data_dir.to_path_buf(),
         wasm_dir: wasm_dir.to_path_buf(),
         module_cluster: None,
+        history_limit: 50,
         log_format: super::serve::LogFormat::Text,
         mirror_deny: Vec::new(),
         mirror_allow: Vec::new(),
@@ -106,6 +107,7 @@ async fn serves_api_and_ads_on_one_port_and_persists_across_restarts() {
         .apply(pb::ApplyRequest {
             documents_json: vec![trace_doc("checkout")],
             dry_run: false,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -215,6 +217,7 @@ async fn missing_modules_fail_startup_with_the_path() {
         data_dir: data.path().to_path_buf(),
         wasm_dir: wasm.path().to_path_buf(),
         module_cluster: None,
+        history_limit: 50,
         log_format: super::serve::LogFormat::Text,
         mirror_deny: Vec::new(),
         mirror_allow: Vec::new(),

@@ -158,6 +158,7 @@ mod tests {
             version: "v".into(),
             generation: 1,
             updated_unix_ms: 0,
+            revision: 1,
             doc,
         }
     }

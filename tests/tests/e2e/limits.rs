@@ -98,6 +98,7 @@ async fn concurrent_large_applies_keep_the_control_plane_bounded() -> anyhow::Re
             c.apply(ApplyRequest {
                 documents_json: docs,
                 dry_run: false,
+                ..Default::default()
             })
             .await
         }));
@@ -132,6 +133,7 @@ async fn concurrent_large_applies_keep_the_control_plane_bounded() -> anyhow::Re
                 .apply(ApplyRequest {
                     documents_json: vec![doc],
                     dry_run: false,
+                    ..Default::default()
                 })
                 .await;
             (over, r)
@@ -204,6 +206,7 @@ async fn regex_churn_keeps_envoy_memory_bounded() -> anyhow::Result<()> {
         .apply(ApplyRequest {
             documents_json: vec![doc(0, "/p0/[a-z]{820}")],
             dry_run: true,
+            ..Default::default()
         })
         .await
         .expect_err("a regex over the program limit");
@@ -267,6 +270,7 @@ async fn regex_churn_keeps_envoy_memory_bounded() -> anyhow::Result<()> {
         api.apply(ApplyRequest {
             documents_json: docs,
             dry_run: false,
+            ..Default::default()
         })
         .await?;
     }
@@ -326,6 +330,7 @@ async fn regex_churn_keeps_envoy_memory_bounded() -> anyhow::Result<()> {
         api.apply(ApplyRequest {
             documents_json: docs,
             dry_run: false,
+            ..Default::default()
         })
         .await?;
     }
@@ -356,6 +361,7 @@ async fn cli_exits_quietly_when_its_reader_goes_away() -> anyhow::Result<()> {
     api.apply(ApplyRequest {
         documents_json: docs,
         dry_run: false,
+        ..Default::default()
     })
     .await?;
     let bin = meshwarden_e2e::paths::meshwarden_bin();

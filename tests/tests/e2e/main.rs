@@ -9,6 +9,7 @@ mod foundation;
 mod halt;
 mod hostile;
 mod identity;
+mod history;
 mod istio;
 mod layout;
 mod limits;

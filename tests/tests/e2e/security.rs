@@ -176,7 +176,7 @@ async fn a_rotated_certificate_is_served_to_new_connections_without_dropping_str
 
 /// A token file: a viewer, an editor limited to `team-a-` FaultPolicies, and an admin,
 /// with tokens `<name>-token`.
-fn token_file(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn token_file(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
     use sha2::{Digest, Sha256};
     let hash = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
     let path = dir.join("tokens.yaml");
