@@ -34,7 +34,8 @@ mod limiter_tests;
 
 pub use descriptor::{ClientAddressSpec, Descriptor};
 pub use limiter::{
-    release_all, Decision, Held, Limiter, PolicyEvents, Rejection, Request, Verdict,
+    release_all, Decision, GlobalAnswer, GlobalCall, Held, Limiter, PolicyEvents, Rejection,
+    Request, Verdict,
 };
 pub use rate::{Limit, Rate, Unit};
 pub use spec::{FailureMode, Override, RateLimitSpec, Scope};
