@@ -105,6 +105,43 @@ pub fn encode_request(domain: &str, descriptors: &[Vec<Entry>]) -> Vec<u8> {
     out
 }
 
+/// Encodes a `RateLimitResponse` (the fields of [`Response`]): what a rate limit service
+/// would answer, for tests and fakes.
+pub fn encode_response(r: &Response) -> Vec<u8> {
+    let code = |c: Code| match c {
+        Code::Unknown => 0,
+        Code::Ok => 1,
+        Code::OverLimit => 2,
+    };
+    let mut out = Vec::new();
+    put_varint(&mut out, 1 << 3);
+    put_varint(&mut out, code(r.overall_code));
+    for st in &r.statuses {
+        let mut s = Vec::new();
+        put_varint(&mut s, 1 << 3);
+        put_varint(&mut s, code(st.code));
+        if let Some(l) = &st.current_limit {
+            let mut m = Vec::new();
+            put_varint(&mut m, 1 << 3);
+            put_varint(&mut m, u64::from(l.requests_per_unit));
+            put_varint(&mut m, 2 << 3);
+            put_varint(&mut m, u64::from(l.unit));
+            put_len(&mut m, 3, l.name.as_bytes());
+            put_len(&mut s, 2, &m);
+        }
+        put_varint(&mut s, 3 << 3);
+        put_varint(&mut s, u64::from(st.limit_remaining));
+        let mut d = Vec::new();
+        put_varint(&mut d, 1 << 3);
+        put_varint(&mut d, st.until_reset_ms / 1_000);
+        put_varint(&mut d, 2 << 3);
+        put_varint(&mut d, (st.until_reset_ms % 1_000) * 1_000_000);
+        put_len(&mut s, 4, &d);
+        put_len(&mut out, 2, &s);
+    }
+    out
+}
+
 /// Decodes a `RateLimitResponse`.
 pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
     if bytes.len() > MAX_RESPONSE_BYTES {
@@ -316,6 +353,7 @@ mod tests {
             ]
         );
         assert_eq!(decode_response(&[]).unwrap(), Response::default());
+        assert_eq!(decode_response(&encode_response(&r)).unwrap(), r);
     }
 
     #[test]
@@ -330,8 +368,7 @@ mod tests {
             decode_response(&vec![0; MAX_RESPONSE_BYTES + 1]),
             Err(DecodeError::TooLarge)
         );
-        let many: Vec<u8> = std::iter::repeat([0x12, 0])
-            .take(MAX_STATUSES + 1)
+        let many: Vec<u8> = std::iter::repeat_n([0x12, 0], MAX_STATUSES + 1)
             .flatten()
             .collect();
         assert_eq!(decode_response(&many), Err(DecodeError::TooManyStatuses));
