@@ -66,7 +66,7 @@ pub fn limit_name(policy: &str) -> String {
         return policy.to_string();
     }
     let head: String = policy.chars().take(MAX_LIMIT_NAME - 17).collect();
-    format!("{head}~{:016x}", hash64(policy.as_bytes(), 0x6e61_6d65))
+    format!("{head}:{:016x}", hash64(policy.as_bytes(), 0x6e61_6d65))
 }
 
 /// One descriptor key of a service limit (the `meshwarden-ratelimit` limits file format).
