@@ -49,7 +49,7 @@ build: wasm
 
 # End-to-end tests whose figures depend on the machine having CPU to spare (offered load,
 # latency percentiles, sampling over thousands of requests) run afterwards, one at a time.
-SERIAL_TESTS := ten_times_overload percentages_hold injected_delay_is_accurate
+SERIAL_TESTS := ten_times_overload three_envoys_share_one_global_limit percentages_hold injected_delay_is_accurate
 
 test: deps build
 	$(CARGO) test -- --test-threads $(TEST_THREADS) $(SERIAL_TESTS:%=--skip %)

@@ -6,7 +6,9 @@ use crate::ports::free_port;
 use crate::process::ChildGuard;
 use crate::wait::wait_until;
 pub use meshwarden_cp::bootstrap::Layout;
-use meshwarden_cp::bootstrap::{render, with_xds_tls, BootstrapParams, XdsTls};
+use meshwarden_cp::bootstrap::{
+    render, with_ratelimit_service, with_xds_tls, BootstrapParams, XdsTls,
+};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -28,6 +30,9 @@ pub struct EnvoyOptions {
     pub layout: Layout,
     /// Reach the control plane over TLS (`None`: clear text).
     pub xds_tls: Option<XdsTls>,
+    /// The global rate limit service's gRPC address (`meshwarden bootstrap
+    /// --ratelimit-service`), for `scope: global` policies.
+    pub ratelimit_service: Option<std::net::SocketAddr>,
 }
 
 impl Default for EnvoyOptions {
@@ -41,6 +46,7 @@ impl Default for EnvoyOptions {
             wait_for_config: true,
             layout: Layout::Combined,
             xds_tls: None,
+            ratelimit_service: None,
         }
     }
 }
@@ -81,6 +87,10 @@ impl Envoy {
         });
         let bootstrap = match &opts.xds_tls {
             Some(tls) => with_xds_tls(&bootstrap, tls),
+            None => bootstrap,
+        };
+        let bootstrap = match opts.ratelimit_service {
+            Some(addr) => with_ratelimit_service(&bootstrap, &addr.ip().to_string(), addr.port()),
             None => bootstrap,
         };
         let envoy =

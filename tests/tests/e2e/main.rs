@@ -6,6 +6,7 @@ mod diff;
 mod explain;
 mod fault;
 mod foundation;
+mod global_ratelimit;
 mod halt;
 mod istio;
 mod layout;
