@@ -45,7 +45,7 @@ wasm: toolchain
 	scripts/package-wasm.sh $(TARGET_DIR)/wasm32-wasip1/wasm $(WASM_DIR) $(MODULES)
 
 build: wasm
-	$(CARGO) build -p meshwarden-control-plane -p meshwarden-e2e --bins
+	$(CARGO) build -p meshwarden-control-plane -p meshwarden-e2e -p meshwarden-ratelimit-service --bins
 
 # End-to-end tests whose figures depend on the machine having CPU to spare (offered load,
 # latency percentiles, sampling over thousands of requests) run afterwards, one at a time.
