@@ -386,3 +386,57 @@ async fn redis_or_service_down_gives_each_policys_failure_mode_then_limits_resum
     fleet.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn without_the_service_cluster_global_policies_apply_their_failure_mode() -> anyhow::Result<()>
+{
+    // A proxy bootstrapped without --ratelimit-service: the call-out cannot even be sent
+    // (unknown cluster). The filter must not crash: each policy's failureMode decides.
+    let cp = ControlPlane::start().await?;
+    let upstream = EchoUpstream::start().await?;
+    let node = "glob-nocluster";
+    let envoy = Envoy::start(
+        &cp,
+        upstream.addr.port(),
+        EnvoyOptions {
+            node_id: node.into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let cli = cp.cli();
+    let before = accepted_version(&cli, node, FILTER);
+    let docs = [
+        ratelimit(
+            "open",
+            "match: {path: {prefix: /open}}\nscope: global\nrate: {requests: 1, unit: hour}\nfailureMode: allow",
+        ),
+        ratelimit(
+            "closed",
+            "match: {path: {prefix: /closed}}\nscope: global\nrate: {requests: 1, unit: hour}\nfailureMode: deny",
+        ),
+    ];
+    let out = cli.apply_yaml(&docs.join("---\n"));
+    anyhow::ensure!(out.success, "apply failed: {}", out.stderr);
+    wait_accepted_change(&cli, node, FILTER, &before).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        assert_eq!(envoy.get("/open", &[]).await?.status().as_u16(), 200);
+        let r = envoy.get("/closed", &[]).await?;
+        assert_eq!(r.status().as_u16(), 429);
+        assert_eq!(
+            r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+    }
+    let stat =
+        |p: &str| format!("wasmcustom.meshwarden_ratelimit_global_failures_total.policy.{p}");
+    assert_eq!(envoy.stat(&stat("open")).await?, 3);
+    assert_eq!(envoy.stat(&stat("closed")).await?, 3);
+    assert!(
+        !envoy.log().contains("panicked"),
+        "the filter did not crash:\n{}",
+        envoy.log()
+    );
+    Ok(())
+}
