@@ -45,11 +45,11 @@ wasm: toolchain
 	scripts/package-wasm.sh $(TARGET_DIR)/wasm32-wasip1/wasm $(WASM_DIR) $(MODULES)
 
 build: wasm
-	$(CARGO) build -p meshwarden-control-plane -p meshwarden-e2e --bins
+	$(CARGO) build -p meshwarden-control-plane -p meshwarden-e2e -p meshwarden-ratelimit-service --bins
 
 # End-to-end tests whose figures depend on the machine having CPU to spare (offered load,
 # latency percentiles, sampling over thousands of requests) run afterwards, one at a time.
-SERIAL_TESTS := ten_times_overload percentages_hold injected_delay_is_accurate
+SERIAL_TESTS := ten_times_overload three_envoys_share_one_global_limit percentages_hold injected_delay_is_accurate
 
 test: deps build
 	$(CARGO) test -- --test-threads $(TEST_THREADS) $(SERIAL_TESTS:%=--skip %)

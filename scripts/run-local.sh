@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # `make run`: control plane (embedded store in .meshwarden/), demo upstream, one Envoy with
 # the combined meshwarden filter, and the sample policies from examples/. Ctrl-C stops all.
+# With redis-server installed, also Redis and the global rate limit service
+# (meshwarden-ratelimit, following the control plane's /ratelimit/config) for
+# `scope: global` policies; without it those policies apply their failureMode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +13,7 @@ WASM_DIR=${MESHWARDEN_WASM_DIR:-${CARGO_TARGET_DIR:-target}/filters}
 RUN=.run
 GRPC=127.0.0.1:18000 HTTP=127.0.0.1:18001 UPSTREAM=127.0.0.1:18080 CANDIDATE=127.0.0.1:18081
 LISTEN_PORT=10000 ADMIN_PORT=9901
+RLS_GRPC=127.0.0.1:18091 RLS_HTTP=127.0.0.1:18092 REDIS_PORT=16379
 mkdir -p "$RUN"
 
 pids=()
@@ -35,9 +39,24 @@ pids+=($!)
 pids+=($!)
 wait_http "http://$HTTP/readyz" "control plane"
 
+rls_args=()
+if command -v redis-server >/dev/null && [ -x "$BIN/meshwarden-ratelimit" ]; then
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    >"$RUN/redis.log" 2>&1 &
+  pids+=($!)
+  "$BIN/meshwarden-ratelimit" --config-url "http://$HTTP/ratelimit/config" --config-poll 2s \
+    --grpc-addr "$RLS_GRPC" --http-addr "$RLS_HTTP" \
+    --redis "redis://127.0.0.1:$REDIS_PORT" >"$RUN/ratelimit.log" 2>&1 &
+  pids+=($!)
+  wait_http "http://$RLS_HTTP/healthz" "rate limit service"
+  rls_args=(--ratelimit-service "$RLS_GRPC")
+else
+  echo "redis-server or $BIN/meshwarden-ratelimit not found: global rate limits apply their failureMode" >&2
+fi
+
 "$BIN/meshwarden" bootstrap --node-id local-envoy --cluster demo --label zone=local \
   --admin-port "$ADMIN_PORT" --listen-port "$LISTEN_PORT" --xds-addr "$GRPC" \
-  --upstream-addr "$UPSTREAM" >"$RUN/envoy.yaml"
+  --upstream-addr "$UPSTREAM" "${rls_args[@]}" >"$RUN/envoy.yaml"
 "$ENVOY" -c "$RUN/envoy.yaml" --concurrency 2 --disable-hot-restart \
   --log-level warn >"$RUN/envoy.log" 2>&1 &
 pids+=($!)
@@ -50,6 +69,7 @@ meshwarden is running:
   traffic      curl -si http://127.0.0.1:$LISTEN_PORT/hello
   policies     $BIN/meshwarden get
   proxies      $BIN/meshwarden status
+  global limit for i in \$(seq 50); do curl -s -o /dev/null -w '%{http_code} ' http://127.0.0.1:$LISTEN_PORT/search; done
   metrics      curl -s http://$HTTP/metrics      (control plane)
                curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep meshwarden_
   logs         $RUN/

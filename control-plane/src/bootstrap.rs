@@ -147,6 +147,38 @@ pub fn with_xds_tls(bootstrap: &str, tls: &XdsTls) -> String {
     bootstrap.replacen(XDS_TLS_MARKER, &socket, 1)
 }
 
+/// Marker line in the template where the rate limit service's cluster goes.
+const RATELIMIT_MARKER: &str = "  # Global rate limits: `meshwarden bootstrap --ratelimit-service host:port` adds the\n  # meshwarden_ratelimit cluster here.\n";
+
+/// `bootstrap` (from [`render`]) with the cluster `scope: global` RateLimitPolicies call:
+/// [`meshwarden_common::ratelimit::global::CLUSTER`], HTTP/2 (gRPC) to `host:port` of
+/// `meshwarden-ratelimit`, resolved by DNS (a Kubernetes Service name works) and kept
+/// alive. Without it, global policies get no answer and apply their `failureMode`.
+pub fn with_ratelimit_service(bootstrap: &str, host: &str, port: u16) -> String {
+    let name = meshwarden_common::ratelimit::global::CLUSTER;
+    let host = serde_json::to_string(host).expect("strings serialize");
+    let cluster = format!(
+        r#"  - name: {name}
+    type: STRICT_DNS
+    connect_timeout: 0.25s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options:
+            connection_keepalive: {{ interval: 15s, timeout: 5s }}
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: {host}, port_value: {port} }}
+"#
+    );
+    bootstrap.replacen(RATELIMIT_MARKER, &cluster, 1)
+}
+
 fn filter_block(name: &str) -> String {
     format!(
         r#"          - name: {name}
@@ -189,6 +221,27 @@ mod tests {
             delta: false,
             layout: Layout::Combined,
         }
+    }
+
+    #[test]
+    fn the_rate_limit_service_cluster_is_added_on_request() {
+        let plain = render(&params());
+        assert!(!plain.contains("meshwarden_ratelimit\n"));
+        let out = with_ratelimit_service(&plain, "ratelimit.mesh.svc", 18081);
+        let doc: serde_json::Value = serde_yaml::from_str(&out).expect("valid YAML");
+        let clusters = doc["static_resources"]["clusters"].as_array().unwrap();
+        let rl = clusters
+            .iter()
+            .find(|c| c["name"] == "meshwarden_ratelimit")
+            .expect("the cluster");
+        assert_eq!(rl["type"], "STRICT_DNS");
+        let addr = &rl["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"];
+        assert_eq!(addr["address"], "ratelimit.mesh.svc");
+        assert_eq!(addr["port_value"], 18081);
+        assert!(rl["typed_extension_protocol_options"]
+            .to_string()
+            .contains("http2"));
     }
 
     #[test]

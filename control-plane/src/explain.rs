@@ -453,6 +453,18 @@ fn ratelimit(
         (false, Some(n), false) => format!("503 above {n} in flight"),
         (false, None, false) => "never".to_string(),
     };
+    let when_limited = if spec.is_global() {
+        let on_failure = match spec.failure_mode {
+            meshwarden_common::ratelimit::FailureMode::Allow => "let through",
+            meshwarden_common::ratelimit::FailureMode::Deny => "429",
+        };
+        format!(
+            "{when_limited} (scope global: one bucket for every selected proxy, decided by the rate limit service; {on_failure} if it does not answer within {})",
+            spec.global_timeout()
+        )
+    } else {
+        when_limited
+    };
     Ok(Effect::RateLimit {
         limit: limit.map(|l| l.describe()),
         bucket: values,
@@ -708,6 +720,25 @@ mod tests {
         assert_eq!(*remaining_tokens, TOKENS_UNKNOWN);
         // A rate limit may answer: the later filters are reached only maybe.
         assert_eq!(filter(&e, Kind::FaultPolicy).reached, Reach::Maybe);
+    }
+
+    #[test]
+    fn a_global_rate_limit_says_who_decides() {
+        let s = set(vec![stored(
+            "RateLimitPolicy",
+            "fleet",
+            json!({"rate": {"requests": 10, "unit": "second"}, "scope": "global",
+                   "failureMode": "deny", "timeout": "250ms"}),
+        )]);
+        let e = explain(&s, &node("eu"), &get("/", &[]), 0).unwrap();
+        let r = filter(&e, Kind::RateLimitPolicy);
+        let Some(Effect::RateLimit { when_limited, .. }) = &policy(r, "fleet").effect else {
+            panic!("rate limit effect")
+        };
+        assert_eq!(
+            when_limited,
+            "429 when the bucket has no whole token (scope global: one bucket for every selected proxy, decided by the rate limit service; 429 if it does not answer within 250ms)"
+        );
     }
 
     #[test]

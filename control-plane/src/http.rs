@@ -1,10 +1,13 @@
 //! The HTTP side port: `GET /metrics` (Prometheus text), `GET /healthz` (the process is
 //! alive), `GET /readyz` (the store is loaded and the gRPC server is listening) and
 //! `GET /modules/<sha256>.wasm` (the filter modules, by content hash, for proxies that fetch
-//! them over HTTP instead of reading a local path).
+//! them over HTTP instead of reading a local path) and `GET /ratelimit/config` (the global
+//! rate limit service's limits, generated from `scope: global` RateLimitPolicies:
+//! [`crate::ratelimit_limits`]).
 
 use crate::idle::IdleTimeout;
 use crate::metrics::{Metrics, CONTENT_TYPE};
+use crate::policy_set::SharedPolicySet;
 use crate::registry::PolicyRegistry;
 use crate::store::StoreHealth;
 use crate::xds::modules::cached_module;
@@ -72,6 +75,8 @@ pub struct HttpState {
     pub snapshots: Arc<OnceLock<watch::Receiver<Arc<Snapshot>>>>,
     /// Content-addressed module copies, for versions no longer current.
     pub module_cache: Arc<OnceLock<std::path::PathBuf>>,
+    /// The current policies (for the rate limit service's limits).
+    pub policies: Arc<OnceLock<watch::Receiver<SharedPolicySet>>>,
 }
 
 /// The HTTP routes.
@@ -81,6 +86,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/modules/{file}", get(module))
+        .route(crate::ratelimit_limits::PATH, get(ratelimit_limits))
         .with_state(state)
 }
 
@@ -141,6 +147,19 @@ where
         .await
 }
 
+/// The rate limit service's limits (JSON), from the current policies.
+async fn ratelimit_limits(State(state): State<HttpState>) -> Response {
+    let Some(policies) = state.policies.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "policy store not loaded\n").into_response();
+    };
+    let set = policies.borrow().clone();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::ratelimit_limits::limits_json(&set),
+    )
+        .into_response()
+}
+
 async fn readyz(State(state): State<HttpState>) -> Response {
     match state.readiness.not_ready_reason() {
         None => (StatusCode::OK, "ok\n").into_response(),
@@ -193,9 +212,15 @@ mod tests {
         assert_eq!(get(addr, "/healthz").await, (200, "ok\n".into()));
         assert_eq!(get(addr, "/readyz").await.0, 503);
         assert_eq!(get(addr, "/metrics").await.0, 503);
+        assert_eq!(get(addr, "/ratelimit/config").await.0, 503);
 
         let dir = tempfile::tempdir().unwrap();
         let reg = Arc::new(crate::registry::PolicyRegistry::open(dir.path()).unwrap());
+        state.policies.set(reg.subscribe()).unwrap();
+        assert_eq!(
+            get(addr, "/ratelimit/config").await,
+            (200, "{\n  \"domains\": []\n}\n".into())
+        );
         state.metrics.set(Metrics::new(reg)).unwrap();
         state.readiness.set_store_loaded();
         assert_eq!(

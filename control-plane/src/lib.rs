@@ -16,6 +16,7 @@ pub mod policy_set;
 /// Properties of the untrusted-input parsers (fuzz targets and proptest).
 #[cfg(any(test, feature = "testing"))]
 pub mod properties;
+pub mod ratelimit_limits;
 pub mod registry;
 pub mod store;
 /// Test certificates, generated at run time.

@@ -8,6 +8,7 @@
 //! - [`store`]: Redis with a timeout, an in-flight bound and automatic reconnection.
 //! - [`service`]: the gRPC service: statuses, headers, failure mode.
 //! - [`server`]: gRPC + HTTP (`/metrics`, `/healthz`, `/readyz`) servers.
+//! - [`source`]: `--config-url`: limits polled over HTTP (from the control plane).
 //! - [`metrics`]: the Prometheus metrics.
 
 pub mod config;
@@ -16,6 +17,7 @@ pub mod limits;
 pub mod metrics;
 pub mod server;
 pub mod service;
+pub mod source;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -25,4 +27,5 @@ pub use limits::{Limits, Period, Quota};
 pub use meshwarden_common::ratelimit::FailureMode;
 pub use server::{parse_duration, Server, ServerOptions, StartError};
 pub use service::RateLimiter;
+pub use source::ConfigUrl;
 pub use store::{RedisStore, StoreError, StoreOptions};

@@ -2,18 +2,21 @@
 //! `envoy.filters.http.ratelimit` filter (and meshwarden's `scope: global` limits).
 //!
 //! ```text
-//! meshwarden-ratelimit --config limits.yaml [--grpc-addr 127.0.0.1:18081]
+//! meshwarden-ratelimit (--config limits.yaml | --config-url URL [--config-poll 5s])
+//!     [--grpc-addr 127.0.0.1:18081]
 //!     [--http-addr 127.0.0.1:18082] [--redis redis://127.0.0.1:6379]
 //!     [--redis-timeout 50ms] [--failure-mode allow|deny] [--max-in-flight 512]
 //! ```
 //!
-//! SIGHUP reloads the limits file (a bad file keeps the old limits); SIGTERM or SIGINT
-//! stops gracefully.
+//! SIGHUP reloads the limits file (a bad file keeps the old limits); `--config-url` is
+//! polled instead (a failed fetch or bad content keeps the last good limits). SIGTERM or
+//! SIGINT stops gracefully.
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use meshwarden_ratelimit_service::source::{self, MAX_POLL, MIN_POLL};
 use meshwarden_ratelimit_service::{
-    parse_duration, FailureMode, LimitsConfig, Server, ServerOptions, StoreOptions,
+    parse_duration, ConfigUrl, FailureMode, LimitsConfig, Server, ServerOptions, StoreOptions,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,8 +36,19 @@ enum Mode {
 #[command(name = "meshwarden-ratelimit", version)]
 struct Args {
     /// The limits file (YAML).
+    #[arg(
+        long,
+        required_unless_present = "config_url",
+        conflicts_with = "config_url"
+    )]
+    config: Option<PathBuf>,
+    /// Fetch the limits from this http:// URL instead (the control plane's
+    /// /ratelimit/config), polled every --config-poll.
     #[arg(long)]
-    config: PathBuf,
+    config_url: Option<String>,
+    /// How often --config-url is polled (100ms to 5m).
+    #[arg(long, default_value = "5s", value_parser = parse_poll)]
+    config_poll: Duration,
     /// gRPC listener for envoy.service.ratelimit.v3.RateLimitService.
     #[arg(long, default_value = "127.0.0.1:18081")]
     grpc_addr: SocketAddr,
@@ -61,6 +75,20 @@ struct Args {
     key_prefix: String,
 }
 
+fn parse_poll(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if !(MIN_POLL..=MAX_POLL).contains(&d) {
+        return Err(format!("must be from 100ms to 5m, got {s}"));
+    }
+    Ok(d)
+}
+
+/// Where the limits come from.
+enum Source {
+    File(PathBuf),
+    Url(ConfigUrl),
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -71,7 +99,22 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let config = LimitsConfig::load(&args.config)?;
+    let (source, config, text) = match (&args.config, &args.config_url) {
+        (Some(path), _) => (Source::File(path.clone()), LimitsConfig::load(path)?, None),
+        (None, Some(url)) => {
+            let fetcher = ConfigUrl::new(url, args.config_poll.min(Duration::from_secs(5)))?;
+            // The first fetch may fail (control plane not up yet): start without limits
+            // (every descriptor OK) and keep polling.
+            match fetcher.load().await {
+                Ok((text, config)) => (Source::Url(fetcher), config, Some(text)),
+                Err(e) => {
+                    tracing::error!("no limits yet, polling {url}: {e:#}");
+                    (Source::Url(fetcher), LimitsConfig::default(), None)
+                }
+            }
+        }
+        (None, None) => anyhow::bail!("--config or --config-url is required"),
+    };
     let opts = ServerOptions {
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
@@ -100,18 +143,27 @@ async fn main() -> anyhow::Result<()> {
 
     let mut hup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut poll = Box::pin(async {
+        match &source {
+            Source::Url(url) => source::poll(&server, url, args.config_poll, text).await,
+            Source::File(_) => std::future::pending().await,
+        }
+    });
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                match server.reload_file(&args.config) {
-                    Ok(()) => tracing::info!(config = %args.config.display(), "limits reloaded"),
+                let Source::File(path) = &source else { continue };
+                match server.reload_file(path) {
+                    Ok(()) => tracing::info!(config = %path.display(), "limits reloaded"),
                     Err(e) => tracing::error!("limits not reloaded, keeping the old ones: {e}"),
                 }
             }
+            _ = &mut poll => {}
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
+    drop(poll);
     tracing::info!("stopping");
     server.shutdown().await;
     Ok(())

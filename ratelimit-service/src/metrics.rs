@@ -9,6 +9,7 @@
 //! | `meshwarden_rls_redis_in_flight` | gauge | — |
 //! | `meshwarden_rls_redis_up` | gauge | — (1 when the last health check or call succeeded) |
 //! | `meshwarden_rls_config_reloads_total` | counter | `result` = `ok`, `error` |
+//! | `meshwarden_rls_config_fetches_total` | counter | `result` = `ok`, `error` (`--config-url` polls) |
 //!
 //! `domain` is a configured domain or `(unconfigured)`, and `limit` a configured limit
 //! name, so label sets stay bounded whatever clients send.
@@ -63,6 +64,7 @@ pub struct Metrics {
     pub redis_in_flight: Gauge,
     pub redis_up: Gauge,
     pub config_reloads: Family<ResultLabels, Counter>,
+    pub config_fetches: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -83,6 +85,7 @@ impl Metrics {
         let redis_in_flight = Gauge::default();
         let redis_up = Gauge::default();
         let config_reloads = Family::<ResultLabels, Counter>::default();
+        let config_fetches = Family::<ResultLabels, Counter>::default();
         registry.register(
             "meshwarden_rls_decisions",
             "ShouldRateLimit answers by domain and outcome",
@@ -118,6 +121,11 @@ impl Metrics {
             "Limits file reloads by result",
             config_reloads.clone(),
         );
+        registry.register(
+            "meshwarden_rls_config_fetches",
+            "Polls of --config-url by result (an error keeps the last good limits)",
+            config_fetches.clone(),
+        );
         Self {
             registry,
             decisions,
@@ -127,6 +135,7 @@ impl Metrics {
             redis_in_flight,
             redis_up,
             config_reloads,
+            config_fetches,
         }
     }
 

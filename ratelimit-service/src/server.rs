@@ -239,6 +239,15 @@ impl Server {
         Ok(())
     }
 
+    /// Parses, validates and swaps in limits from `text` (YAML or JSON, as fetched by
+    /// `--config-url`); on error the old limits stay. Counted in
+    /// `meshwarden_rls_config_reloads_total`.
+    pub fn reload_text(&self, text: &str) -> Result<(), ConfigError> {
+        let config = self.count_reload(LimitsConfig::parse(text))?;
+        self.limiter.set_limits(Limits::new(&config));
+        Ok(())
+    }
+
     fn count_reload<T>(&self, result: Result<T, ConfigError>) -> Result<T, ConfigError> {
         let label = if result.is_ok() { "ok" } else { "error" };
         self.metrics

@@ -219,8 +219,10 @@ impl RateLimiter {
                 (false, true) => "dry_run_over_limit",
             };
             self.count_descriptor(domain, &info.name, result);
+            // A dry-run limit that is over says so in its own status (the overall code
+            // stays OK): meshwarden's filter counts it as shadow-limited.
             statuses[m.index] = DescriptorStatus {
-                code: if violated { Code::OverLimit } else { Code::Ok } as i32,
+                code: if b.fits { Code::Ok } else { Code::OverLimit } as i32,
                 current_limit: Some(current_limit(&info.name, quota)),
                 limit_remaining: u32::try_from(v.remaining).unwrap_or(u32::MAX),
                 duration_until_reset: Some(pb_duration(v.until_full)),

@@ -111,6 +111,24 @@ fn bad_flags_and_files_are_named() {
     let (ok, err) = run_to_end(&["--config", "x", "--failure-mode", "maybe"]);
     assert!(!ok);
     assert!(err.contains("allow") && err.contains("deny"), "{err}");
+    // Limits come from a file or a URL: one of them, not both.
+    let (ok, err) = run_to_end(&[]);
+    assert!(!ok);
+    assert!(err.contains("--config"), "{err}");
+    let (ok, err) = run_to_end(&["--config", "x", "--config-url", "http://127.0.0.1:1/"]);
+    assert!(!ok);
+    assert!(err.contains("cannot be used with"), "{err}");
+    let (ok, err) = run_to_end(&[
+        "--config-url",
+        "http://127.0.0.1:1/",
+        "--config-poll",
+        "10ms",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("must be from 100ms to 5m"), "{err}");
+    let (ok, err) = run_to_end(&["--config-url", "https://cp.example/ratelimit/config"]);
+    assert!(!ok);
+    assert!(err.contains("only http:// URLs"), "{err}");
 }
 
 fn write(path: &Path, text: &str) {

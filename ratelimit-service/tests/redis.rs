@@ -464,11 +464,15 @@ async fn tenants_overrides_hits_and_all_or_nothing() {
     let r = one(&mut client, "edge", &[("tenant", "d")]).await;
     assert_eq!(r.statuses[0].limit_remaining, 3);
 
-    // Dry run: over its limit, never OVER_LIMIT.
+    // Dry run: over its limit, never OVER_LIMIT overall; its own status says it is over
+    // (what meshwarden's filter counts as shadow-limited).
+    let mut codes = Vec::new();
     for _ in 0..3 {
         let r = one(&mut client, "edge", &[("shadow", "s")]).await;
         assert_eq!(r.overall_code, OK);
+        codes.push(r.statuses[0].code);
     }
+    assert_eq!(codes.last(), Some(&OVER), "{codes:?}");
     // Descriptors without a limit and unknown domains: OK.
     let r = one(&mut client, "edge", &[("nothing", "x")]).await;
     assert_eq!((r.overall_code, r.statuses.len()), (OK, 1));

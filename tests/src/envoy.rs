@@ -7,7 +7,9 @@ use crate::process::ChildGuard;
 use crate::tls::{with_listener_tls, ListenerTls};
 use crate::wait::wait_until;
 pub use meshwarden_cp::bootstrap::Layout;
-use meshwarden_cp::bootstrap::{render, with_xds_tls, BootstrapParams, XdsTls};
+use meshwarden_cp::bootstrap::{
+    render, with_ratelimit_service, with_xds_tls, BootstrapParams, XdsTls,
+};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -32,6 +34,9 @@ pub struct EnvoyOptions {
     /// Serve the traffic listener over TLS, requiring client certificates (`None`: clear
     /// text).
     pub listener_tls: Option<ListenerTls>,
+    /// The global rate limit service's gRPC address (`meshwarden bootstrap
+    /// --ratelimit-service`), for `scope: global` policies.
+    pub ratelimit_service: Option<std::net::SocketAddr>,
 }
 
 impl Default for EnvoyOptions {
@@ -46,6 +51,7 @@ impl Default for EnvoyOptions {
             layout: Layout::Combined,
             xds_tls: None,
             listener_tls: None,
+            ratelimit_service: None,
         }
     }
 }
@@ -90,6 +96,10 @@ impl Envoy {
         };
         let bootstrap = match &opts.listener_tls {
             Some(tls) => with_listener_tls(&bootstrap, tls),
+            None => bootstrap,
+        };
+        let bootstrap = match opts.ratelimit_service {
+            Some(addr) => with_ratelimit_service(&bootstrap, &addr.ip().to_string(), addr.port()),
             None => bootstrap,
         };
         let envoy =

@@ -1,6 +1,8 @@
 //! `meshwarden bootstrap`: prints an Envoy bootstrap (see [`crate::bootstrap`]).
 
-use crate::bootstrap::{render, with_xds_tls, BootstrapParams, Layout, XdsTls};
+use crate::bootstrap::{
+    render, with_ratelimit_service, with_xds_tls, BootstrapParams, Layout, XdsTls,
+};
 use std::collections::BTreeMap;
 
 /// `bootstrap` arguments.
@@ -51,6 +53,10 @@ pub struct BootstrapArgs {
     /// Name the control plane's certificate must carry (DNS SAN), also sent as SNI.
     #[arg(long, value_name = "NAME", requires = "xds_ca")]
     pub xds_server_name: Option<String>,
+    /// The global rate limit service (`meshwarden-ratelimit` gRPC), `host:port`: adds the
+    /// `meshwarden_ratelimit` cluster that `scope: global` RateLimitPolicies call.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
+    pub ratelimit_service: Option<(String, u16)>,
 }
 
 /// Prints the rendered bootstrap to stdout.
@@ -79,6 +85,10 @@ pub fn run(args: BootstrapArgs) -> anyhow::Result<()> {
                 server_name: args.xds_server_name,
             },
         ),
+        None => bootstrap,
+    };
+    let bootstrap = match &args.ratelimit_service {
+        Some((host, port)) => with_ratelimit_service(&bootstrap, host, *port),
         None => bootstrap,
     };
     super::output::print(&bootstrap)

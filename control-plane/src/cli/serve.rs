@@ -133,6 +133,7 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
     })?;
     let registry = Arc::new(registry);
     state.readiness.set_store(registry.clone());
+    let _ = state.policies.set(registry.subscribe());
     tokio::spawn(recover_store(registry.clone(), shutdown.clone()));
 
     let rejections = xds::Rejections::persisted(registry.clone())

@@ -4,15 +4,24 @@
 //! All decisions live in `meshwarden_common::ratelimit`; this stage only reads the
 //! request, asks the [`Limiter`], answers or forwards, adds response headers, releases
 //! in-flight counts when the stream ends, and counts.
+//!
+//! A request matched by a `scope: global` policy is held while the stage asks the rate
+//! limit service (`ShouldRateLimit` on the [`global::CLUSTER`] cluster, bounded by the
+//! policies' `timeout`); the answer — or its absence: an error, a timeout, a malformed
+//! message — completes the decision, local policies included.
 
 mod metrics;
 
+use meshwarden_common::ratelimit::{global, rls};
 use meshwarden_common::ratelimit::{release_all, Decision, Held, Limiter, RateLimitSpec, Request};
+use meshwarden_common::ratelimit::{GlobalAnswer, GlobalCall};
+use meshwarden_filter_runtime::host::Body;
 use meshwarden_filter_runtime::shared::HostShared;
 use meshwarden_filter_runtime::{headers, host, parse_config, Commit, Flow, LocalResponse};
 use meshwarden_filter_runtime::{Stage, Stream, StreamStage, ValidationError};
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
 /// Response code details of a rate-limit answer (`%RESPONSE_CODE_DETAILS%`).
 const DETAILS: &str = "meshwarden_rate_limited";
@@ -51,6 +60,8 @@ impl Stage for RateLimitStage {
             limiter: limiter.clone(),
             held: Vec::new(),
             response_headers: Vec::new(),
+            peer: None,
+            pending: None,
         }))
     }
 }
@@ -61,6 +72,18 @@ struct RateLimitStream {
     held: Vec<Held>,
     /// Headers for the upstream's response (empty after a local answer).
     response_headers: Vec<(String, String)>,
+    /// The downstream address, if a policy keys by it.
+    peer: Option<Vec<u8>>,
+    /// The rate limit service call the stream waits for.
+    pending: Option<Pending>,
+}
+
+/// A call to the rate limit service in flight.
+struct Pending {
+    token: u32,
+    call: GlobalCall,
+    matched: Vec<usize>,
+    started_ns: u64,
 }
 
 fn is_grpc(s: &Stream<'_>) -> bool {
@@ -69,20 +92,47 @@ fn is_grpc(s: &Stream<'_>) -> bool {
         .is_some_and(|ct| ct.starts_with(b"application/grpc"))
 }
 
-impl StreamStage for RateLimitStream {
-    fn request_headers(&mut self, s: &mut Stream<'_>) -> Flow {
-        let peer = if self.limiter.needs_peer() {
-            host().property(&["source", "address"])
-        } else {
-            None
-        };
-        let verdict = self.limiter.check(
+impl RateLimitStream {
+    /// Sends the rate limit service call; `false` if the proxy refused it.
+    fn dispatch(&mut self, call: GlobalCall, matched: Vec<usize>) -> Result<(), GlobalCall> {
+        let sent = host().grpc_call(
+            global::CLUSTER,
+            rls::SERVICE,
+            rls::METHOD,
+            &call.message,
+            Duration::from_millis(call.timeout_ms),
+        );
+        match sent {
+            Ok(token) => {
+                self.pending = Some(Pending {
+                    token,
+                    call,
+                    matched,
+                    started_ns: host().now_ns(),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                log::warn!(
+                    "ratelimit filter: cannot call the rate limit service (cluster {}): {e}",
+                    global::CLUSTER
+                );
+                Err(call)
+            }
+        }
+    }
+
+    /// Decides with the service's answer and answers locally or lets the request go on.
+    fn decide(&mut self, s: &mut Stream<'_>, matched: &[usize], global: &GlobalAnswer) -> Flow {
+        let verdict = self.limiter.decide(
             &HostShared,
             &Request {
                 headers: s.headers,
-                peer: peer.as_deref(),
+                peer: self.peer.as_deref(),
             },
             host().now_ns(),
+            matched,
+            global,
         );
         metrics::record(&verdict.events);
         self.held = verdict.held;
@@ -91,47 +141,104 @@ impl StreamStage for RateLimitStream {
                 self.response_headers = response_headers;
                 Flow::Continue
             }
-            Decision::Reject(rejection) => {
-                log::debug!(
-                    "ratelimit filter: {} {} trace={}",
-                    rejection.status,
-                    rejection.grpc_message(),
-                    meshwarden_common::trace::log_id(s.headers)
-                );
-                let sent = if is_grpc(s) {
-                    let headers: Vec<(&str, &str)> = rejection
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str()))
-                        .collect();
-                    host().send_local_response(&LocalResponse {
-                        status: 200,
-                        headers: &headers,
-                        body: rejection.grpc_message().as_bytes(),
-                        grpc_status: Some(if rejection.grpc_status == 8 { 8 } else { 14 }),
-                        details: DETAILS,
-                    })
-                } else {
-                    let owned = rejection.http_headers();
-                    let headers: Vec<(&str, &str)> = owned
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str()))
-                        .collect();
-                    host().send_local_response(&LocalResponse {
-                        status: rejection.status,
-                        headers: &headers,
-                        body: rejection.body().as_bytes(),
-                        grpc_status: None,
-                        details: DETAILS,
-                    })
-                };
-                if !sent {
-                    log::warn!("ratelimit filter: cannot send the local answer");
-                    return Flow::Continue;
-                }
+            Decision::Reject(rejection) => reject(s, &rejection),
+        }
+    }
+}
+
+/// Reads and decodes the service's answer (`status` 0: a message of `size` bytes).
+fn read_answer(status: u32, size: usize) -> Result<rls::Response, String> {
+    if status != 0 {
+        return Err(format!("gRPC status {status}"));
+    }
+    if size > rls::MAX_RESPONSE_BYTES {
+        return Err(format!("{size}-byte answer"));
+    }
+    let bytes = host()
+        .body(Body::GrpcCallResponse, 0, size)
+        .unwrap_or_default();
+    rls::decode_response(&bytes).map_err(|e| e.to_string())
+}
+
+/// Sends the rejection (HTTP or gRPC); `Pause` once sent.
+fn reject(s: &Stream<'_>, rejection: &meshwarden_common::ratelimit::Rejection) -> Flow {
+    log::debug!(
+        "ratelimit filter: {} {} trace={}",
+        rejection.status,
+        rejection.grpc_message(),
+        meshwarden_common::trace::log_id(s.headers)
+    );
+    let sent = if is_grpc(s) {
+        let headers: Vec<(&str, &str)> = rejection
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        host().send_local_response(&LocalResponse {
+            status: 200,
+            headers: &headers,
+            body: rejection.grpc_message().as_bytes(),
+            grpc_status: Some(if rejection.grpc_status == 8 { 8 } else { 14 }),
+            details: DETAILS,
+        })
+    } else {
+        let owned = rejection.http_headers();
+        let headers: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        host().send_local_response(&LocalResponse {
+            status: rejection.status,
+            headers: &headers,
+            body: rejection.body().as_bytes(),
+            grpc_status: None,
+            details: DETAILS,
+        })
+    };
+    if !sent {
+        log::warn!("ratelimit filter: cannot send the local answer");
+        return Flow::Continue;
+    }
+    Flow::Pause
+}
+
+impl StreamStage for RateLimitStream {
+    fn request_headers(&mut self, s: &mut Stream<'_>) -> Flow {
+        if self.limiter.needs_peer() {
+            self.peer = host().property(&["source", "address"]);
+        }
+        let req = Request {
+            headers: s.headers,
+            peer: self.peer.as_deref(),
+        };
+        let matched = self.limiter.matched(&req);
+        let Some(call) = self.limiter.global_call(&req, &matched) else {
+            return self.decide(s, &matched, &GlobalAnswer::Unavailable);
+        };
+        match self.dispatch(call, matched.clone()) {
+            Ok(()) => {
+                s.await_call();
                 Flow::Pause
             }
+            Err(call) => {
+                metrics::global_call(&self.limiter, &call, None);
+                self.decide(s, &matched, &GlobalAnswer::Unavailable)
+            }
         }
+    }
+
+    fn grpc_response(&mut self, s: &mut Stream<'_>, token: u32, status: u32, size: usize) -> Flow {
+        let Some(p) = self.pending.take_if(|p| p.token == token) else {
+            return Flow::Continue;
+        };
+        let elapsed_us = host().now_ns().saturating_sub(p.started_ns) / 1_000;
+        let answer = read_answer(status, size);
+        if let Err(e) = &answer {
+            log::debug!("ratelimit filter: no answer from the rate limit service: {e}");
+        }
+        let answer = p.call.answer(answer);
+        metrics::global_call(&self.limiter, &p.call, Some(elapsed_us));
+        self.decide(s, &p.matched, &answer)
     }
 
     fn response_headers(&mut self, _: &mut Stream<'_>) -> Flow {

@@ -9,8 +9,11 @@
 //! | `overflow_total` | counter | requests whose key found no bucket of its own (`maxKeys`) |
 //! | `failures_total` | counter | shared data stayed contended; `failureMode` decided |
 //! | `in_flight` | gauge | requests in flight under the policy's `maxConcurrent` |
+//! | `global_checks_total` | counter | `scope: global`: requests the rate limit service decided |
+//! | `global_failures_total` | counter | `scope: global`: no usable answer (error, timeout, malformed); `failureMode` decided (also in `failures_total`) |
+//! | `global_call_duration_us` | histogram | `scope: global`: time from the call to its answer, µs |
 
-use meshwarden_common::ratelimit::{Limiter, PolicyEvents};
+use meshwarden_common::ratelimit::{GlobalCall, Limiter, PolicyEvents};
 use meshwarden_filter_runtime::{MetricKind, PolicyMetrics};
 
 const METRICS: PolicyMetrics = PolicyMetrics::new("ratelimit");
@@ -25,9 +28,37 @@ const ALL: [(&str, MetricKind); 7] = [
     ("in_flight", MetricKind::Gauge),
 ];
 
-/// Defines every metric of every policy, so they show (as 0) before traffic.
+const GLOBAL: [(&str, MetricKind); 3] = [
+    ("global_checks", MetricKind::Counter),
+    ("global_failures", MetricKind::Counter),
+    ("global_call_duration_us", MetricKind::Histogram),
+];
+
+/// Defines every metric of every policy (the `global_*` ones for global policies), so
+/// they show (as 0) before traffic.
 pub fn define(limiter: &Limiter) {
     METRICS.define_all(limiter.policies().iter().map(|p| p.name.as_str()), &ALL);
+    METRICS.define_all(
+        limiter
+            .policies()
+            .iter()
+            .filter(|p| p.is_global())
+            .map(|p| p.name.as_str()),
+        &GLOBAL,
+    );
+}
+
+/// Records a rate limit service call's duration (µs) for each of its policies (`None`:
+/// it could not be sent).
+pub fn global_call(limiter: &Limiter, call: &GlobalCall, elapsed_us: Option<u64>) {
+    let Some(us) = elapsed_us else {
+        return;
+    };
+    for i in &call.policies {
+        if let Some(p) = limiter.policies().get(*i) {
+            METRICS.record("global_call_duration_us", p.name.as_str(), us);
+        }
+    }
 }
 
 /// Counts one request's outcome for each policy that matched it.
@@ -41,6 +72,8 @@ pub fn record(events: &[PolicyEvents]) {
             ("shadow_limited", e.shadow_limited),
             ("overflow", e.overflow),
             ("failures", e.failure),
+            ("global_checks", e.global_checked),
+            ("global_failures", e.global_failure),
         ];
         for (metric, set) in flags {
             if set {

@@ -27,6 +27,19 @@ pub struct SentCall {
     pub body: Option<Vec<u8>>,
 }
 
+/// A gRPC call-out the filter made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentGrpcCall {
+    pub token: u32,
+    /// The stream that made it.
+    pub context: u32,
+    pub cluster: String,
+    pub service: String,
+    pub method: String,
+    pub message: Vec<u8>,
+    pub timeout: Duration,
+}
+
 /// Header pairs of one map.
 pub type Pairs = Vec<(String, Vec<u8>)>;
 
@@ -44,6 +57,11 @@ pub struct FakeHost {
     pub sent: RefCell<Vec<SentResponse>>,
     pub resumed: RefCell<Vec<(u32, Phase)>>,
     pub calls: RefCell<Vec<SentCall>>,
+    pub grpc_calls: RefCell<Vec<SentGrpcCall>>,
+    /// The message of the gRPC answer being delivered.
+    pub grpc_response: RefCell<Vec<u8>>,
+    /// Makes the next gRPC call-outs fail to dispatch with this error.
+    pub grpc_refuse: RefCell<Option<String>>,
     pub config: RefCell<Vec<u8>>,
     pub properties: RefCell<HashMap<String, Vec<u8>>>,
     /// Properties read, in order (`connection.uri_san_peer_certificate`).
@@ -149,6 +167,15 @@ impl FakeHost {
             .map_or(0, |(_, _, v)| *v)
     }
 
+    /// Prepares the answer to a gRPC call-out: makes its stream current and puts `message`
+    /// in the receive buffer. The test then calls the pipeline's
+    /// [`crate::pipeline::Request::on_grpc_response`] with the call's token, status 0 and
+    /// the message length (or a non-zero gRPC status and 0 for a failure).
+    pub fn grpc_answer(&self, call: &SentGrpcCall, message: &[u8]) {
+        self.current.set(call.context);
+        *self.grpc_response.borrow_mut() = message.to_vec();
+    }
+
     /// Returns the host calls counted since the last call, and resets the count.
     pub fn take_count(&self) -> u64 {
         self.count.replace(0)
@@ -200,6 +227,7 @@ impl Host for FakeHost {
         let b = match body {
             Body::Request => self.request_body.borrow(),
             Body::Response | Body::CallResponse => self.response_body.borrow(),
+            Body::GrpcCallResponse => self.grpc_response.borrow(),
         };
         let end = start.saturating_add(size).min(b.len());
         b.get(start..end).map(<[u8]>::to_vec)
@@ -284,6 +312,32 @@ impl Host for FakeHost {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             body: body.map(<[u8]>::to_vec),
+        });
+        Ok(token)
+    }
+
+    fn grpc_call(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, String> {
+        self.tally();
+        if let Some(err) = self.grpc_refuse.borrow().clone() {
+            return Err(err);
+        }
+        let mut calls = self.grpc_calls.borrow_mut();
+        let token = 1_000 + calls.len() as u32;
+        calls.push(SentGrpcCall {
+            token,
+            context: self.current.get(),
+            cluster: cluster.to_string(),
+            service: service.to_string(),
+            method: method.to_string(),
+            message: message.to_vec(),
+            timeout,
         });
         Ok(token)
     }

@@ -20,6 +20,8 @@ pub enum Body {
     Request,
     Response,
     CallResponse,
+    /// The message of a gRPC call-out's answer.
+    GrpcCallResponse,
 }
 
 /// Which direction of a stream.
@@ -91,6 +93,17 @@ pub trait Host {
         cluster: &str,
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, String>;
+    /// Sends a unary gRPC call-out from the current stream (its answer comes to that
+    /// stream: [`crate::pipeline::Request::on_grpc_response`]); its token. `message` is the
+    /// serialized request (no gRPC framing); the proxy gives up after `timeout`.
+    fn grpc_call(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
         timeout: Duration,
     ) -> Result<u32, String>;
     /// A proxy property (`["source", "address"]`).

@@ -130,6 +130,13 @@ impl Http {
 }
 
 impl Context for Http {
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        let me = self.request.clone();
+        if let Ok(mut r) = self.request.try_borrow_mut() {
+            r.on_grpc_response(&self.pipeline, &me, token, status, size);
+        }
+    }
+
     fn on_done(&mut self) -> bool {
         if let Ok(mut r) = self.request.try_borrow_mut() {
             r.on_done(&self.pipeline);

@@ -68,6 +68,19 @@ pub trait StreamStage {
     fn wake(&mut self, _s: &mut Stream<'_>, _phase: Phase) -> Flow {
         Flow::Continue
     }
+    /// The answer to a gRPC call-out this stage made while holding the stream
+    /// ([`Stream::await_call`]): `status` 0 and the message's `size` (read it with
+    /// [`crate::host::Body::GrpcCallResponse`]), or a gRPC status code (timeouts and
+    /// unreachable clusters included) and 0.
+    fn grpc_response(
+        &mut self,
+        _s: &mut Stream<'_>,
+        _token: u32,
+        _status: u32,
+        _size: usize,
+    ) -> Flow {
+        Flow::Continue
+    }
     /// The stream ended (called once).
     fn done(&mut self) {}
 }
@@ -84,6 +97,7 @@ pub struct Stream<'a> {
     /// held by an earlier stage meanwhile): a stage that needs the whole body cannot have it.
     pub missed_request_body: bool,
     park: Option<u64>,
+    awaiting: bool,
 }
 
 impl Stream<'_> {
@@ -91,6 +105,13 @@ impl Stream<'_> {
     /// and gets [`StreamStage::wake`] then.
     pub fn park_until(&mut self, deadline_us: u64) {
         self.park = Some(deadline_us);
+    }
+
+    /// Holds the stream until the answer to a gRPC call-out the stage just made; the
+    /// stage returns [`Flow::Pause`] and gets [`StreamStage::grpc_response`] then. (The
+    /// proxy bounds the wait with the call's timeout; a stream that ends first gets none.)
+    pub fn await_call(&mut self) {
+        self.awaiting = true;
     }
 
     /// Replaces (or with `None` removes) request header `name`, in the proxy and in the
@@ -210,6 +231,7 @@ impl Pipeline {
             stages,
             reached: 0,
             parked: None,
+            awaiting_call: false,
             missed_from: usize::MAX,
             request_ended: false,
             done: false,
@@ -329,6 +351,22 @@ fn split_sections<'a>(
     Ok(out)
 }
 
+/// How a stage that paused holds its stream.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    park: Option<u64>,
+    awaiting: bool,
+}
+
+impl Hold {
+    fn of(s: &Stream<'_>) -> Self {
+        Self {
+            park: s.park,
+            awaiting: s.awaiting,
+        }
+    }
+}
+
 /// One request going through the pipeline.
 pub struct Request {
     id: u32,
@@ -338,6 +376,8 @@ pub struct Request {
     reached: usize,
     /// Where the stream is held: direction and stage index.
     parked: Option<(Phase, usize)>,
+    /// The hold is for a gRPC call-out's answer (not the timer).
+    awaiting_call: bool,
     /// The first stage that had not seen the request when body went by.
     missed_from: usize,
     /// The whole request has arrived.
@@ -360,6 +400,7 @@ impl Request {
                 end_of_stream,
                 missed_request_body: missed,
                 park: None,
+                awaiting: false,
             },
             self.stages[i].as_mut(),
         )
@@ -387,8 +428,8 @@ impl Request {
             self.reached = i + 1;
             let (mut s, stage) = self.stream(i, end_of_stream);
             let flow = stage.request_headers(&mut s);
-            let park = s.park;
-            if self.held(pipeline, me, flow, park, Phase::Request, i) {
+            let hold = Hold::of(&s);
+            if self.held(pipeline, me, flow, hold, Phase::Request, i) {
                 return Flow::Pause;
             }
         }
@@ -401,16 +442,19 @@ impl Request {
         pipeline: &Pipeline,
         me: &Rc<RefCell<Request>>,
         flow: Flow,
-        park: Option<u64>,
+        hold: Hold,
         phase: Phase,
         stage: usize,
     ) -> bool {
         if flow == Flow::Continue {
             return false;
         }
-        if let Some(deadline) = park {
+        if let Some(deadline) = hold.park {
             self.parked = Some((phase, stage));
             pipeline.park(self.id, deadline, me);
+        } else if hold.awaiting {
+            self.parked = Some((phase, stage));
+            self.awaiting_call = true;
         }
         true
     }
@@ -468,8 +512,8 @@ impl Request {
         for i in (0..before).rev() {
             let (mut s, stage) = self.stream(i, end_of_stream);
             let flow = stage.response_headers(&mut s);
-            let park = s.park;
-            if self.held(pipeline, me, flow, park, Phase::Response, i) {
+            let hold = Hold::of(&s);
+            if self.held(pipeline, me, flow, hold, Phase::Response, i) {
                 return Flow::Pause;
             }
         }
@@ -518,8 +562,49 @@ impl Request {
         };
         let (mut s, stage) = self.stream(i, false);
         let flow = stage.wake(&mut s, phase);
-        let park = s.park;
-        if self.held(pipeline, me, flow, park, phase, i) {
+        let hold = Hold::of(&s);
+        self.go_on(pipeline, me, flow, hold, phase, i);
+    }
+
+    /// The answer to a gRPC call-out made by the stage holding this stream: that stage
+    /// decides, then the pass goes on as after a park. Answers for a stream not waiting
+    /// for one (it went on already) are ignored.
+    pub fn on_grpc_response(
+        &mut self,
+        pipeline: &Pipeline,
+        me: &Rc<RefCell<Request>>,
+        token: u32,
+        status: u32,
+        size: usize,
+    ) {
+        if self.done {
+            return;
+        }
+        let Some((phase, i)) = self.parked else {
+            return;
+        };
+        if !std::mem::take(&mut self.awaiting_call) {
+            return;
+        }
+        self.parked = None;
+        let (mut s, stage) = self.stream(i, false);
+        let flow = stage.grpc_response(&mut s, token, status, size);
+        let hold = Hold::of(&s);
+        self.go_on(pipeline, me, flow, hold, phase, i);
+    }
+
+    /// After stage `i` handled a wake-up or an answer: hold again, or run the next stages
+    /// and resume the stream.
+    fn go_on(
+        &mut self,
+        pipeline: &Pipeline,
+        me: &Rc<RefCell<Request>>,
+        flow: Flow,
+        hold: Hold,
+        phase: Phase,
+        i: usize,
+    ) {
+        if self.held(pipeline, me, flow, hold, phase, i) {
             return;
         }
         let flow = match phase {

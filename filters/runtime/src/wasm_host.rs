@@ -84,6 +84,7 @@ impl Host for WasmHost {
             Body::Request => BufferType::HttpRequestBody,
             Body::Response => BufferType::HttpResponseBody,
             Body::CallResponse => BufferType::HttpCallResponseBody,
+            Body::GrpcCallResponse => BufferType::GrpcReceiveBuffer,
         };
         hostcalls::get_buffer(buffer, start, size).ok().flatten()
     }
@@ -154,6 +155,22 @@ impl Host for WasmHost {
     ) -> Result<u32, String> {
         crate::calls::count();
         hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, vec![], timeout)
+            .map_err(|status| format!("{status:?}"))
+    }
+
+    fn grpc_call(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, String> {
+        crate::calls::count();
+        // Through the SDK, which routes the answer to the calling context. It panics on a
+        // host status other than Ok/ParseFailure/InternalFailure (Envoy returns those only);
+        // an unknown cluster is a ParseFailure.
+        hostcalls::dispatch_grpc_call(cluster, service, method, vec![], Some(message), timeout)
             .map_err(|status| format!("{status:?}"))
     }
 

@@ -300,3 +300,200 @@ fn policies_without_identities_never_read_the_peer() {
     assert_eq!(flow, Flow::Pause);
     assert!(host.property_reads.borrow().is_empty());
 }
+
+/// `scope: global` rate limits: the call-out to the rate limit service holds the request,
+/// and its answer (or failure) decides, then the pass goes on.
+mod global_ratelimit {
+    use super::*;
+    use meshwarden_common::ratelimit::rls::{self, Code, DescriptorStatus, Response};
+
+    const ALLOW: &str = "meshwarden_ratelimit_allowed_total.policy.g";
+    const LIMITED: &str = "meshwarden_ratelimit_limited_total.policy.g";
+    const FAILURES: &str = "meshwarden_ratelimit_global_failures_total.policy.g";
+    const CHECKS: &str = "meshwarden_ratelimit_global_checks_total.policy.g";
+    const LATENCY: &str = "meshwarden_ratelimit_global_call_duration_us.policy.g";
+
+    fn global(failure_mode: &str) -> (Pipeline, &'static FakeHost) {
+        configured(json!({
+            "ratelimit": [{"name": "g", "spec": {
+                "rate": {"requests": 100, "unit": "second"}, "burst": 50, "scope": "global",
+                "descriptors": [{"header": "x-tenant"}], "timeout": "40ms",
+                "failureMode": failure_mode}}],
+            "fault": [{"name": "f", "spec": {"abort": {"httpStatus": 418, "percentage": {"value": 0}}}}],
+            "mirror": [{"name": "m", "spec": {"mirrors": [{"target": {"cluster": "shadow"}}]}}],
+        }))
+    }
+
+    fn answer(code: Code, remaining: u32) -> Vec<u8> {
+        rls::encode_response(&Response {
+            overall_code: code,
+            statuses: vec![DescriptorStatus {
+                code,
+                limit_remaining: remaining,
+                until_reset_ms: 20,
+                ..Default::default()
+            }],
+        })
+    }
+
+    /// Sends a request; it waits for the call-out, whose token it returns.
+    fn held(p: &Pipeline, host: &'static FakeHost, id: u32) -> (Rc<RefCell<Request>>, u32) {
+        let mut headers = GET.to_vec();
+        headers.push(("x-tenant", "acme"));
+        let (r, flow) = send(p, host, id, &headers);
+        assert_eq!(flow, Flow::Pause, "held for the rate limit service");
+        let call = host
+            .grpc_calls
+            .borrow()
+            .last()
+            .cloned()
+            .expect("a call-out");
+        assert_eq!(call.context, id);
+        (r, call.token)
+    }
+
+    fn deliver(
+        p: &Pipeline,
+        host: &FakeHost,
+        r: &Rc<RefCell<Request>>,
+        token: u32,
+        status: u32,
+        message: &[u8],
+    ) {
+        let call = host
+            .grpc_calls
+            .borrow()
+            .iter()
+            .find(|c| c.token == token)
+            .cloned()
+            .unwrap();
+        host.grpc_answer(&call, message);
+        let size = if status == 0 { message.len() } else { 0 };
+        r.borrow_mut().on_grpc_response(p, r, token, status, size);
+    }
+
+    #[test]
+    fn the_call_carries_the_policys_descriptor_and_timeout() {
+        let (p, host) = global("allow");
+        let _ = held(&p, host, 1);
+        let call = host.grpc_calls.borrow()[0].clone();
+        assert_eq!(call.cluster, "meshwarden_ratelimit");
+        assert_eq!(call.service, "envoy.service.ratelimit.v3.RateLimitService");
+        assert_eq!(call.method, "ShouldRateLimit");
+        assert_eq!(call.timeout, Duration::from_millis(40));
+        assert_eq!(
+            call.message,
+            rls::encode_request(
+                "meshwarden",
+                &[vec![
+                    ("policy".into(), "g".into()),
+                    ("x-tenant".into(), "acme".into())
+                ]]
+            )
+        );
+    }
+
+    #[test]
+    fn an_ok_answer_resumes_through_the_rest_of_the_pass() {
+        let (p, host) = global("deny");
+        let (r, token) = held(&p, host, 1);
+        assert!(host.resumed.borrow().is_empty());
+        host.advance(Duration::from_micros(1_500));
+        deliver(&p, host, &r, token, 0, &answer(Code::Ok, 42));
+        assert_eq!(*host.resumed.borrow(), [(1, Phase::Request)]);
+        assert!(host.sent.borrow().is_empty());
+        assert_eq!((host.metric(ALLOW), host.metric(CHECKS)), (1, 1));
+        assert_eq!(host.metric(LATENCY), 1_500);
+        // The mirror (after the rate limit stage) saw the request.
+        host.advance(Duration::from_millis(20));
+        p.on_tick();
+        assert_eq!(host.calls.borrow().len(), 1, "mirrored after the decision");
+        // A late duplicate answer changes nothing.
+        deliver(&p, host, &r, token, 0, &answer(Code::OverLimit, 0));
+        assert_eq!(host.resumed.borrow().len(), 1);
+        assert!(host.sent.borrow().is_empty());
+        assert_eq!(respond(&p, host, &r, "200"), Flow::Continue);
+        r.borrow_mut().on_done(&p);
+    }
+
+    #[test]
+    fn over_limit_answers_429_and_stops_the_pass() {
+        let (p, host) = global("allow");
+        let (r, token) = held(&p, host, 2);
+        // Body arriving meanwhile is held too.
+        assert_eq!(r.borrow_mut().on_request_body(10, true), Flow::Pause);
+        deliver(&p, host, &r, token, 0, &answer(Code::OverLimit, 0));
+        let sent = host.sent.borrow().last().cloned().expect("a local answer");
+        assert_eq!(sent.status, 429);
+        let body: Value = serde_json::from_slice(&sent.body).unwrap();
+        assert_eq!(body["policy"], "g");
+        assert!(sent
+            .headers
+            .contains(&("ratelimit".to_string(), "\"g\";r=0;t=1".to_string())));
+        assert!(host.resumed.borrow().is_empty(), "answered, not resumed");
+        assert_eq!((host.metric(LIMITED), host.metric(ALLOW)), (1, 0));
+        r.borrow_mut().on_done(&p);
+    }
+
+    /// A call answered with gRPC `status` (0: `message`) under `failureMode: <mode>`.
+    fn failed_call(mode: &str, status: u32, message: &[u8]) -> (&'static FakeHost, Pipeline) {
+        let (p, host) = global(mode);
+        let (r, token) = held(&p, host, 3);
+        deliver(&p, host, &r, token, status, message);
+        assert_eq!(host.metric(FAILURES), 1);
+        assert_eq!(host.metric(CHECKS), 0);
+        r.borrow_mut().on_done(&p);
+        (host, p)
+    }
+
+    fn denied_busy(host: &FakeHost) {
+        let sent = host.sent.borrow().last().cloned().expect("denied");
+        assert_eq!(sent.status, 429);
+        assert!(sent
+            .headers
+            .contains(&("retry-after".to_string(), "1".to_string())));
+        assert!(host.resumed.borrow().is_empty());
+        assert_eq!(host.metric(LIMITED), 1);
+    }
+
+    #[test]
+    fn a_timeout_lets_requests_through_with_failure_mode_allow() {
+        // DEADLINE_EXCEEDED
+        let (host, _p) = failed_call("allow", 4, b"");
+        assert_eq!(*host.resumed.borrow(), [(3, Phase::Request)]);
+        assert_eq!(host.metric(ALLOW), 1);
+    }
+
+    #[test]
+    fn an_unreachable_service_denies_with_failure_mode_deny() {
+        // UNAVAILABLE: Envoy's answer for a dead cluster and its "upstream request timeout".
+        let (host, _p) = failed_call("deny", 14, b"");
+        denied_busy(host);
+    }
+
+    #[test]
+    fn a_malformed_answer_applies_the_failure_mode() {
+        let (host, _p) = failed_call("deny", 0, b"\x0b\x0b");
+        denied_busy(host);
+    }
+
+    #[test]
+    fn a_refused_call_decides_at_once_and_a_gone_stream_gets_nothing() {
+        let (p, host) = global("deny");
+        *host.grpc_refuse.borrow_mut() = Some("ParseFailure".into());
+        let mut headers = GET.to_vec();
+        headers.push(("x-tenant", "acme"));
+        let (r, flow) = send(&p, host, 5, &headers);
+        assert_eq!(flow, Flow::Pause);
+        assert_eq!(host.sent.borrow().last().unwrap().status, 429);
+        assert_eq!(host.metric(FAILURES), 1);
+        r.borrow_mut().on_done(&p);
+
+        *host.grpc_refuse.borrow_mut() = None;
+        let (r, token) = held(&p, host, 6);
+        r.borrow_mut().on_done(&p);
+        deliver(&p, host, &r, token, 0, &answer(Code::Ok, 1));
+        assert!(host.resumed.borrow().is_empty());
+        assert_eq!(host.sent.borrow().len(), 1);
+    }
+}

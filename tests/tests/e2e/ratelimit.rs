@@ -4,9 +4,7 @@
 
 use meshwarden_e2e::{wait_until, ControlPlane, EchoUpstream, Envoy, EnvoyOptions};
 use serde_json::Value;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Stack {
     _upstream: EchoUpstream,
@@ -159,67 +157,15 @@ async fn ten_times_overload_admits_rate_times_duration_plus_burst() -> anyhow::R
 
     // 32 clients, each on its own connection (spread over both workers), each offering a
     // request every 32 ms: ~1000/s, 10x the rate, for 10 s.
-    const TASKS: usize = 32;
-    const RUN: Duration = Duration::from_secs(10);
-    let ok = Arc::new(AtomicU64::new(0));
-    let limited = Arc::new(AtomicU64::new(0));
-    let other = Arc::new(AtomicU64::new(0));
-    let url = s.envoy.url("/load");
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..TASKS {
-        let (ok, limited, other, url) = (ok.clone(), limited.clone(), other.clone(), url.clone());
-        tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .timeout(Duration::from_secs(5))
-                .build()
-                .expect("client");
-            let mut tick = tokio::time::interval(Duration::from_millis(32));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            let mut last_sent = start;
-            for _ in 0..400 {
-                tick.tick().await;
-                if start.elapsed() >= RUN {
-                    break;
-                }
-                last_sent = Instant::now();
-                match client.get(&url).send().await.map(|r| r.status().as_u16()) {
-                    Ok(200) => ok.fetch_add(1, Ordering::Relaxed),
-                    Ok(429) => limited.fetch_add(1, Ordering::Relaxed),
-                    _ => other.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-            last_sent
-        }));
-    }
-    let mut last_sent = start;
-    for t in tasks {
-        last_sent = last_sent.max(t.await?);
-    }
-    let window = last_sent.duration_since(start).as_secs_f64();
-    let (ok, limited, other) = (
-        ok.load(Ordering::Relaxed),
-        limited.load(Ordering::Relaxed),
-        other.load(Ordering::Relaxed),
-    );
-    let expected = 100.0 * window + 50.0;
-    let offered = ok + limited + other;
-    println!(
-        "overload: offered {offered} in {window:.2} s ({:.0}/s), admitted {ok}, expected {expected:.0}, \
-         error {:+.2} %",
-        offered as f64 / window,
-        (ok as f64 - expected) / expected * 100.0
-    );
-    assert_eq!(other, 0, "every answer is 200 or 429");
-    assert!(
-        offered as f64 >= 8.0 * expected,
-        "the load was ~10x the rate: offered {offered}"
-    );
-    assert!(
-        (ok as f64 - expected).abs() <= 0.02 * expected,
-        "admitted {ok}, expected {expected:.0} ± 2 %"
-    );
+    let run = crate::support::overload(
+        &[s.envoy.url("/load")],
+        32,
+        Duration::from_millis(32),
+        Duration::from_secs(10),
+    )
+    .await?;
+    run.check("overload", 100.0, 50.0, 0.02, 8.0);
+    let (ok, limited) = (run.ok, run.limited);
     // Envoy's own count agrees: every admitted request was decided by the policy.
     assert_eq!(s.stat("api", "allowed").await?, ok as i64);
     assert_eq!(s.stat("api", "limited").await?, limited as i64);

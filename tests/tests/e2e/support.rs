@@ -190,3 +190,103 @@ pub fn yaml_file(text: &str) -> anyhow::Result<tempfile::NamedTempFile> {
     std::fs::write(file.path(), text)?;
     Ok(file)
 }
+
+/// What a fixed-rate overload run offered and got.
+#[derive(Debug, Clone, Copy)]
+pub struct Overload {
+    /// 200 answers.
+    pub ok: u64,
+    /// 429 answers.
+    pub limited: u64,
+    /// Anything else (errors included).
+    pub other: u64,
+    /// Seconds from the start to the last request sent.
+    pub window: f64,
+}
+
+impl Overload {
+    /// Requests sent.
+    pub fn offered(&self) -> u64 {
+        self.ok + self.limited + self.other
+    }
+
+    /// Checks `ok` against `rate × window + burst` within `tolerance` (0.02: ±2 %), every
+    /// answer 200 or 429, and an offered load of at least `min_load` × what is admitted;
+    /// prints the figures.
+    pub fn check(&self, what: &str, rate: f64, burst: f64, tolerance: f64, min_load: f64) {
+        let expected = rate * self.window + burst;
+        let offered = self.offered();
+        println!(
+            "{what}: offered {offered} in {:.2} s ({:.0}/s), admitted {}, expected {expected:.0}, error {:+.2} %",
+            self.window,
+            offered as f64 / self.window,
+            self.ok,
+            (self.ok as f64 - expected) / expected * 100.0
+        );
+        assert_eq!(self.other, 0, "every answer is 200 or 429");
+        assert!(
+            offered as f64 >= min_load * expected,
+            "the load was at least {min_load}x the rate: offered {offered}"
+        );
+        assert!(
+            (self.ok as f64 - expected).abs() <= tolerance * expected,
+            "admitted {}, expected {expected:.0} ± {} %",
+            self.ok,
+            tolerance * 100.0
+        );
+    }
+}
+
+/// Offers load for `run`: `tasks` clients, each on its own connection to one of `urls`
+/// (round robin), each sending a request every `every` (at most `run / every` each).
+pub async fn overload(
+    urls: &[String],
+    tasks: usize,
+    every: std::time::Duration,
+    run: std::time::Duration,
+) -> anyhow::Result<Overload> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let start = Instant::now();
+    let max_requests = (run.as_millis() / every.as_millis().max(1)) as usize + 1;
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (counts, url) = (counts.clone(), urls[t % urls.len()].clone());
+        handles.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .timeout(std::time::Duration::from_secs(5))
+                .build()
+                .expect("client");
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut last_sent = start;
+            for _ in 0..max_requests {
+                tick.tick().await;
+                if start.elapsed() >= run {
+                    break;
+                }
+                last_sent = Instant::now();
+                let i = match client.get(&url).send().await.map(|r| r.status().as_u16()) {
+                    Ok(200) => 0,
+                    Ok(429) => 1,
+                    _ => 2,
+                };
+                counts[i].fetch_add(1, Ordering::Relaxed);
+            }
+            last_sent
+        }));
+    }
+    let mut last_sent = start;
+    for h in handles {
+        last_sent = last_sent.max(h.await?);
+    }
+    Ok(Overload {
+        ok: counts[0].load(Ordering::Relaxed),
+        limited: counts[1].load(Ordering::Relaxed),
+        other: counts[2].load(Ordering::Relaxed),
+        window: last_sent.duration_since(start).as_secs_f64(),
+    })
+}

@@ -14,10 +14,16 @@
 //!
 //! Dry-run policies take part in both steps, count what they would have rejected, and
 //! never reject.
+//!
+//! A `scope: global` policy takes its token from the rate limit service instead of shared
+//! data: the filter first asks [`Limiter::global_call`] which call a request needs, makes
+//! it, and hands the answer to [`Limiter::decide`] as a [`GlobalAnswer`]; step 1 then reads
+//! the global policies' outcome from it (no answer in time: the policy's `failureMode`).
 
 use super::bucket::Take;
 use super::concurrency;
 use super::descriptor::Descriptor;
+use super::global;
 use super::key::BucketKey;
 use super::rate::Limit;
 use super::response::{
@@ -25,6 +31,7 @@ use super::response::{
     GRPC_RESOURCE_EXHAUSTED, GRPC_UNAVAILABLE, PROBLEM_JSON, QUOTA_EXCEEDED, QUOTA_EXCEEDED_TITLE,
     REDUCED_CAPACITY_TITLE, TEMPORARY_REDUCED_CAPACITY,
 };
+use super::rls::{self, Code, DescriptorStatus};
 use super::slots::{take_at, take_keyed, KeyedTake, Keyspace};
 use super::spec::{FailureMode, RateLimitSpec};
 use super::store::{ensure_exists, Contended, SharedStore};
@@ -57,6 +64,10 @@ pub struct CompiledLimit {
     legacy_headers: bool,
     failure_mode: FailureMode,
     space: Keyspace,
+    /// `scope: global`: the bucket is in the rate limit service.
+    global: bool,
+    /// `scope: global`: the call-out timeout (ms).
+    timeout_ms: u64,
 }
 
 impl CompiledLimit {
@@ -89,17 +100,27 @@ impl CompiledLimit {
             legacy_headers: spec.legacy_headers,
             failure_mode: spec.failure_mode,
             space,
+            global: spec.is_global(),
+            timeout_ms: spec.global_timeout().as_millis(),
         }
+    }
+
+    /// Whether the policy's bucket is in the rate limit service.
+    pub fn is_global(&self) -> bool {
+        self.global
+    }
+
+    fn values<'r>(&self, req: &Request<'r>) -> Vec<&'r [u8]> {
+        self.descriptors
+            .iter()
+            .map(|d| d.value(req.headers, req.peer))
+            .collect()
     }
 
     /// The request's descriptor values, its bucket key and the limit that applies to it
     /// (the first matching override's, else the policy's).
     fn bucket(&self, base: Limit, req: &Request<'_>) -> (BucketKey, Limit) {
-        let values: Vec<&[u8]> = self
-            .descriptors
-            .iter()
-            .map(|d| d.value(req.headers, req.peer))
-            .collect();
+        let values = self.values(req);
         let limit = self
             .overrides
             .iter()
@@ -158,10 +179,60 @@ pub struct PolicyEvents {
     pub shadow_limited: bool,
     /// The request's key found no bucket of its own and used the overflow bucket.
     pub overflow: bool,
-    /// Shared data stayed contended; `failureMode` decided.
+    /// Shared data stayed contended, or the rate limit service did not answer;
+    /// `failureMode` decided.
     pub failure: bool,
     /// The request was counted in flight (and stays counted until released).
     pub entered: bool,
+    /// `scope: global`: the rate limit service decided for this policy.
+    pub global_checked: bool,
+    /// `scope: global`: the rate limit service did not answer (in time, or sensibly).
+    pub global_failure: bool,
+}
+
+/// The rate limit service call a request needs: one descriptor per global policy it
+/// matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalCall {
+    /// The global policies (indices into [`Limiter::policies`]), in descriptor order.
+    pub policies: Vec<usize>,
+    /// The `RateLimitRequest` bytes.
+    pub message: Vec<u8>,
+    /// How long to wait: the longest `timeout` of the policies.
+    pub timeout_ms: u64,
+}
+
+impl GlobalCall {
+    /// The answer for this call from the service's response (`Err`: no usable answer). A
+    /// response without one status per descriptor is no answer.
+    pub fn answer<E>(&self, response: Result<rls::Response, E>) -> GlobalAnswer {
+        match response {
+            Ok(r) if r.statuses.len() == self.policies.len() => {
+                GlobalAnswer::Statuses(self.policies.iter().copied().zip(r.statuses).collect())
+            }
+            _ => GlobalAnswer::Unavailable,
+        }
+    }
+}
+
+/// What the rate limit service said about a request's global policies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum GlobalAnswer {
+    /// No answer (error, timeout, malformed, or no call made): each global policy's
+    /// `failureMode` decides.
+    #[default]
+    Unavailable,
+    /// Each global policy's status.
+    Statuses(Vec<(usize, DescriptorStatus)>),
+}
+
+impl GlobalAnswer {
+    fn status(&self, policy: usize) -> Option<&DescriptorStatus> {
+        match self {
+            GlobalAnswer::Unavailable => None,
+            GlobalAnswer::Statuses(s) => s.iter().find(|(p, _)| *p == policy).map(|(_, s)| s),
+        }
+    }
 }
 
 /// A policy's in-flight count that a request holds until its stream ends.
@@ -271,7 +342,7 @@ impl Limiter {
     /// true compare-and-swap. Call on each configuration; keys that exist are left alone.
     pub fn prepare<S: SharedStore + ?Sized>(&self, store: &S) {
         for p in &self.policies {
-            if p.limit.is_some() {
+            if p.limit.is_some() && !p.global {
                 for key in p.space.bucket_keys() {
                     ensure_exists(store, &key);
                 }
@@ -282,20 +353,72 @@ impl Limiter {
         }
     }
 
-    /// Decides for one request at `now_ns` (the proxy's clock).
+    /// Whether any policy is `scope: global`.
+    pub fn has_global(&self) -> bool {
+        self.policies.iter().any(|p| p.global)
+    }
+
+    /// The policies that apply to a request (indices into [`Limiter::policies`]).
+    pub fn matched(&self, req: &Request<'_>) -> Vec<usize> {
+        self.index
+            .candidates(req.headers)
+            .into_iter()
+            .map(|i| i as usize)
+            .filter(|i| self.policies[*i].matcher.matches(req.headers))
+            .collect()
+    }
+
+    /// The rate limit service call for a request the `matched` policies apply to; `None`
+    /// if none of them is global.
+    pub fn global_call(&self, req: &Request<'_>, matched: &[usize]) -> Option<GlobalCall> {
+        let policies: Vec<usize> = matched
+            .iter()
+            .copied()
+            .filter(|i| self.policies[*i].global && self.policies[*i].limit.is_some())
+            .collect();
+        if policies.is_empty() {
+            return None;
+        }
+        let descriptors: Vec<Vec<global::Entry>> = policies
+            .iter()
+            .map(|i| {
+                let p = &self.policies[*i];
+                global::entries(p.name.as_str(), &p.descriptors, &p.values(req))
+            })
+            .collect();
+        Some(GlobalCall {
+            timeout_ms: policies
+                .iter()
+                .map(|i| self.policies[*i].timeout_ms)
+                .max()
+                .unwrap_or_default(),
+            message: rls::encode_request(global::DOMAIN, &descriptors),
+            policies,
+        })
+    }
+
+    /// Decides for one request at `now_ns` (the proxy's clock), without an answer from
+    /// the rate limit service (global policies apply their `failureMode`).
     pub fn check<S: SharedStore + ?Sized>(
         &self,
         store: &S,
         req: &Request<'_>,
         now_ns: u64,
     ) -> Verdict {
-        let matched: Vec<usize> = self
-            .index
-            .candidates(req.headers)
-            .into_iter()
-            .map(|i| i as usize)
-            .filter(|i| self.policies[*i].matcher.matches(req.headers))
-            .collect();
+        let matched = self.matched(req);
+        self.decide(store, req, now_ns, &matched, &GlobalAnswer::Unavailable)
+    }
+
+    /// Decides for one request the `matched` policies apply to ([`Limiter::matched`]),
+    /// with the rate limit service's `global` answer.
+    pub fn decide<S: SharedStore + ?Sized>(
+        &self,
+        store: &S,
+        req: &Request<'_>,
+        now_ns: u64,
+        matched: &[usize],
+        global: &GlobalAnswer,
+    ) -> Verdict {
         let mut events: Vec<PolicyEvents> = matched
             .iter()
             .map(|i| PolicyEvents {
@@ -306,14 +429,14 @@ impl Limiter {
 
         // 1. Token buckets.
         let mut rates = Vec::new();
-        for (e, &i) in events.iter_mut().zip(&matched) {
-            if let Some(outcome) = self.rate_phase(store, i, req, now_ns, e) {
+        for (e, &i) in events.iter_mut().zip(matched) {
+            if let Some(outcome) = self.rate_phase(store, i, req, now_ns, global, e) {
                 rates.push(outcome);
             }
         }
         if rates.iter().any(|r| r.violated) {
             let rejection = self.rate_rejection(&rates);
-            for (e, &i) in events.iter_mut().zip(&matched) {
+            for (e, &i) in events.iter_mut().zip(matched) {
                 e.limited = rates.iter().any(|r| r.policy == i && r.violated);
             }
             return Verdict {
@@ -327,7 +450,7 @@ impl Limiter {
         let mut held = Vec::new();
         let mut conc_items = Vec::new();
         let mut busy: Option<usize> = None;
-        for (e, &i) in events.iter_mut().zip(&matched) {
+        for (e, &i) in events.iter_mut().zip(matched) {
             let p = &self.policies[i];
             let Some(max) = p.max_concurrent else {
                 continue;
@@ -405,10 +528,27 @@ impl Limiter {
         i: usize,
         req: &Request<'_>,
         now_ns: u64,
+        global: &GlobalAnswer,
         e: &mut PolicyEvents,
     ) -> Option<RateOutcome> {
         let p = &self.policies[i];
         let base = p.limit?;
+        if p.global {
+            let (_, limit) = p.bucket(base, req);
+            return Some(match global.status(i) {
+                Some(status) => {
+                    e.global_checked = true;
+                    global_outcome(p, i, &limit, status, e)
+                }
+                None => {
+                    e.global_failure = true;
+                    failure_outcome(p, i, &limit, e, format!(
+                        "The global rate limit service did not answer for policy {}; retry after {BUSY_RETRY_AFTER_SECONDS} s.",
+                        p.name
+                    ))
+                }
+            });
+        }
         let (limit, result) = p.take(store, req, base, now_ns);
         match result {
             Ok(kt) => {
@@ -427,23 +567,10 @@ impl Limiter {
                     ),
                 })
             }
-            Err(Contended) => {
-                e.failure = true;
-                let deny = p.failure_mode == FailureMode::Deny && !p.dry_run;
-                Some(RateOutcome {
-                    policy: i,
-                    item: deny.then(|| QuotaItem {
-                        remaining: 0,
-                        reset_seconds: Some(BUSY_RETRY_AFTER_SECONDS),
-                        ..rate_item(p, &limit, &Take { allowed: false, remaining: 0, next_token_ns: 0 })
-                    }),
-                    violated: deny,
-                    detail: format!(
-                        "The rate-limit state of policy {} is contended; retry after {BUSY_RETRY_AFTER_SECONDS} s.",
-                        p.name
-                    ),
-                })
-            }
+            Err(Contended) => Some(failure_outcome(p, i, &limit, e, format!(
+                "The rate-limit state of policy {} is contended; retry after {BUSY_RETRY_AFTER_SECONDS} s.",
+                p.name
+            ))),
         }
     }
 
@@ -548,6 +675,78 @@ pub fn release_all<S: SharedStore + ?Sized>(store: &S, held: &[Held]) -> Vec<(St
             )
         })
         .collect()
+}
+
+/// A policy whose bucket could not be read: its `failureMode` decides.
+fn failure_outcome(
+    p: &CompiledLimit,
+    i: usize,
+    limit: &Limit,
+    e: &mut PolicyEvents,
+    detail: String,
+) -> RateOutcome {
+    e.failure = true;
+    let deny = p.failure_mode == FailureMode::Deny && !p.dry_run;
+    RateOutcome {
+        policy: i,
+        item: deny.then(|| QuotaItem {
+            remaining: 0,
+            reset_seconds: Some(BUSY_RETRY_AFTER_SECONDS),
+            ..rate_item(
+                p,
+                limit,
+                &Take {
+                    allowed: false,
+                    remaining: 0,
+                    next_token_ns: 0,
+                },
+            )
+        }),
+        violated: deny,
+        detail,
+    }
+}
+
+/// A global policy's outcome from the service's status. The service applies overrides
+/// itself; `limit` (the filter's own choice, from the same policy) names the quota in
+/// headers. `t` is the time until another token: one token's interval, or less when the
+/// bucket refills sooner (at least 1 s when over the limit).
+fn global_outcome(
+    p: &CompiledLimit,
+    i: usize,
+    limit: &Limit,
+    status: &DescriptorStatus,
+    e: &mut PolicyEvents,
+) -> RateOutcome {
+    let over = status.code == Code::OverLimit;
+    e.shadow_limited = over && p.dry_run;
+    let interval_ms = (limit.rate.unit.seconds() * 1_000).div_ceil(limit.rate.requests.max(1));
+    let mut reset = status.until_reset_ms.min(interval_ms).div_ceil(1_000);
+    if over {
+        reset = reset.max(1);
+    }
+    RateOutcome {
+        policy: i,
+        item: Some(QuotaItem {
+            remaining: u64::from(status.limit_remaining),
+            reset_seconds: Some(reset),
+            ..rate_item(
+                p,
+                limit,
+                &Take {
+                    allowed: !over,
+                    remaining: 0,
+                    next_token_ns: 0,
+                },
+            )
+        }),
+        violated: over && !p.dry_run,
+        detail: format!(
+            "Too many requests for policy {}: the limit is {}; retry after {reset} s.",
+            p.name,
+            limit.describe()
+        ),
+    }
 }
 
 fn rate_item(p: &CompiledLimit, limit: &Limit, take: &Take) -> QuotaItem {

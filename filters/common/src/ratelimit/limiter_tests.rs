@@ -342,3 +342,178 @@ fn workers_sharing_the_store_admit_rate_times_duration_plus_burst() {
         "admitted {n}, expected about {expected}"
     );
 }
+
+mod global {
+    use super::*;
+    use crate::ratelimit::limiter::GlobalAnswer;
+    use crate::ratelimit::rls::{self, Code, DescriptorStatus};
+
+    fn req(h: &RequestHeaders) -> Request<'_> {
+        Request {
+            headers: h,
+            peer: None,
+        }
+    }
+
+    fn status(code: Code, remaining: u32) -> DescriptorStatus {
+        DescriptorStatus {
+            code,
+            limit_remaining: remaining,
+            until_reset_ms: 400,
+            ..Default::default()
+        }
+    }
+
+    fn limiters() -> (Limiter, MemoryStore) {
+        limiter(json!([
+            policy(
+                "local",
+                json!({"rate": {"requests": 1, "unit": "minute"}, "responseHeaders": true})
+            ),
+            policy(
+                "tenants",
+                json!({"rate": {"requests": 100, "unit": "second"}, "burst": 50, "scope": "global",
+                    "descriptors": [{"header": "x-tenant"}], "responseHeaders": true,
+                    "overrides": [{"match": {"x-tenant": "gold"}, "rate": {"requests": 5, "unit": "second"}}]})
+            ),
+            policy(
+                "shadow",
+                json!({"rate": {"requests": 1, "unit": "second"}, "scope": "global", "dryRun": true,
+                    "timeout": "300ms"})
+            ),
+            json!({"name": "strict", "match": {"headers": [{"name": "x-strict", "exact": "1"}]},
+                "spec": {"rate": {"requests": 1, "unit": "second"}, "scope": "global",
+                    "failureMode": "deny"}}),
+        ]))
+    }
+
+    #[test]
+    fn the_call_names_each_global_policy_and_its_descriptor_values() {
+        let (l, _) = limiters();
+        let h = headers(&[("x-tenant", "gold")]);
+        let matched = l.matched(&req(&h));
+        assert_eq!(matched, vec![0, 1, 2]);
+        let call = l.global_call(&req(&h), &matched).unwrap();
+        assert_eq!(call.policies, vec![1, 2]);
+        assert_eq!(call.timeout_ms, 300);
+        let expected = rls::encode_request(
+            "meshwarden",
+            &[
+                vec![
+                    ("policy".into(), "tenants".into()),
+                    ("x-tenant".into(), "gold".into()),
+                ],
+                vec![("policy".into(), "shadow".into())],
+            ],
+        );
+        assert_eq!(call.message, expected);
+        let (local_only, _) = limiter(json!([policy(
+            "l",
+            json!({"rate": {"requests": 1, "unit": "second"}})
+        )]));
+        assert!(!local_only.has_global());
+        assert_eq!(local_only.global_call(&req(&h), &[0]), None);
+    }
+
+    #[test]
+    fn over_limit_answers_429_like_a_local_limit_and_dry_run_only_counts() {
+        let (l, s) = limiters();
+        let h = headers(&[("x-tenant", "gold")]);
+        let matched = l.matched(&req(&h));
+        let call = l.global_call(&req(&h), &matched).unwrap();
+        let answer = call.answer::<()>(Ok(rls::Response {
+            overall_code: Code::OverLimit,
+            statuses: vec![status(Code::OverLimit, 0), status(Code::OverLimit, 0)],
+        }));
+        let v = l.decide(&s, &req(&h), T0, &matched, &answer);
+        let Decision::Reject(r) = &v.decision else {
+            panic!("expected a rejection: {v:?}")
+        };
+        assert_eq!(r.status, 429);
+        assert_eq!(header(&r.headers, "retry-after"), Some("1"));
+        assert_eq!(
+            header(&r.headers, "ratelimit-policy"),
+            Some("\"tenants\";q=5;w=1"),
+            "the override's limit"
+        );
+        assert_eq!(header(&r.headers, "ratelimit"), Some("\"tenants\";r=0;t=1"));
+        assert_eq!(r.problem.policy, "tenants");
+        assert_eq!(r.problem.violated_policies, vec!["tenants"]);
+        assert!(v.events[1].limited && v.events[1].global_checked);
+        assert!(v.events[2].shadow_limited && !v.events[2].limited);
+        assert!(!v.events[0].limited, "the local policy took its token");
+    }
+
+    #[test]
+    fn ok_answers_allow_with_headers_and_local_limits_still_apply() {
+        let (l, s) = limiters();
+        let h = headers(&[("x-tenant", "a")]);
+        let matched = l.matched(&req(&h));
+        let call = l.global_call(&req(&h), &matched).unwrap();
+        let ok = call.answer::<()>(Ok(rls::Response {
+            overall_code: Code::Ok,
+            statuses: vec![status(Code::Ok, 41), status(Code::Ok, 0)],
+        }));
+        let v = l.decide(&s, &req(&h), T0, &matched, &ok);
+        let Decision::Allow { response_headers } = &v.decision else {
+            panic!("expected allow: {v:?}")
+        };
+        assert_eq!(
+            header(response_headers, "ratelimit"),
+            Some("\"local\";r=0;t=60, \"tenants\";r=41;t=1, \"shadow\";r=0;t=1"),
+            "dry run shows its headers, like a local dry run"
+        );
+        assert!(v.events.iter().all(|e| e.allowed && !e.failure));
+        // The local policy (1/minute) rejects the next request whatever the service says.
+        let v = l.decide(&s, &req(&h), T0, &matched, &ok);
+        let Decision::Reject(r) = &v.decision else {
+            panic!("expected a rejection")
+        };
+        assert_eq!(r.problem.policy, "local");
+    }
+
+    #[test]
+    fn no_answer_applies_each_policys_failure_mode() {
+        let (l, s) = limiters();
+        let h = headers(&[("x-strict", "1")]);
+        let matched = l.matched(&req(&h));
+        let call = l.global_call(&req(&h), &matched).unwrap();
+        assert_eq!(call.policies, vec![1, 2, 3]);
+        // A status missing is no answer at all.
+        let short = call.answer::<()>(Ok(rls::Response {
+            overall_code: Code::Ok,
+            statuses: vec![status(Code::Ok, 1)],
+        }));
+        assert_eq!(short, GlobalAnswer::Unavailable);
+        for (k, answer) in [short, call.answer::<&str>(Err("timeout"))]
+            .into_iter()
+            .enumerate()
+        {
+            let v = l.decide(&s, &req(&h), T0 + 120 * S * k as u64, &matched, &answer);
+            let Decision::Reject(r) = &v.decision else {
+                panic!("strict denies: {v:?}")
+            };
+            assert_eq!(r.status, 429);
+            assert_eq!(r.problem.violated_policies, vec!["strict"]);
+            assert!(
+                r.problem.detail.contains("did not answer"),
+                "{}",
+                r.problem.detail
+            );
+            let failed: Vec<bool> = v.events.iter().map(|e| e.global_failure).collect();
+            assert_eq!(failed, vec![false, true, true, true]);
+        }
+        // Without the deny policy, the others allow.
+        let h = headers(&[]);
+        let matched = l.matched(&req(&h));
+        let v = l.decide(
+            &s,
+            &req(&h),
+            T0 + 600 * S,
+            &matched,
+            &GlobalAnswer::Unavailable,
+        );
+        assert!(allowed(&v), "{v:?}");
+        assert!(v.events[1].failure && v.events[1].allowed);
+    }
+}

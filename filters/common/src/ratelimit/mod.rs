@@ -9,6 +9,9 @@
 //!   set of keys so shared data never grows with traffic.
 //! - [`response`]: `RateLimit-Policy`/`RateLimit` fields, legacy headers, problem bodies.
 //! - [`limiter`]: the decision for one request.
+//! - [`global`], [`rls`]: `scope: global` policies — the descriptors and limits both the
+//!   filter and the control plane derive from a policy, and the few protobuf messages of
+//!   Envoy's rate limit service API the filter sends and reads.
 //!
 //! Nothing here touches the proxy: the filter supplies the clock, the headers and a
 //! [`store::SharedStore`] over `get_shared_data`/`set_shared_data`.
@@ -16,10 +19,12 @@
 pub mod bucket;
 pub mod concurrency;
 pub mod descriptor;
+pub mod global;
 pub mod key;
 pub mod limiter;
 pub mod rate;
 pub mod response;
+pub mod rls;
 pub mod slots;
 pub mod spec;
 pub mod store;
@@ -29,8 +34,9 @@ mod limiter_tests;
 
 pub use descriptor::{ClientAddressSpec, Descriptor};
 pub use limiter::{
-    release_all, Decision, Held, Limiter, PolicyEvents, Rejection, Request, Verdict,
+    release_all, Decision, GlobalAnswer, GlobalCall, Held, Limiter, PolicyEvents, Rejection,
+    Request, Verdict,
 };
 pub use rate::{Limit, Rate, Unit};
-pub use spec::{FailureMode, Override, RateLimitSpec};
+pub use spec::{FailureMode, Override, RateLimitSpec, Scope};
 pub use store::{CasMismatch, MemoryStore, SharedStore};

@@ -2,6 +2,7 @@
 
 use super::descriptor::Descriptor;
 use super::rate::{Limit, Rate, MAX_REQUESTS};
+use crate::duration::DurationSpec;
 use crate::error::ValidationError;
 use crate::spec::KindSpec;
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,23 @@ pub enum FailureMode {
     /// Reject it as if it were over the limit.
     Deny,
 }
+
+/// Where a policy's buckets live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// In the proxy's shared data: each proxy the policy selects has its own buckets.
+    #[default]
+    Local,
+    /// In the global rate limit service (`meshwarden-ratelimit`, on Redis): one set of
+    /// buckets shared by every proxy the policy selects.
+    Global,
+}
+
+/// Default `timeout` of a global policy's call to the rate limit service.
+pub const DEFAULT_GLOBAL_TIMEOUT: DurationSpec = DurationSpec::from_millis(100);
+/// Longest `timeout` of a global policy.
+pub const MAX_GLOBAL_TIMEOUT: DurationSpec = DurationSpec::from_millis(5_000);
 
 /// A per-descriptor limit: requests whose descriptor values equal every entry of `match`
 /// get this rate and burst instead of the policy's.
@@ -86,9 +104,17 @@ pub struct RateLimitSpec {
     /// Also send `X-RateLimit-Limit`/`-Remaining`/`-Reset`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub legacy_headers: bool,
-    /// Behaviour when shared data stays contended (default `allow`).
+    /// Behaviour when shared data stays contended, or (`scope: global`) when the rate
+    /// limit service does not answer in time (default `allow`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub failure_mode: FailureMode,
+    /// `local` (default): per proxy; `global`: one limit across every selected proxy.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub scope: Scope,
+    /// `scope: global` only: longest wait for the rate limit service (default `100ms`,
+    /// at most `5s`); then `failureMode` decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationSpec>,
 }
 
 impl RateLimitSpec {
@@ -97,9 +123,20 @@ impl RateLimitSpec {
         self.rate.map(|r| Limit::new(r, self.burst))
     }
 
-    /// Slots for per-key buckets: `maxKeys` with descriptors, none without.
+    /// Whether the policy's buckets are in the global rate limit service.
+    pub fn is_global(&self) -> bool {
+        self.scope == Scope::Global
+    }
+
+    /// The call-out timeout of a global policy.
+    pub fn global_timeout(&self) -> DurationSpec {
+        self.timeout.unwrap_or(DEFAULT_GLOBAL_TIMEOUT)
+    }
+
+    /// Slots for per-key buckets: `maxKeys` with descriptors, none without (and none for
+    /// a global policy, whose buckets are not in the proxy).
     pub fn key_slots(&self) -> u32 {
-        if self.descriptors.is_empty() {
+        if self.descriptors.is_empty() || self.is_global() {
             0
         } else {
             self.max_keys.unwrap_or(DEFAULT_MAX_KEYS)
@@ -167,11 +204,48 @@ impl KindSpec for RateLimitSpec {
             }
         }
         self.validate_descriptors()?;
-        self.validate_overrides()
+        self.validate_overrides()?;
+        self.validate_scope()
     }
 }
 
 impl RateLimitSpec {
+    fn validate_scope(&self) -> Result<(), ValidationError> {
+        if !self.is_global() {
+            if self.timeout.is_some() {
+                return Err(ValidationError::new("timeout", "needs `scope: global`"));
+            }
+            return Ok(());
+        }
+        if self.rate.is_none() {
+            return Err(ValidationError::new(
+                "scope",
+                "a global policy needs `rate` (its token bucket is the shared one)",
+            ));
+        }
+        let per_proxy = [
+            ("maxConcurrent", self.max_concurrent.is_some()),
+            ("maxKeys", self.max_keys.is_some()),
+        ];
+        for (field, set) in per_proxy {
+            if set {
+                return Err(ValidationError::new(
+                    field,
+                    "is per proxy; a `scope: global` policy cannot have it (put it in a local policy)",
+                ));
+            }
+        }
+        if let Some(t) = self.timeout {
+            if t.as_millis() == 0 || t > MAX_GLOBAL_TIMEOUT {
+                return Err(ValidationError::new(
+                    "timeout",
+                    format!("must be from 1ms to {MAX_GLOBAL_TIMEOUT}, got {t}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_descriptors(&self) -> Result<(), ValidationError> {
         if self.descriptors.len() > MAX_DESCRIPTORS {
             return Err(ValidationError::new(
@@ -286,6 +360,43 @@ mod tests {
             json!({"rate": {"requests": 5, "unit": "day"}})
         );
         assert!(parse(json!({"maxConcurrent": 3})).is_ok());
+        let global = parse(
+            json!({"rate": {"requests": 5, "unit": "second"}, "scope": "global",
+            "descriptors": [{"header": "x-tenant"}], "timeout": "250ms"}),
+        )
+        .unwrap();
+        assert!(global.is_global());
+        assert_eq!(global.key_slots(), 0);
+        assert_eq!(global.global_timeout().as_millis(), 250);
+        assert_eq!(minimal.scope, Scope::Local);
+        assert_eq!(minimal.global_timeout(), DEFAULT_GLOBAL_TIMEOUT);
+    }
+
+    #[test]
+    fn global_scope_errors_name_the_field() {
+        let rate = json!({"requests": 5, "unit": "second"});
+        assert_eq!(
+            err(json!({"maxConcurrent": 3, "scope": "global"})),
+            "spec.scope: a global policy needs `rate` (its token bucket is the shared one)"
+        );
+        assert!(
+            err(json!({"rate": rate, "scope": "global", "maxConcurrent": 3}))
+                .starts_with("spec.maxConcurrent: is per proxy")
+        );
+        assert!(err(
+            json!({"rate": rate, "scope": "global", "descriptors": [{"path": {}}], "maxKeys": 3})
+        )
+        .starts_with("spec.maxKeys: is per proxy"));
+        assert_eq!(
+            err(json!({"rate": rate, "timeout": "1s"})),
+            "spec.timeout: needs `scope: global`"
+        );
+        assert_eq!(
+            err(json!({"rate": rate, "scope": "global", "timeout": "6s"})),
+            "spec.timeout: must be from 1ms to 5s, got 6s"
+        );
+        assert!(err(json!({"rate": rate, "scope": "planet"}))
+            .starts_with("spec.scope: unknown variant `planet`"));
     }
 
     #[test]
