@@ -34,23 +34,10 @@ pub fn limits_json(set: &PolicySet) -> String {
 mod tests {
     use super::*;
     use crate::policy_set::StoredPolicy;
-    use meshwarden_common::PolicyDocument;
     use serde_json::json;
 
     fn stored(name: &str, spec: serde_json::Value) -> StoredPolicy {
-        let doc = PolicyDocument::from_value(&json!({
-            "apiVersion": "meshwarden.dev/v1alpha1",
-            "kind": "RateLimitPolicy",
-            "metadata": {"name": name},
-            "spec": spec,
-        }))
-        .expect("valid policy");
-        StoredPolicy {
-            doc,
-            version: "v".into(),
-            generation: 1,
-            updated_unix_ms: 0,
-        }
+        crate::test_fixtures::stored("RateLimitPolicy", name, spec)
     }
 
     #[test]
