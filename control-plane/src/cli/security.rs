@@ -3,7 +3,7 @@
 
 use crate::api::auth::{TokenFileError, TokenFileWatch};
 use crate::tls::{self, Alpn, TlsFiles, TlsReloader};
-use crate::xds::admission::{XdsAccess, DEFAULT_MAX_STREAMS};
+use crate::xds::admission::{NodeBinding, XdsAccess, DEFAULT_MAX_STREAMS};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,6 +35,12 @@ pub struct SecurityArgs {
     /// it changes. Without it the API is open to whoever reaches the port.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// With mutual TLS, how a proxy's node is bound to its client certificate: `exact`
+    /// (the node id is one of the certificate's names) or `istio` (the SPIFFE id
+    /// `spiffe://TD/ns/NS/sa/SA` names the node's namespace and service account, as for
+    /// Istio sidecars and gateways, whose node ids are not certificate names).
+    #[arg(long, value_enum, default_value_t = NodeBinding::Exact, value_name = "exact|istio")]
+    pub xds_node_binding: NodeBinding,
     /// Serve xDS only to this node id (`prefix*` matches by prefix). Repeatable; with
     /// --xds-allow-cluster, a node matching either is served.
     #[arg(long = "xds-allow-node", value_name = "ID|PREFIX*")]
@@ -84,6 +90,7 @@ impl SecurityArgs {
     pub fn xds_access(&self) -> XdsAccess {
         XdsAccess {
             bind_to_certificate: self.tls_cert.is_some() && self.client_ca.is_some(),
+            binding: self.xds_node_binding,
             allow_nodes: self.xds_allow_nodes.clone(),
             allow_clusters: self.xds_allow_clusters.clone(),
             max_streams: self.max_xds_streams.unwrap_or(DEFAULT_MAX_STREAMS),

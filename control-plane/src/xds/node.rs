@@ -93,7 +93,7 @@ fn string_entries(s: Option<&Struct>) -> std::collections::BTreeMap<String, Stri
 }
 
 /// The namespace in an Istio node id `TYPE~IP~POD.NS~NS.svc.cluster.local`.
-fn istio_namespace(id: &str) -> Option<String> {
+pub(crate) fn istio_namespace(id: &str) -> Option<String> {
     let parts: Vec<&str> = id.split('~').collect();
     let [kind, _, _, domain] = parts.as_slice() else {
         return None;

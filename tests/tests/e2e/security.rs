@@ -2,7 +2,7 @@
 //! certificates generated at test time, node ids bound to client certificates, and
 //! certificates rotated on disk without dropping streams.
 
-use crate::support::{policy, trace_policy, wait_traced};
+use crate::support::{policy, trace_policy, wait_traced, FILTER};
 use meshwarden_cp::bootstrap::XdsTls;
 use meshwarden_cp::test_pki::CertFiles;
 use meshwarden_e2e::tls::{server_certificate, TestPki};
@@ -92,7 +92,9 @@ async fn envoy_gets_its_config_over_mtls_and_a_proxy_with_another_identity_is_re
     .await?;
     assert!(connected(&cp, "edge-2").is_empty());
     let reloads = impostor
-        .stat("extension_config_discovery.http_filter.meshwarden.trace.config_reload")
+        .stat(&format!(
+            "extension_config_discovery.http_filter.{FILTER}.config_reload"
+        ))
         .await?;
     assert_eq!(reloads, 0, "the impostor received no configuration");
 
@@ -114,6 +116,42 @@ async fn envoy_gets_its_config_over_mtls_and_a_proxy_with_another_identity_is_re
         !plain.run(&["get"]).success,
         "clear text is refused on a TLS port"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_istio_binding_a_sidecar_is_served_for_its_own_namespace_only() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let cp = mtls_control_plane_with(&pki, &["--xds-node-binding".into(), "istio".into()]).await?;
+    let up = EchoUpstream::start().await?;
+    let web = pki.client("web", &["spiffe://cluster.local/ns/shop/sa/web"]);
+    let sidecar = "sidecar~127.0.0.1~web-0.shop~shop.svc.cluster.local";
+    let envoy = Envoy::start(&cp, up.addr.port(), mtls_envoy(&pki, sidecar, &web, true)).await?;
+    let applied = cp.cli().apply_yaml(&trace_policy("t", "formats: [w3c]"));
+    assert!(applied.success, "{}", applied.stderr);
+    wait_traced(&envoy, &up, "trace policy to an Istio-bound sidecar").await?;
+    assert_eq!(connected(&cp, sidecar).len(), 1);
+
+    // The same certificate claiming a sidecar of another namespace gets nothing.
+    let other = "sidecar~127.0.0.1~pay-0.payments~payments.svc.cluster.local";
+    let impostor = Envoy::start(&cp, up.addr.port(), mtls_envoy(&pki, other, &web, false)).await?;
+    wait_until(
+        Duration::from_secs(20),
+        "the other namespace's stream refused",
+        || async {
+            cp.log()
+                .contains(r#"claims namespace \"payments\""#)
+                .then_some(())
+        },
+    )
+    .await?;
+    assert!(connected(&cp, other).is_empty());
+    let reloads = impostor
+        .stat(&format!(
+            "extension_config_discovery.http_filter.{FILTER}.config_reload"
+        ))
+        .await?;
+    assert_eq!(reloads, 0, "the impostor received no configuration");
     Ok(())
 }
 
@@ -659,7 +697,9 @@ async fn without_mtls_an_xds_allow_list_decides_which_proxies_are_served() -> an
     assert_eq!(connected(&cp, "edge-1").len(), 1);
     assert!(connected(&cp, "intruder").is_empty());
     let reloads = refused
-        .stat("extension_config_discovery.http_filter.meshwarden.trace.config_reload")
+        .stat(&format!(
+            "extension_config_discovery.http_filter.{FILTER}.config_reload"
+        ))
         .await?;
     assert_eq!(reloads, 0, "the unlisted proxy received no configuration");
     Ok(())
