@@ -782,30 +782,12 @@ mod tests {
         }
     }
 
-    /// A change creating or updating `p` (the history type does not matter to the store).
+    /// A change creating or updating `p`.
     fn changed(p: &StoredPolicy) -> PolicyChange<'_> {
-        PolicyChange {
-            kind: p.kind(),
-            name: p.name(),
-            policy: Some(p),
-            change: HistoryChange::Updated,
-            deleted_version: "",
-            rollback_of: None,
-            base_revision: None,
-        }
+        crate::backend::contract::put(p, None)
     }
 
-    fn delete(name: &str) -> PolicyChange<'_> {
-        PolicyChange {
-            kind: Kind::TracePolicy,
-            name,
-            policy: None,
-            change: HistoryChange::Deleted,
-            deleted_version: "v",
-            rollback_of: None,
-            base_revision: None,
-        }
-    }
+    use crate::backend::contract::delete;
 
     /// Commits `changes` by `tester` at `generation`, keeping `limit` revisions (default 50).
     fn commit(

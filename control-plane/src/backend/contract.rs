@@ -13,7 +13,9 @@ fn sampled(name: &str, pct: u32) -> StoredPolicy {
     trace(name, json!({ "samplingPercentage": pct }))
 }
 
-fn put<'a>(p: &'a StoredPolicy, base_revision: Option<u64>) -> PolicyChange<'a> {
+/// A change creating or updating `p` (the history type does not matter to a store), based
+/// on `base_revision` if given.
+pub(crate) fn put<'a>(p: &'a StoredPolicy, base_revision: Option<u64>) -> PolicyChange<'a> {
     PolicyChange {
         kind: p.kind(),
         name: p.name(),
@@ -25,7 +27,8 @@ fn put<'a>(p: &'a StoredPolicy, base_revision: Option<u64>) -> PolicyChange<'a> 
     }
 }
 
-fn delete(name: &str) -> PolicyChange<'_> {
+/// A change deleting the TracePolicy `name`.
+pub(crate) fn delete(name: &str) -> PolicyChange<'_> {
     PolicyChange {
         kind: Kind::TracePolicy,
         name,
