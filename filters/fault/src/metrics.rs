@@ -19,10 +19,12 @@ pub const SUPPRESSED_BY_GUARD: &str = "suppressed_by_guard";
 pub const WOULD_INJECT: &str = "would_inject";
 /// Requests whose faults `maxActiveFaults` held back.
 pub const FAULTS_OVERFLOW: &str = "faults_overflow";
+/// Requests whose `x-envoy-fault-*` headers were ignored: their caller is not allowed to ask.
+pub const HEADER_REQUESTS_REFUSED: &str = "header_requests_refused";
 /// Requests under fault right now (gauge).
 pub const ACTIVE_FAULTS: &str = "active_faults";
 
-const ALL: [(&str, MetricKind); 8] = [
+const ALL: [(&str, MetricKind); 9] = [
     (ABORTS_INJECTED, MetricKind::Counter),
     (DELAYS_INJECTED, MetricKind::Counter),
     (RESPONSE_DELAYS_INJECTED, MetricKind::Counter),
@@ -30,6 +32,7 @@ const ALL: [(&str, MetricKind); 8] = [
     (SUPPRESSED_BY_GUARD, MetricKind::Counter),
     (WOULD_INJECT, MetricKind::Counter),
     (FAULTS_OVERFLOW, MetricKind::Counter),
+    (HEADER_REQUESTS_REFUSED, MetricKind::Counter),
     (ACTIVE_FAULTS, MetricKind::Gauge),
 ];
 

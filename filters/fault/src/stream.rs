@@ -158,6 +158,9 @@ impl StreamStage for FaultStream {
         };
         let p = &config.policies[index];
         let plan = p.spec.plan(s.headers, &peer, &mut *self.rng.borrow_mut());
+        if plan.header_request_refused {
+            p.metrics.inc(metrics::HEADER_REQUESTS_REFUSED);
+        }
         let mut m = Matched {
             policy: index,
             plan: FaultPlan::default(),

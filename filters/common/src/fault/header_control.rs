@@ -32,6 +32,8 @@ pub struct HeaderFaults {
     pub abort: Option<(AbortStatus, Percentage)>,
     /// Delay in milliseconds (at most the cap, at least 1) and its percentage.
     pub delay: Option<(u64, Percentage)>,
+    /// The request asked for faults, but its caller is not allowed to (nothing else set).
+    pub refused: bool,
 }
 
 impl HeaderControlSpec {
@@ -43,8 +45,14 @@ impl HeaderControlSpec {
             return HeaderFaults::default();
         }
         let faults = self.requested(headers);
-        if faults == HeaderFaults::default() || !self.caller_allowed(peer) {
-            return HeaderFaults::default();
+        if faults == HeaderFaults::default() {
+            return faults;
+        }
+        if !self.caller_allowed(peer) {
+            return HeaderFaults {
+                refused: true,
+                ..HeaderFaults::default()
+            };
         }
         faults
     }
@@ -90,7 +98,11 @@ impl HeaderControlSpec {
                 )
             })
             .filter(|(ms, _)| *ms > 0);
-        HeaderFaults { abort, delay }
+        HeaderFaults {
+            abort,
+            delay,
+            refused: false,
+        }
     }
 }
 
@@ -292,11 +304,12 @@ mod tests {
             .read(&ask, &peer("spiffe://t/ns/qa/sa/bot"))
             .abort
             .is_some());
-        assert_eq!(
-            c.read(&ask, &peer("spiffe://t/ns/prod/sa/web")),
-            HeaderFaults::default()
-        );
-        assert_eq!(c.read(&ask, &Peer::known(None)), HeaderFaults::default());
+        let refused = HeaderFaults {
+            refused: true,
+            ..HeaderFaults::default()
+        };
+        assert_eq!(c.read(&ask, &peer("spiffe://t/ns/prod/sa/web")), refused);
+        assert_eq!(c.read(&ask, &Peer::known(None)), refused);
         assert_eq!(reads.get(), 2);
         assert_eq!(
             c.read(&req(&[]), &peer("spiffe://t/ns/qa/sa/bot")),

@@ -25,12 +25,18 @@ pub struct FaultPlan {
     pub abort: Option<AbortPlan>,
     pub response_delay_ms: Option<u64>,
     pub response_override: bool,
+    /// The request asked for faults with `x-envoy-fault-*` headers but its caller is not
+    /// allowed to (`headerControl.identities`); the headers were ignored.
+    pub header_request_refused: bool,
 }
 
 impl FaultPlan {
-    /// Whether nothing was selected.
+    /// Whether no fault was selected.
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        self.delay_ms.is_none()
+            && self.abort.is_none()
+            && self.response_delay_ms.is_none()
+            && !self.response_override
     }
 }
 
@@ -103,7 +109,10 @@ impl FaultSpec {
             .map(|h| h.read(headers, peer))
             .unwrap_or_default();
         let mut sel = Selector::new(self.sticky.as_deref(), headers, entropy);
-        let mut plan = FaultPlan::default();
+        let mut plan = FaultPlan {
+            header_request_refused: requested.refused,
+            ..FaultPlan::default()
+        };
 
         if let Some((ms, pct)) = requested.delay {
             plan.delay_ms = sel.selects(pct, Salt::Delay).then_some(ms);
