@@ -170,7 +170,10 @@ pub fn fault_header_control(data: &[u8]) {
         Some("spiffe://t/ns/qa/"),
     ] {
         let peer = meshwarden_common::Peer::known(other);
-        assert_eq!(gated.read(&headers, &peer), Default::default(), "{other:?}");
+        let refused = gated.read(&headers, &peer);
+        assert_eq!((refused.abort, refused.delay), (None, None), "{other:?}");
+        // Counted as refused exactly when the headers asked for something.
+        assert_eq!(refused.refused, faults != Default::default(), "{other:?}");
     }
     let cap = spec.max_percentage();
     if let Some((status, pct)) = faults.abort {
