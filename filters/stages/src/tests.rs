@@ -271,7 +271,11 @@ fn a_fault_scoped_to_a_peer_identity_trusts_the_certificate_not_the_headers() {
     );
 
     let refused = "meshwarden_fault_header_requests_refused_total.policy.qa-headers";
-    assert_eq!(host.metric(refused), 2, "both ignored header requests counted");
+    assert_eq!(
+        host.metric(refused),
+        2,
+        "both ignored header requests counted"
+    );
 
     host.set_peer(Some("spiffe://cluster.local/ns/qa/sa/bot"));
     let (_, flow) = send(&p, host, 4, &forged);

@@ -72,7 +72,10 @@ async fn a_fault_scoped_to_a_spiffe_identity_fires_for_that_certificate_only() -
     assert_eq!(https_get_with(&web, port, "/ask", &ask).await?.0, 200);
     assert_eq!(https_get_with(&api, port, "/ask", &ask).await?.0, 200);
     let refused = envoy
-        .policy_stat("meshwarden_fault_header_requests_refused_total", "qa-may-ask")
+        .policy_stat(
+            "meshwarden_fault_header_requests_refused_total",
+            "qa-may-ask",
+        )
         .await?;
     assert_eq!(refused, 2, "the two ignored header requests are counted");
 
