@@ -59,6 +59,17 @@ impl RequestHeaders {
         }
     }
 
+    /// Headers from textual pairs (tests).
+    #[cfg(test)]
+    pub(crate) fn from_text(pairs: &[(&str, &str)]) -> Self {
+        Self::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+
     /// A view that reads from `source` on demand.
     pub fn lazy(source: Rc<dyn HeaderSource>) -> Self {
         Self {

@@ -198,12 +198,7 @@ mod tests {
     }
 
     fn req(pairs: &[(&str, &str)]) -> RequestHeaders {
-        RequestHeaders::new(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-        )
+        RequestHeaders::from_text(pairs)
     }
 
     #[test]

@@ -152,12 +152,7 @@ mod tests {
     use serde_json::json;
 
     fn req(pairs: &[(&str, &str)]) -> RequestHeaders {
-        RequestHeaders::new(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-        )
+        RequestHeaders::from_text(pairs)
     }
 
     fn d(v: serde_json::Value) -> Descriptor {

@@ -221,12 +221,7 @@ mod tests {
     const PID: &str = "05e3ac9a4f6e3b90";
 
     fn headers(pairs: &[(&str, &str)]) -> RequestHeaders {
-        RequestHeaders::new(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-        )
+        RequestHeaders::from_text(pairs)
     }
 
     fn ctx(b3: B3) -> (String, String, Sampling, Option<String>) {

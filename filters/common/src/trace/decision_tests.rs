@@ -19,12 +19,7 @@ fn counter() -> impl FnMut(&mut [u8]) {
 }
 
 fn headers(pairs: &[(&str, &str)]) -> RequestHeaders {
-    RequestHeaders::new(
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect(),
-    )
+    RequestHeaders::from_text(pairs)
 }
 
 fn spec(formats: &[TraceFormat]) -> TraceSpec {

@@ -31,12 +31,7 @@ mod tests {
     use super::*;
 
     fn h(pairs: &[(&str, &str)]) -> RequestHeaders {
-        RequestHeaders::new(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-        )
+        RequestHeaders::from_text(pairs)
     }
 
     #[test]
