@@ -120,10 +120,10 @@ impl Fleet {
 
     /// The sum of a rate-limit counter of `policy` over every Envoy.
     async fn total(&self, policy: &str, metric: &str) -> anyhow::Result<i64> {
-        let name = format!("wasmcustom.meshwarden_ratelimit_{metric}_total.policy.{policy}");
+        let metric = format!("meshwarden_ratelimit_{metric}_total");
         let mut sum = 0;
         for (_, e) in &self.envoys {
-            sum += e.stat(&name).await?;
+            sum += e.policy_stat(&metric, policy).await?;
         }
         Ok(sum)
     }
@@ -429,10 +429,9 @@ async fn without_the_service_cluster_global_policies_apply_their_failure_mode() 
             Some("1")
         );
     }
-    let stat =
-        |p: &str| format!("wasmcustom.meshwarden_ratelimit_global_failures_total.policy.{p}");
-    assert_eq!(envoy.stat(&stat("open")).await?, 3);
-    assert_eq!(envoy.stat(&stat("closed")).await?, 3);
+    let failures = "meshwarden_ratelimit_global_failures_total";
+    assert_eq!(envoy.policy_stat(failures, "open").await?, 3);
+    assert_eq!(envoy.policy_stat(failures, "closed").await?, 3);
     assert!(
         !envoy.log().contains("panicked"),
         "the filter did not crash:\n{}",
