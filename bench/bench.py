@@ -83,15 +83,20 @@ def git(*args: str) -> str:
 
 # ---- parts -------------------------------------------------------------------------------
 
-def run_push(a: argparse.Namespace, work: Path) -> dict:
+def run_push(a: argparse.Namespace, work: Path, replicas: int = 1, proxies: str = "") -> dict:
+    """The push benchmark: one control plane on its embedded store, or `replicas` replicas
+    sharing a real etcd (started by the benchmark) with the fleet spread over them."""
     binary = Path(a.push_bench)
     if not binary.is_file():
         return {"error": f"{binary} not found (cargo build --release -p meshwarden-push-bench)"}
-    out = work / "push.json"
+    if replicas > 1 and not shutil.which("etcd"):
+        return {"error": "etcd not installed (Debian package etcd-server)"}
+    out = work / f"push-{replicas}.json"
     cmd = [str(binary), "--meshwarden", str(a.meshwarden), "--wasm-dir", str(a.wasm_dir),
-           "--proxies", a.proxies, "--pushes", str(a.pushes), "--json", str(out)]
+           "--proxies", proxies or a.proxies, "--pushes", str(a.pushes), "--json", str(out),
+           "--replicas", str(replicas)]
     perf_data = work / "control-plane.perf"
-    if not a.smoke and profile.available():
+    if replicas == 1 and not a.smoke and profile.available():
         cmd += ["--perf-data", str(perf_data)]
     log("push benchmark: " + " ".join(cmd))
     try:
@@ -245,6 +250,8 @@ def merge(old: dict, new: dict, parts: set[str]) -> dict:
     for part in ("datapath", "push", "sizes", "accuracy", "mirror"):
         if part in parts and part in new:
             out[part] = new[part]
+    if "push" in parts and "push_replicas" in new:
+        out["push_replicas"] = new["push_replicas"]
     prefixes = {"datapath": ("data path", "wrk ", "h2load "), "push": ("push",),
                 "sizes": ("modules not built",), "accuracy": ("accuracy",),
                 "mirror": ("mirror",)}
@@ -352,15 +359,21 @@ def analysis(results: dict) -> list[str]:
                        f"{top:,} policies per kind against {w1:.1f} ms with 1: while it runs, "
                        f"that worker serves no request.")
     push = results.get("push") or {}
-    for r in push.get("runs", []):
+    replicated = results.get("push_replicas") or {}
+    for r in push.get("runs", []) + replicated.get("runs", []):
         firsts = sorted(p["acked"].get("min_ms") or 0 for p in r["push"]["per_push"])
         first = firsts[len(firsts) // 2] if firsts else 0
         applies = sorted(p["apply_ms"] for p in r["push"]["per_push"])
         apply_ms = applies[len(applies) // 2] if applies else 0
         a = r["push"]["acked"]
         cpu = r["push"]["cp_cpu_ms_median"] or 0
+        where = (f" spread over {replicated.get('replicas')} replicas sharing etcd (applied on "
+                 f"one; the others follow through their etcd watch)"
+                 if r in replicated.get("runs", []) else " on one control plane (embedded store)")
         out.append(
-            f"{r['proxies']:,} proxies: the Apply call (validation + durable store commit) "
+            f"{r['proxies']:,} proxies{where}: p99 {a['p99_ms']:.1f} ms, control-plane memory "
+            f"{(r.get('cp_rss_per_proxy_bytes') or 0) / 1000:.1f} KB per proxy. "
+            f"The Apply call (validation + durable store commit) "
             f"takes {apply_ms:.1f} ms; the snapshot is published as soon as the store has "
             f"committed (leading edge: SnapshotterConfig.quiet only coalesces the later changes "
             f"of a burst), so the first proxy has ACKed after {first:.1f} ms, half of them "
@@ -459,7 +472,8 @@ def commands(a: argparse.Namespace) -> list[str]:
         "curl 'http://127.0.0.1:<admin>/stats?format=json&histogram_buckets=detailed&filter=meshwarden_host_calls_per_request'",
         "# configuration time: envoy ... -l info --component-log-level wasm:debug --log-format '[%Y-%m-%d %T.%f][%t][%l][%n] %v'",
         "# control plane:",
-        "target/release/meshwarden-push-bench --meshwarden target/release/meshwarden --wasm-dir target/filters --proxies 100,1000,5000 --pushes 5",
+        "target/release/meshwarden-push-bench --meshwarden target/release/meshwarden --wasm-dir target/filters --proxies 100,1000,5000,10000 --pushes 5",
+        "target/release/meshwarden-push-bench ... --proxies 1000 --replicas 3   # 3 replicas sharing a real etcd",
         "# sizes:",
         "scripts/package-wasm.sh target/wasm32-wasip1/wasm target/filters meshwarden trace fault mirror ratelimit",
         "# rate-limit accuracy (each proxy: envoy --concurrency 2, 100/s burst 50):",
@@ -542,7 +556,9 @@ def main() -> int:
                         "h2load --rps if missing)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=3, help="length of each load run")
-    p.add_argument("--proxies", default="100,1000,5000")
+    p.add_argument("--proxies", default="100,1000,5000,10000")
+    p.add_argument("--replica-proxies", default="1000",
+                   help="fleet sizes of the push benchmark with 3 replicas on etcd")
     p.add_argument("--pushes", type=int, default=5)
     p.add_argument("--push-timeout", type=int, default=600)
     p.add_argument("--only", default="",
@@ -573,6 +589,7 @@ def main() -> int:
     warmup = 1
     if a.smoke:
         a.rounds, a.seconds, a.proxies, a.pushes, warmup = 1, 1, "10", 2, 0
+        a.replica_proxies = "10"
         a.push_timeout = min(a.push_timeout, 60)
         a.accuracy_seconds = min(a.accuracy_seconds, 2)
         a.mirror_seconds = min(a.mirror_seconds, 1)
@@ -670,6 +687,9 @@ def main() -> int:
             results["push"] = run_push(a, work)
             if results["push"].get("error"):
                 failures.append("push: " + results["push"]["error"])
+            results["push_replicas"] = run_push(a, work, replicas=3, proxies=a.replica_proxies)
+            if results["push_replicas"].get("error"):
+                failures.append("push (3 replicas on etcd): " + results["push_replicas"]["error"])
         if "accuracy" in parts:
             results["accuracy"] = run_accuracy(a, work)
             if results["accuracy"].get("error"):

@@ -6,6 +6,7 @@
 #   kubectl         `kubectl kustomize` for the manifest check (offline)
 #   redis-server    the global rate limit service's tests
 #   prometheus      a real Prometheus (and promtool) for the dashboard test
+#   etcd-server     the shared store of control-plane replicas (`serve --store etcd://`)
 # As root with apt-get (CI, a fresh container), they are installed; otherwise the missing
 # ones are named once and the build goes on (the tests that need them say so clearly).
 set -euo pipefail
@@ -19,6 +20,7 @@ declare -A need=(
   [kubectl]=kubectl
   [redis-server]=redis-server
   [prometheus]=prometheus
+  [etcd]=etcd-server
 )
 missing=()
 for cmd in "${!need[@]}"; do

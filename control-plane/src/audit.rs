@@ -53,6 +53,9 @@ pub struct AuditLog {
     inner: Arc<Mutex<Inner>>,
     store: Option<Arc<dyn AuxStore>>,
     max: usize,
+    /// With replicas sharing a store: this replica's id, part of its entries' keys (so
+    /// replicas never overwrite each other's entries), and `list` reads the store.
+    replica: Option<String>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -76,18 +79,14 @@ impl AuditLog {
             inner: Arc::default(),
             store: None,
             max: MAX_ENTRIES,
+            replica: None,
         }
     }
 
     /// A trail persisted in `store`, loading the entries kept there.
     pub fn persisted(store: Arc<dyn AuxStore>) -> Result<Self, String> {
-        let mut entries: Vec<AuditEntry> = store
-            .aux_records(PREFIX)?
-            .into_iter()
-            .filter_map(|(_, json)| serde_json::from_str(&json).ok())
-            .collect();
-        entries.sort_by_key(|e| e.seq);
-        let next_seq = entries.last().map_or(1, |e| e.seq + 1);
+        let entries = load(store.as_ref())?;
+        let next_seq = entries.iter().map(|e| e.seq).max().map_or(1, |s| s + 1);
         Ok(Self {
             inner: Arc::new(Mutex::new(Inner {
                 next_seq,
@@ -95,7 +94,22 @@ impl AuditLog {
             })),
             store: Some(store),
             max: MAX_ENTRIES,
+            replica: None,
         })
+    }
+
+    /// For replica `id` of a shared store: its entries are stored under keys of its own,
+    /// and [`AuditLog::list`] reads every replica's from the store.
+    pub fn for_replica(mut self, id: &str) -> Self {
+        self.replica = Some(id.to_string());
+        self
+    }
+
+    fn key(&self, seq: u64) -> String {
+        match &self.replica {
+            Some(id) => format!("{PREFIX}{id}\n{seq:020}"),
+            None => format!("{PREFIX}{seq:020}"),
+        }
     }
 
     /// Keeps at most `max` entries (tests).
@@ -130,9 +144,9 @@ impl AuditLog {
                     "audit"
                 );
                 let json = serde_json::to_string(&e).expect("entries serialize");
-                writes.push((key(e.seq), Some(json)));
+                writes.push((self.key(e.seq), Some(json)));
                 if e.seq > self.max as u64 {
-                    writes.push((key(e.seq - self.max as u64), None));
+                    writes.push((self.key(e.seq - self.max as u64), None));
                 }
                 inner.entries.push_back(e);
                 while inner.entries.len() > self.max {
@@ -147,19 +161,43 @@ impl AuditLog {
         }
     }
 
-    /// The last `limit` entries (all if 0), oldest first.
+    /// The last `limit` entries (all if 0), oldest first. For a replica, every replica's
+    /// entries, read from the store (blocking; call off the async threads).
     pub fn list(&self, limit: usize) -> Vec<AuditEntry> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let skip = match limit {
+        let skip = |n: usize| match limit {
             0 => 0,
-            n => inner.entries.len().saturating_sub(n),
+            l => n.saturating_sub(l),
         };
-        inner.entries.iter().skip(skip).cloned().collect()
+        if let (Some(_), Some(store)) = (&self.replica, &self.store) {
+            match load(store.as_ref()) {
+                Ok(entries) => {
+                    let n = entries.len();
+                    return entries.into_iter().skip(skip(n)).collect();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the replicas' audit trail; showing this replica's")
+                }
+            }
+        }
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .entries
+            .iter()
+            .skip(skip(inner.entries.len()))
+            .cloned()
+            .collect()
     }
 }
 
-fn key(seq: u64) -> String {
-    format!("{PREFIX}{seq:020}")
+/// Every stored entry, oldest first (by time, then sequence number).
+fn load(store: &dyn AuxStore) -> Result<Vec<AuditEntry>, String> {
+    let mut entries: Vec<AuditEntry> = store
+        .aux_records(PREFIX)?
+        .into_iter()
+        .filter_map(|(_, json)| serde_json::from_str(&json).ok())
+        .collect();
+    entries.sort_by_key(|e| (e.at_unix_ms, e.seq));
+    Ok(entries)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The storage interface the registry is written against: [`PolicyStore`], a narrow set
 //! of methods for policies, their history and auxiliary records. The embedded redb
-//! [`crate::store::Store`] implements it; another store (etcd) can implement the same
-//! methods without the registry, API or xDS code knowing which one runs.
+//! [`crate::store::Store`] implements it, and so does [`etcd::EtcdStore`] for replicas; the
+//! registry, API and xDS code do not know which one runs.
 //!
 //! Contract every implementation keeps:
 //! - [`PolicyStore::commit`] is atomic and durable: the policy records, the store
@@ -14,11 +14,16 @@
 //!   (0 when there is no record) is not that one, nothing of the commit is written and it
 //!   fails with [`StoreError::Conflict`]. A writer whose view is stale (another replica
 //!   wrote meanwhile) therefore cannot overwrite a change it has not seen.
+//! - A commit's generation must be the stored generation plus one; otherwise another
+//!   process committed since this one loaded, nothing is written and it fails with
+//!   [`StoreError::Stale`] (the registry reloads and retries).
 //! - At most `history_limit` revisions are kept per policy (the oldest go first, in the
 //!   same transaction); the newest is always kept, so numbering continues after a delete.
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 pub mod contract;
+pub mod etcd;
+pub(crate) mod records;
 
 use crate::policy_set::StoredPolicy;
 use crate::store::{Loaded, StoreError, StoreHealth};
@@ -146,4 +151,23 @@ pub trait PolicyStore: Send + Sync + fmt::Debug {
 
     /// Makes writes work again after a failure, if the cause is gone.
     fn recover(&self) -> Result<(), StoreError>;
+
+    /// For a store other processes write too (etcd): a receiver whose value changes
+    /// whenever the store may hold something this process has not loaded. The registry then
+    /// reloads ([`crate::registry::PolicyRegistry::refresh`]). `None`: only this process
+    /// writes (the embedded store).
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
+    /// Puts a record that lives only as long as this process (a lease in etcd): replica
+    /// status. A store only this process uses keeps nothing.
+    fn put_ephemeral(&self, _key: &str, _value: Vec<u8>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Every live ephemeral record whose key starts with `prefix`, of every process.
+    fn ephemeral_records(&self, _prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(Vec::new())
+    }
 }

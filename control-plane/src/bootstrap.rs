@@ -26,8 +26,9 @@ pub struct BootstrapParams {
     pub admin_port: u16,
     pub listen_address: String,
     pub listen_port: u16,
-    pub xds_address: String,
-    pub xds_port: u16,
+    /// Control-plane endpoints (`host`, `port`): one, or one per replica. Hosts are IP
+    /// addresses (the cluster is STATIC).
+    pub xds_endpoints: Vec<(String, u16)>,
     pub upstream_address: String,
     pub upstream_port: u16,
     /// Use the delta (incremental) ADS protocol instead of state-of-the-world.
@@ -72,6 +73,11 @@ pub fn render(p: &BootstrapParams) -> String {
         .collect();
     let json = |s: &str| serde_json::to_string(s).expect("strings serialize");
     let vars: [(&str, String); 13] = [
+        ("xds_endpoints", xds_endpoints(&p.xds_endpoints)),
+        (
+            "xds_health_check",
+            xds_health_check(p.xds_endpoints.len()).into(),
+        ),
         ("node_id", json(&p.node_id)),
         ("node_cluster", json(&p.node_cluster)),
         (
@@ -87,14 +93,36 @@ pub fn render(p: &BootstrapParams) -> String {
         ("listen_address", p.listen_address.clone()),
         ("listen_port", p.listen_port.to_string()),
         ("meshwarden_filters", filters.trim_end().into()),
-        ("xds_address", p.xds_address.clone()),
-        ("xds_port", p.xds_port.to_string()),
         ("upstream_address", p.upstream_address.clone()),
         ("upstream_port", p.upstream_port.to_string()),
     ];
     vars.iter().fold(TEMPLATE.to_string(), |out, (k, v)| {
         out.replace(&format!("{{{{{k}}}}}"), v)
     })
+}
+
+/// The `lb_endpoints` entries of the xDS cluster.
+fn xds_endpoints(endpoints: &[(String, u16)]) -> String {
+    endpoints
+        .iter()
+        .map(|(host, port)| {
+            format!(
+                "        - endpoint:\n            address:\n              socket_address: {{ address: {host}, port_value: {port} }}\n"
+            )
+        })
+        .collect::<String>()
+        .trim_end()
+        .to_string()
+}
+
+/// With several control-plane replicas, a TCP health check of each, so that after one dies
+/// the proxy reconnects to a live one at once instead of trying the dead one again.
+fn xds_health_check(endpoints: usize) -> &'static str {
+    if endpoints > 1 {
+        "    health_checks:\n    - timeout: 0.5s\n      interval: 1s\n      unhealthy_threshold: 1\n      healthy_threshold: 1\n      tcp_health_check: {}\n"
+    } else {
+        ""
+    }
 }
 
 /// TLS of the proxy's connection to the control plane (the `meshwarden_xds` cluster).
@@ -214,8 +242,7 @@ mod tests {
             admin_port: 9901,
             listen_address: "127.0.0.1".into(),
             listen_port: 10000,
-            xds_address: "127.0.0.1".into(),
-            xds_port: 18000,
+            xds_endpoints: vec![("127.0.0.1".into(), 18000)],
             upstream_address: "127.0.0.1".into(),
             upstream_port: 8080,
             delta: false,

@@ -18,6 +18,7 @@ pub mod policy_set;
 pub mod properties;
 pub mod ratelimit_limits;
 pub mod registry;
+pub mod replicas;
 pub mod store;
 /// Test certificates, generated at run time.
 #[cfg(any(test, feature = "testing"))]
@@ -25,5 +26,6 @@ pub mod test_pki;
 pub mod tls;
 pub mod xds;
 
-#[cfg(test)]
-pub(crate) mod test_fixtures;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod test_fixtures;

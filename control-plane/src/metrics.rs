@@ -139,6 +139,18 @@ impl Collector for PolicyCollector {
             "Apply requests refused because a policy had changed since the revision they were based on (optimistic concurrency).",
             stats.conflicts(),
         )?;
+        counter(
+            &mut enc,
+            "meshwarden_store_reloads",
+            "Reloads of a shared store (replicas on etcd) that found changes made by another replica.",
+            stats.reloads(),
+        )?;
+        counter(
+            &mut enc,
+            "meshwarden_store_stale_retries",
+            "Writes retried because another replica committed first (shared store).",
+            stats.stale_retries(),
+        )?;
         gauge(
             &mut enc,
             "meshwarden_store_generation",
@@ -302,6 +314,7 @@ mod tests {
             "meshwarden_policy_applies_total{outcome=\"unchanged\"} 1",
             "meshwarden_policy_rejections_total 1",
             "meshwarden_policy_conflicts_total 0",
+            "meshwarden_store_reloads_total 0",
             "meshwarden_store_generation 1",
             "meshwarden_store_invalid_records 0",
             "meshwarden_halts{kind=\"FaultPolicy\"} 1",

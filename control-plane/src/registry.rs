@@ -30,6 +30,9 @@ use tokio::sync::{broadcast, watch};
 /// How many change events a slow watcher may fall behind before its stream is ended.
 const EVENT_BUFFER: usize = 1024;
 
+/// Attempts of a write that keeps losing the race against other replicas.
+const MAX_STALE_RETRIES: u32 = 8;
+
 /// What an apply did to one policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -253,6 +256,8 @@ pub struct RegistryStats {
     unchanged: AtomicU64,
     rejected: AtomicU64,
     conflicts: AtomicU64,
+    reloads: AtomicU64,
+    stale_retries: AtomicU64,
 }
 
 impl RegistryStats {
@@ -270,6 +275,16 @@ impl RegistryStats {
     /// revision they were based on.
     pub fn conflicts(&self) -> u64 {
         self.conflicts.load(Ordering::Relaxed)
+    }
+
+    /// Reloads since startup that found changes made by another replica (shared store).
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Writes retried since startup because another replica committed first.
+    pub fn stale_retries(&self) -> u64 {
+        self.stale_retries.load(Ordering::Relaxed)
     }
 
     fn counter(&self, outcome: Outcome) -> &AtomicU64 {
@@ -310,6 +325,11 @@ impl PolicyRegistry {
 
     /// Loads an already opened store.
     pub fn from_store(store: impl PolicyStore + 'static) -> Result<Self, StoreError> {
+        Self::from_boxed(Box::new(store))
+    }
+
+    /// Loads an already opened store of either kind (`serve --store`).
+    pub fn from_boxed(store: Box<dyn PolicyStore>) -> Result<Self, StoreError> {
         let loaded = store.load()?;
         for bad in &loaded.invalid {
             tracing::error!(key = %bad.key, error = %bad.error, "stored policy not loaded");
@@ -323,7 +343,7 @@ impl PolicyRegistry {
             generation = loaded.generation,
             "policy store loaded"
         );
-        let halts = load_halts(&store)?;
+        let halts = load_halts(store.as_ref())?;
         if !halts.is_empty() {
             let names: Vec<&str> = halts.iter().map(|h| h.name.as_str()).collect();
             tracing::warn!(halts = ?names, "halts in force: fault injection and/or mirroring stay suspended until `meshwarden resume`");
@@ -341,7 +361,7 @@ impl PolicyRegistry {
                 .collect(),
         };
         Ok(Self {
-            store: Box::new(store),
+            store,
             history_limit: DEFAULT_HISTORY_LIMIT,
             write: Mutex::new(writer),
             set_tx: watch::channel(set).0,
@@ -410,6 +430,16 @@ impl PolicyRegistry {
         self.store.write_aux(writes)
     }
 
+    /// Puts a record that lives as long as this process (see [`PolicyStore::put_ephemeral`]).
+    pub fn put_ephemeral(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        self.store.put_ephemeral(key, value)
+    }
+
+    /// Every live ephemeral record under `prefix`, of every process sharing the store.
+    pub fn ephemeral_records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.store.ephemeral_records(prefix)
+    }
+
     /// Reopens the store after a failed write (e.g. once disk space is back).
     pub fn recover_store(&self) -> Result<(), StoreError> {
         let _writer = self.lock();
@@ -442,7 +472,10 @@ impl PolicyRegistry {
         docs: Vec<Value>,
         options: &ApplyOptions,
     ) -> Result<Vec<ApplyOutcome>, ApplyError> {
-        let result = self.apply_inner(docs, options);
+        let result = self.with_retries(
+            || self.apply_inner(&docs, options),
+            |e| matches!(e, ApplyError::Store(StoreError::Stale { .. })),
+        );
         match &result {
             Err(e) if e.is_invalid_input() => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -457,10 +490,10 @@ impl PolicyRegistry {
 
     fn apply_inner(
         &self,
-        docs: Vec<Value>,
+        docs: &[Value],
         options: &ApplyOptions,
     ) -> Result<Vec<ApplyOutcome>, ApplyError> {
-        let parsed = validate_all(&docs)?;
+        let parsed = validate_all(docs)?;
         let mut writer = self.lock();
         let current = self.current();
         if !options.force {
@@ -567,6 +600,13 @@ impl PolicyRegistry {
     /// [`PolicyRegistry::delete`] by `actor`, recorded in the policy's history (a deleted
     /// policy keeps its history, so it can be rolled back to life).
     pub fn delete_as(&self, kind: Kind, name: &str, actor: &str) -> Result<u64, DeleteError> {
+        self.with_retries(
+            || self.delete_once(kind, name, actor),
+            |e| matches!(e, DeleteError::Store(StoreError::Stale { .. })),
+        )
+    }
+
+    fn delete_once(&self, kind: Kind, name: &str, actor: &str) -> Result<u64, DeleteError> {
         let mut writer = self.lock();
         let current = self.current();
         let key = store::key(kind, name);
@@ -618,6 +658,7 @@ impl PolicyRegistry {
     /// Puts `halt` in force (replacing a halt of the same name) durably, then publishes it:
     /// the xDS side recomposes the halted kinds for the selected proxies.
     pub fn halt(&self, halt: Halt) -> Result<(), HaltWriteError> {
+        self.catch_up()?;
         let _writer = self.lock();
         let current = self.current();
         let mut halts: Vec<Halt> = current
@@ -646,6 +687,7 @@ impl PolicyRegistry {
 
     /// Lifts the halt named `name`, or every halt when `None`; returns the names lifted.
     pub fn resume(&self, name: Option<&str>) -> Result<Vec<String>, StoreError> {
+        self.catch_up()?;
         let _writer = self.lock();
         let current = self.current();
         let (lifted, kept): (Vec<Halt>, Vec<Halt>) = current
@@ -733,6 +775,120 @@ impl PolicyRegistry {
             });
         }
         Ok(target.clone())
+    }
+
+    /// Whether other processes write the store too (replicas on etcd).
+    pub fn is_shared(&self) -> bool {
+        self.store.changes().is_some()
+    }
+
+    /// For a shared store: a receiver that changes whenever the store may hold changes
+    /// this process has not loaded; call [`PolicyRegistry::refresh`] then.
+    pub fn store_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.store.changes()
+    }
+
+    /// Reloads the store and publishes what other writers (replicas sharing an etcd store)
+    /// changed: the policy set, with one change event per policy created, updated or
+    /// deleted, and the halts. Events are derived from the difference between the set
+    /// served and the set stored, so a change is never announced twice or skipped, however
+    /// often this runs. Returns whether anything changed.
+    pub fn refresh(&self) -> Result<bool, StoreError> {
+        let mut writer = self.lock();
+        let loaded = self.store.load()?;
+        let halts = load_halts(self.store.as_ref())?;
+        let current = self.current();
+        if loaded.generation == current.generation && halts == current.halts {
+            return Ok(false);
+        }
+        if loaded.generation < current.generation {
+            tracing::warn!(
+                store = %self.store.location(),
+                stored = loaded.generation,
+                served = current.generation,
+                "the store is at an older generation than the one served (restored from a backup?); serving what it holds"
+            );
+        }
+        let mut policies = loaded.policies;
+        sort(&mut policies);
+        writer.invalid = loaded
+            .invalid
+            .into_iter()
+            .map(|r| (r.key, r.error))
+            .collect();
+        let next = PolicySet {
+            generation: loaded.generation,
+            policies,
+            halts,
+        };
+        let mut events = Vec::new();
+        for p in &next.policies {
+            match current.get(p.kind(), p.name()) {
+                None => events.push((p.clone(), ChangeType::Created, p.version.clone())),
+                Some(old) if old.version != p.version || old.revision != p.revision => {
+                    events.push((p.clone(), ChangeType::Updated, p.version.clone()))
+                }
+                Some(_) => {}
+            }
+        }
+        let deleted: Vec<&StoredPolicy> = current
+            .policies
+            .iter()
+            .filter(|p| next.get(p.kind(), p.name()).is_none())
+            .collect();
+        for p in &deleted {
+            let _ = self.events_tx.send(ChangeEvent {
+                kind: p.kind(),
+                name: p.name().to_string(),
+                change: ChangeType::Deleted,
+                version: p.version.clone(),
+                generation: next.generation,
+                revision: p.revision,
+            });
+        }
+        let generation = next.generation;
+        self.stats.reloads.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            generation,
+            changed = events.len(),
+            deleted = deleted.len(),
+            "loaded changes made by another replica"
+        );
+        self.publish(next);
+        for (p, change, version) in &events {
+            self.emit(p, *change, version, generation);
+        }
+        Ok(true)
+    }
+
+    /// With a shared store, loads what other replicas committed before a write, so the
+    /// write is checked against (and based on) the store's latest state.
+    fn catch_up(&self) -> Result<(), StoreError> {
+        if self.is_shared() {
+            self.refresh()?;
+        }
+        Ok(())
+    }
+
+    /// Runs `write` after [`Self::catch_up`]; when it fails because another replica
+    /// committed in between (`is_stale`), catches up and runs it again, a few times.
+    fn with_retries<T, E: From<StoreError>>(
+        &self,
+        mut write: impl FnMut() -> Result<T, E>,
+        is_stale: impl Fn(&E) -> bool,
+    ) -> Result<T, E> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.catch_up()?;
+            match write() {
+                Err(e) if is_stale(&e) && attempt < MAX_STALE_RETRIES => {
+                    self.stats.stale_retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(attempt, "another replica committed first; retrying");
+                }
+                result => return result,
+            }
+        }
     }
 
     fn commit(
@@ -1208,6 +1364,119 @@ mod tests {
                 ("b".to_string(), ChangeType::Created, 2),
             ]
         );
+    }
+
+    /// One embedded store shared by two registries in this process, standing in for
+    /// replicas on etcd: it says it is shared, so the registries catch up before writes.
+    #[derive(Debug, Clone)]
+    struct SharedStore(Arc<Store>, watch::Sender<u64>);
+
+    impl PolicyStore for SharedStore {
+        fn location(&self) -> String {
+            self.0.location()
+        }
+        fn load(&self) -> Result<store::Loaded, StoreError> {
+            PolicyStore::load(self.0.as_ref())
+        }
+        fn commit(&self, commit: &Commit<'_>) -> Result<Vec<u64>, StoreError> {
+            PolicyStore::commit(self.0.as_ref(), commit)
+        }
+        fn history(&self, kind: Kind, name: &str) -> Result<Vec<Revision>, StoreError> {
+            PolicyStore::history(self.0.as_ref(), kind, name)
+        }
+        fn aux_records(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+            self.0.aux_records(prefix)
+        }
+        fn write_aux(&self, writes: &[(String, Option<String>)]) -> Result<(), StoreError> {
+            self.0.write_aux(writes)
+        }
+        fn health(&self) -> StoreHealth {
+            self.0.health()
+        }
+        fn write_errors(&self) -> u64 {
+            self.0.write_errors()
+        }
+        fn recover(&self) -> Result<(), StoreError> {
+            self.0.recover()
+        }
+        fn changes(&self) -> Option<watch::Receiver<u64>> {
+            Some(self.1.subscribe())
+        }
+    }
+
+    /// Two registries ("replicas") on one shared store.
+    fn replicas() -> (tempfile::TempDir, PolicyRegistry, PolicyRegistry) {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = SharedStore(
+            Arc::new(Store::open(dir.path()).unwrap()),
+            watch::channel(0).0,
+        );
+        let a = PolicyRegistry::from_store(shared.clone()).unwrap();
+        let b = PolicyRegistry::from_store(shared).unwrap();
+        (dir, a, b)
+    }
+
+    #[test]
+    fn a_replica_refresh_publishes_the_difference_once() {
+        let (_dir, a, b) = replicas();
+        let (_, mut events) = b.snapshot_and_subscribe();
+        a.apply(vec![trace("x", json!(1)), trace("y", json!(1))], false)
+            .unwrap();
+        a.apply(vec![trace("x", json!(2))], false).unwrap();
+        assert!(b.refresh().unwrap());
+        assert!(!b.refresh().unwrap(), "nothing new: nothing published");
+        a.delete(Kind::TracePolicy, "y").unwrap();
+        assert!(b.refresh().unwrap());
+        let got: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
+            .map(|e| (e.name, e.change, e.generation, e.revision))
+            .collect();
+        // The two changes to x collapse into one update to the stored state.
+        assert_eq!(
+            got,
+            [
+                ("x".to_string(), ChangeType::Created, 2, 2),
+                ("y".to_string(), ChangeType::Created, 2, 1),
+                ("y".to_string(), ChangeType::Deleted, 3, 1),
+            ]
+        );
+        assert_eq!(b.current().generation, 3);
+        assert_eq!(sampling(&b, "x"), Some(2.0));
+        // Halts written on one replica reach the other.
+        let halt = Halt::new(
+            "freeze",
+            &[],
+            meshwarden_common::Selector::default(),
+            "drill".into(),
+            1,
+        )
+        .unwrap();
+        a.halt(halt).unwrap();
+        b.refresh().unwrap();
+        assert_eq!(b.current().halts.len(), 1);
+    }
+
+    #[test]
+    fn a_replica_behind_catches_up_before_writing_and_still_detects_conflicts() {
+        let (_dir, a, b) = replicas();
+        a.apply(vec![trace("x", json!(1))], false).unwrap();
+        // b has not refreshed: its write catches up first (generation 2, not a stale 1),
+        // and is based on the revision a wrote.
+        let out = b.apply(vec![trace("x", json!(2))], false).unwrap();
+        assert_eq!((out[0].outcome, out[0].revision), (Outcome::Updated, 2));
+        assert_eq!(b.current().generation, 2);
+        // A copy based on revision 1 is refused on either replica.
+        for reg in [&a, &b] {
+            let options = ApplyOptions {
+                expected_revisions: vec![Some(1)],
+                ..ApplyOptions::default()
+            };
+            let err = reg
+                .apply_with(vec![trace("x", json!(3))], &options)
+                .unwrap_err();
+            assert!(matches!(err, ApplyError::Conflict(_)), "{err}");
+        }
+        a.refresh().unwrap();
+        assert_eq!(sampling(&a, "x"), Some(2.0));
     }
 
     fn sampling(reg: &PolicyRegistry, name: &str) -> Option<f64> {

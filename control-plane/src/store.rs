@@ -21,12 +21,11 @@
 //! reports itself unhealthy and reopens the database before the next write (and whenever
 //! [`Store::recover`] is called), so writes work again once space returns.
 
+use crate::backend::records::{self, decode, encode, Decode};
 use crate::backend::{Commit, PolicyStore, Revision};
-use crate::policy_set::{content_version, StoredPolicy};
-use meshwarden_common::{Kind, PolicyDocument};
+use crate::policy_set::StoredPolicy;
+use meshwarden_common::Kind;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +76,17 @@ pub enum StoreError {
     Corrupt { path: PathBuf, detail: String },
     #[error("store {path} cannot be written: {detail} (it is reopened before the next write)")]
     Unavailable { path: PathBuf, detail: String },
+    /// A remote store (etcd) failed or did not answer in time. Nothing was written.
+    #[error("store {location} is unreachable or failed: {detail}")]
+    Remote { location: String, detail: String },
+    /// The store's generation moved on since this writer read it: another replica
+    /// committed first. Nothing was written; the writer reloads and tries again.
+    #[error("store {location} is at generation {stored}, not {expected} as this writer expected: another replica wrote first")]
+    Stale {
+        location: String,
+        stored: u64,
+        expected: u64,
+    },
     /// A change's base revision is not the stored one: another writer got there first.
     /// Nothing was written; the store stays healthy.
     #[error("conflict: {key} is at revision {found} in the store, not revision {expected} this change was based on; nothing was applied")]
@@ -85,41 +95,6 @@ pub enum StoreError {
         expected: u64,
         found: u64,
     },
-}
-
-/// The stored form of one policy.
-#[derive(Debug, Serialize, Deserialize)]
-struct Record {
-    document: serde_json::Value,
-    version: String,
-    generation: u64,
-    updated_unix_ms: i64,
-    /// The policy's revision (records written before revisions existed have none: 0).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    revision: u64,
-    /// SHA-256 (hex) of the record serialized without this field. Records written before
-    /// checksums existed have none and are accepted as they are.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    checksum: Option<String>,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-impl Record {
-    fn compute_checksum(&self) -> String {
-        let unsigned = Record {
-            document: self.document.clone(),
-            version: self.version.clone(),
-            generation: self.generation,
-            updated_unix_ms: self.updated_unix_ms,
-            revision: self.revision,
-            checksum: None,
-        };
-        let json = serde_json::to_string(&unsigned).expect("records always serialize");
-        hex::encode(Sha256::digest(json.as_bytes()))
-    }
 }
 
 /// Whether the store can take writes.
@@ -152,19 +127,6 @@ pub struct Loaded {
     pub policies: Vec<StoredPolicy>,
     /// Records that were not loaded.
     pub invalid: Vec<InvalidRecord>,
-}
-
-/// A history entry as stored: the revision and a SHA-256 of it.
-#[derive(Debug, Serialize, Deserialize)]
-struct HistoryRecord {
-    #[serde(flatten)]
-    revision: Revision,
-    checksum: String,
-}
-
-fn revision_checksum(revision: &Revision) -> String {
-    let json = serde_json::to_string(revision).expect("revisions always serialize");
-    hex::encode(Sha256::digest(json.as_bytes()))
 }
 
 /// Key prefix of one policy's history entries.
@@ -499,7 +461,7 @@ impl Store {
         match &result {
             Ok(_) => self.mark_generation(commit.generation),
             // Refused on purpose (compare-and-swap), not a failure of the store.
-            Err(StoreError::Conflict { .. }) => {}
+            Err(StoreError::Conflict { .. } | StoreError::Stale { .. }) => {}
             Err(e) => {
                 self.write_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(path = %self.path.display(), error = %e, "store write failed");
@@ -518,6 +480,22 @@ impl Store {
         txn.set_durability(Durability::Immediate)
             .map_err(redb::Error::from)?;
         let mut revisions = Vec::with_capacity(commit.changes.len());
+        {
+            let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
+            let stored = meta
+                .get(GENERATION)
+                .map_err(redb::Error::from)?
+                .map_or(0, |g| g.value());
+            if stored + 1 != commit.generation {
+                return Err(StoreError::Stale {
+                    location: self.path.display().to_string(),
+                    stored,
+                    expected: commit.generation.saturating_sub(1),
+                });
+            }
+            meta.insert(GENERATION, commit.generation)
+                .map_err(redb::Error::from)?;
+        }
         {
             let mut table = txn.open_table(POLICIES).map_err(redb::Error::from)?;
             let mut history = txn.open_table(HISTORY).map_err(redb::Error::from)?;
@@ -557,23 +535,13 @@ impl Store {
                     document,
                     rollback_of: change.rollback_of,
                 };
-                let record = HistoryRecord {
-                    checksum: revision_checksum(&entry),
-                    revision: entry,
-                };
-                let json = serde_json::to_string(&record).map_err(|source| StoreError::Encode {
-                    key: key.clone(),
-                    source,
-                })?;
+                let json = records::encode_revision(&key, &entry)?;
                 history
                     .insert(history_key(&key, revision).as_str(), json.as_str())
                     .map_err(redb::Error::from)?;
                 prune_history(&mut history, &key, commit.history_limit.max(1))?;
                 revisions.push(revision);
             }
-            let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
-            meta.insert(GENERATION, commit.generation)
-                .map_err(redb::Error::from)?;
         }
         txn.commit().map_err(redb::Error::from)?;
         Ok(revisions)
@@ -591,21 +559,12 @@ impl Store {
             if !k.value().starts_with(&prefix) {
                 break;
             }
-            let record: HistoryRecord =
-                serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt {
+            let revision =
+                records::decode_revision(v.value()).map_err(|detail| StoreError::Corrupt {
                     path: self.path.clone(),
-                    detail: format!("history entry {:?} is unreadable: {e}", k.value()),
+                    detail: format!("history entry {:?}: {detail}", k.value()),
                 })?;
-            if record.checksum != revision_checksum(&record.revision) {
-                return Err(StoreError::Corrupt {
-                    path: self.path.clone(),
-                    detail: format!(
-                        "history entry {:?}: checksum mismatch: the entry was altered on disk",
-                        k.value()
-                    ),
-                });
-            }
-            out.push(record.revision);
+            out.push(revision);
         }
         Ok(out)
     }
@@ -676,8 +635,7 @@ fn stored_revision(policies: &redb::Table<&str, &str>, key: &str) -> Result<u64,
     Ok(policies
         .get(key)
         .map_err(redb::Error::from)?
-        .and_then(|v| serde_json::from_str::<Record>(v.value()).ok())
-        .map_or(0, |r| r.revision))
+        .map_or(0, |v| records::record_revision(v.value())))
 }
 
 /// Removes the oldest entries of `key` beyond `limit`.
@@ -704,65 +662,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn encode(p: &StoredPolicy, revision: u64) -> Result<(String, String), StoreError> {
-    let key = key(p.kind(), p.name());
-    let mut record = Record {
-        document: p.doc.to_value(),
-        version: p.version.clone(),
-        generation: p.generation,
-        updated_unix_ms: p.updated_unix_ms,
-        revision,
-        checksum: None,
-    };
-    record.checksum = Some(record.compute_checksum());
-    let json = serde_json::to_string(&record).map_err(|source| StoreError::Encode {
-        key: key.clone(),
-        source,
-    })?;
-    Ok((key, json))
-}
-
-/// Why a record was not loaded.
-enum Decode {
-    /// Intact, but its document fails this build's validation: kept aside.
-    Invalid(String),
-    /// Damaged on disk: the store must not be served.
-    Damaged(String),
-}
-
-/// Decodes, checks and re-validates one record. The version is recomputed from the
-/// document, so it always matches what this build would compute for the same content.
-fn decode(key: &str, json: &str) -> Result<StoredPolicy, Decode> {
-    let record: Record = serde_json::from_str(json)
-        .map_err(|e| Decode::Damaged(format!("unreadable record: {e}")))?;
-    if let Some(sum) = &record.checksum {
-        if *sum != record.compute_checksum() {
-            return Err(Decode::Damaged(
-                "checksum mismatch: the record was altered on disk".into(),
-            ));
-        }
-    }
-    let doc = PolicyDocument::from_value(&record.document)
-        .map_err(|e| Decode::Invalid(format!("document no longer valid: {e}")))?;
-    let expected = self::key(doc.kind(), doc.name().as_str());
-    if expected != key {
-        return Err(Decode::Damaged(format!(
-            "record holds {expected}, not {key}"
-        )));
-    }
-    Ok(StoredPolicy {
-        version: content_version(&doc),
-        doc,
-        generation: record.generation,
-        updated_unix_ms: record.updated_unix_ms,
-        revision: record.revision,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::{HistoryChange, PolicyChange};
+    use crate::policy_set::content_version;
+    use meshwarden_common::PolicyDocument;
     use serde_json::json;
 
     fn policy(name: &str, sampling: u32, generation: u64) -> StoredPolicy {

@@ -37,6 +37,9 @@ pub struct EnvoyOptions {
     /// The global rate limit service's gRPC address (`meshwarden bootstrap
     /// --ratelimit-service`), for `scope: global` policies.
     pub ratelimit_service: Option<std::net::SocketAddr>,
+    /// gRPC ports of more control-plane replicas, listed after the given control plane's
+    /// in the xDS cluster (failover).
+    pub more_xds_ports: Vec<u16>,
 }
 
 impl Default for EnvoyOptions {
@@ -52,6 +55,7 @@ impl Default for EnvoyOptions {
             xds_tls: None,
             listener_tls: None,
             ratelimit_service: None,
+            more_xds_ports: Vec::new(),
         }
     }
 }
@@ -83,8 +87,10 @@ impl Envoy {
             admin_port,
             listen_address: "127.0.0.1".into(),
             listen_port,
-            xds_address: "127.0.0.1".into(),
-            xds_port: cp.grpc_port,
+            xds_endpoints: std::iter::once(cp.grpc_port)
+                .chain(opts.more_xds_ports.iter().copied())
+                .map(|port| ("127.0.0.1".to_string(), port))
+                .collect(),
             upstream_address: "127.0.0.1".into(),
             upstream_port,
             delta: opts.delta,

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod control_plane;
 pub mod envoy;
+pub mod etcd;
 pub mod istio;
 pub mod paths;
 pub mod ports;

@@ -45,9 +45,14 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl ControlPlane {
-    /// Starts `binary serve` with its store in `work_dir` and modules from `wasm_dir`, and
-    /// waits until its policy API answers.
-    pub async fn start(binary: &Path, wasm_dir: &Path, work_dir: &Path) -> anyhow::Result<Self> {
+    /// Starts `binary serve` with its store in `work_dir` (or the store `extra_args`
+    /// name) and modules from `wasm_dir`, and waits until its policy API answers.
+    pub async fn start(
+        binary: &Path,
+        wasm_dir: &Path,
+        work_dir: &Path,
+        extra_args: &[String],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(work_dir)
             .with_context(|| format!("cannot create {}", work_dir.display()))?;
         let (grpc, http) = (free_port()?, free_port()?);
@@ -64,6 +69,7 @@ impl ControlPlane {
             .arg(work_dir.join("store"))
             .arg("--wasm-dir")
             .arg(wasm_dir)
+            .args(extra_args)
             // One log line per connecting proxy would be thousands of writes: warnings only.
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

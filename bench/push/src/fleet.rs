@@ -54,8 +54,9 @@ pub struct Fleet {
 impl Fleet {
     /// Opens `proxies` ADS streams to `url`, at most `streams_per_connection` per HTTP/2
     /// connection, each reporting to `events`.
+    /// Connections are spread round robin over `urls` (control-plane replicas).
     pub async fn connect(
-        url: &str,
+        urls: &[String],
         proxies: usize,
         streams_per_connection: usize,
         events: mpsc::UnboundedSender<Event>,
@@ -63,7 +64,8 @@ impl Fleet {
         let per = streams_per_connection.max(1);
         let connections = proxies.div_ceil(per).max(1);
         let mut channels = Vec::with_capacity(connections);
-        for _ in 0..connections {
+        for i in 0..connections {
+            let url = &urls[i % urls.len()];
             let channel = Endpoint::from_shared(url.to_string())?
                 .connect_timeout(Duration::from_secs(5))
                 .tcp_nodelay(true)

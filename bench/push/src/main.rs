@@ -5,6 +5,10 @@
 //! ACKing every response), then changes the policy `--pushes` times and measures, from the
 //! moment the Apply call is made, when each proxy has received and ACKed the new version.
 //! It also reports the control plane's resident memory per connected proxy and its CPU time.
+//!
+//! With `--replicas N` (N > 1) it starts a real etcd and N replicas sharing it, spreads the
+//! proxies' connections over them and applies on the first: the latency then includes the
+//! etcd commit, the other replicas' watch and their reload.
 
 mod control_plane;
 mod fleet;
@@ -49,6 +53,10 @@ struct Args {
     /// Write the results here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Control-plane replicas sharing one etcd (started by the benchmark); 1: one control
+    /// plane on its embedded store.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
     /// Record a perf profile of the control plane during the changes pushed to the largest
     /// fleet into this file (needs `perf`).
     #[arg(long)]
@@ -124,32 +132,75 @@ async fn run_size(args: &Args, proxies: usize) -> anyhow::Result<Value> {
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&work);
-    let cp = ControlPlane::start(&args.meshwarden, &args.wasm_dir, &work).await?;
-    let result = measure(args, &cp, proxies).await;
-    if result.is_err() {
-        eprintln!("control plane log:\n{}", cp.log_tail());
+    let etcd = match args.replicas {
+        0 | 1 => None,
+        _ => Some(meshwarden_e2e::etcd::Etcd::start().await?),
+    };
+    let mut cps = Vec::new();
+    for replica in 0..args.replicas.max(1) {
+        let extra: Vec<String> = match &etcd {
+            Some(etcd) => vec![
+                "--store".into(),
+                etcd.url(),
+                "--replica-id".into(),
+                format!("bench-{replica}"),
+            ],
+            None => Vec::new(),
+        };
+        let dir = work.join(format!("replica-{replica}"));
+        cps.push(ControlPlane::start(&args.meshwarden, &args.wasm_dir, &dir, &extra).await?);
     }
-    cp.stop().await;
+    let result = measure(args, &cps, proxies).await;
+    if result.is_err() {
+        for cp in &cps {
+            eprintln!("control plane log:\n{}", cp.log_tail());
+        }
+    }
+    for cp in cps {
+        cp.stop().await;
+    }
+    drop(etcd);
     let _ = std::fs::remove_dir_all(&work);
     result
 }
 
-async fn measure(args: &Args, cp: &ControlPlane, proxies: usize) -> anyhow::Result<Value> {
+/// Resident memory and CPU time summed over every replica.
+fn usage(cps: &[ControlPlane]) -> anyhow::Result<Usage> {
+    let mut total = Usage {
+        rss_bytes: 0,
+        cpu_ms: 0.0,
+    };
+    for cp in cps {
+        let u = cp.usage()?;
+        total.rss_bytes += u.rss_bytes;
+        total.cpu_ms += u.cpu_ms;
+    }
+    Ok(total)
+}
+
+/// Applies on the first replica; the fleet is spread over all of them.
+async fn measure(args: &Args, cps: &[ControlPlane], proxies: usize) -> anyhow::Result<Value> {
+    let cp = &cps[0];
     let timeout = Duration::from_secs(args.timeout_secs);
     let mut api = cp.policy_client().await?;
     api.apply_push(0).await.context("initial policy")?;
     // Let the snapshotter publish the initial policy before anything connects.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle = cp.usage()?;
+    let idle = usage(cps)?;
 
     let (tx, mut events) = mpsc::unbounded_channel();
     let started = Instant::now();
-    let fleet = Fleet::connect(&cp.grpc_url, proxies, args.streams_per_connection, tx).await?;
+    let urls: Vec<String> = cps.iter().map(|cp| cp.grpc_url.clone()).collect();
+    // With replicas, at least one connection per replica, so the fleet spreads over all.
+    let per = args
+        .streams_per_connection
+        .min(proxies.div_ceil(urls.len()).max(1));
+    let fleet = Fleet::connect(&urls, proxies, per, tx).await?;
     let connect = wait_for_push(&mut events, proxies, 0, started, timeout)
         .await
         .context("connecting the fleet")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let connected = cp.usage()?;
+    let connected = usage(cps)?;
     let per_proxy = (connected.rss_bytes as f64 - idle.rss_bytes as f64) / proxies as f64;
     println!(
         "N={proxies}: {} connections, all connected and ACKed in {:.1} ms; CP RSS {:.1} MiB -> {:.1} MiB ({:.1} KB/proxy)",
@@ -170,13 +221,13 @@ async fn measure(args: &Args, cp: &ControlPlane, proxies: usize) -> anyhow::Resu
     let mut per_push = Vec::new();
     for push in 1..=args.pushes {
         tokio::time::sleep(Duration::from_millis(args.pause_ms)).await;
-        let before: Usage = cp.usage()?;
+        let before: Usage = usage(cps)?;
         let client_before = usage_of(std::process::id())?;
         let t0 = Instant::now();
         api.apply_push(push).await?;
         let apply_ms = t0.elapsed().as_secs_f64() * 1e3;
         let arrivals = wait_for_push(&mut events, proxies, push, t0, timeout).await?;
-        let after = cp.usage()?;
+        let after = usage(cps)?;
         let client_cpu_ms = usage_of(std::process::id())?.cpu_ms - client_before.cpu_ms;
         let s = Summary::of(&arrivals.acked);
         println!(
@@ -199,7 +250,7 @@ async fn measure(args: &Args, cp: &ControlPlane, proxies: usize) -> anyhow::Resu
     if let Some(p) = profiler {
         p.stop();
     }
-    let end = cp.usage()?;
+    let end = usage(cps)?;
     let connections = fleet.connections;
     fleet.close().await;
 
@@ -251,6 +302,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "pushes": args.pushes,
         "streams_per_connection": args.streams_per_connection,
         "protocol": "sotw",
+        "replicas": args.replicas.max(1),
+        "store": if args.replicas > 1 { "etcd" } else { "redb" },
         "runs": runs,
     });
     if let Some(path) = &args.json {

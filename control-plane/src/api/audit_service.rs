@@ -30,7 +30,13 @@ impl AuditService for AuditApi {
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         let limit = request.into_inner().limit as usize;
-        let entries = self.log.list(limit).into_iter().map(entry).collect();
+        let log = self.log.clone();
+        let entries = tokio::task::spawn_blocking(move || log.list(limit))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .into_iter()
+            .map(entry)
+            .collect();
         Ok(Response::new(pb::ListAuditResponse { entries }))
     }
 }

@@ -11,7 +11,7 @@ pub mod guard;
 pub(crate) mod halts;
 pub mod pb;
 mod policy;
-mod status;
+pub(crate) mod status;
 pub mod targets;
 
 pub use audit_service::AuditApi;

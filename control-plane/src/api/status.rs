@@ -2,20 +2,32 @@
 
 use super::pb;
 use super::pb::proxy_status_service_server::ProxyStatusService;
+use crate::replicas::ReplicaStatus;
 use crate::xds::{ProxyRegistry, ProxyStatus, ResourceStatus};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
 
-/// Serves [`ProxyStatusService`] from the xDS server's [`ProxyRegistry`].
+/// Serves [`ProxyStatusService`] from the xDS server's [`ProxyRegistry`] and, with
+/// replicas, from the status the other replicas publish to the shared store.
 #[derive(Debug, Clone)]
 pub struct ProxyStatusApi {
     proxies: ProxyRegistry,
+    replicas: Option<ReplicaStatus>,
 }
 
 impl ProxyStatusApi {
     /// A service reporting `proxies`.
     pub fn new(proxies: ProxyRegistry) -> Self {
-        Self { proxies }
+        Self {
+            proxies,
+            replicas: None,
+        }
+    }
+
+    /// Also reports the proxies of every other replica sharing the store.
+    pub fn with_replicas(mut self, replicas: ReplicaStatus) -> Self {
+        self.replicas = Some(replicas);
+        self
     }
 
     /// The tonic server for this service.
@@ -30,7 +42,20 @@ impl ProxyStatusService for ProxyStatusApi {
         &self,
         _request: Request<pb::ListProxiesRequest>,
     ) -> Result<Response<pb::ListProxiesResponse>, Status> {
-        let proxies = self.proxies.list().iter().map(proxy).collect();
+        let mut proxies: Vec<pb::ProxyStatus> = self.proxies.list().iter().map(proxy).collect();
+        if let Some(replicas) = self.replicas.clone() {
+            for p in &mut proxies {
+                p.replica = replicas.replica_id().to_string();
+            }
+            let others = tokio::task::spawn_blocking(move || replicas.others())
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            match others {
+                Ok(others) => proxies.extend(others),
+                // This replica's own proxies are still worth showing.
+                Err(e) => tracing::warn!(error = %e, "cannot read the other replicas' status"),
+            }
+        }
         Ok(Response::new(pb::ListProxiesResponse { proxies }))
     }
 }
@@ -51,6 +76,7 @@ pub fn proxy(p: &ProxyStatus) -> pb::ProxyStatus {
         connected_at_unix_ms: unix_ms(Some(p.connected_at)),
         filters: p.resources.iter().map(filter).collect(),
         disconnected_at_unix_ms: unix_ms(p.disconnected_at),
+        replica: String::new(),
     }
 }
 

@@ -145,9 +145,31 @@ pub fn a_stale_base_revision_writes_nothing(store: &dyn PolicyStore) {
     );
 }
 
+/// A commit whose generation is not the stored one plus one (another process committed
+/// since this one loaded) fails with [`StoreError::Stale`] and writes nothing.
+pub fn a_stale_generation_writes_nothing(store: &dyn PolicyStore) {
+    let a1 = sampled("a", 1);
+    commit(store, 1, &[put(&a1, None)], 50).unwrap();
+    let a2 = sampled("a", 2);
+    for generation in [1, 3] {
+        let err = commit(store, generation, &[put(&a2, None)], 50).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Stale { stored: 1, .. }),
+            "generation {generation}: {err}"
+        );
+    }
+    assert_eq!(store.health(), crate::store::StoreHealth::Healthy);
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.generation, 1);
+    assert_eq!(loaded.policies[0].version, a1.version);
+    assert_eq!(revisions(store, "a"), [1]);
+    assert_eq!(commit(store, 2, &[put(&a2, Some(1))], 50).unwrap(), [2]);
+}
+
 /// Every contract test, each on a fresh store from `fresh`.
 pub fn run_all<S: PolicyStore>(mut fresh: impl FnMut() -> S) {
     revisions_are_per_policy_and_continue_after_a_delete(&fresh());
     history_is_bounded_per_policy(&fresh());
     a_stale_base_revision_writes_nothing(&fresh());
+    a_stale_generation_writes_nothing(&fresh());
 }

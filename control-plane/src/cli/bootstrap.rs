@@ -17,9 +17,10 @@ pub struct BootstrapArgs {
     /// Node label `key=value` (Envoy node metadata); may be repeated.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
-    /// Control plane gRPC address, `host:port`.
-    #[arg(long, default_value = "127.0.0.1:18000", value_parser = parse_host_port)]
-    pub xds_addr: (String, u16),
+    /// Control plane gRPC address, `host:port`; with replicas, every replica's, separated
+    /// by commas (the proxy fails over between them).
+    #[arg(long, default_value = "127.0.0.1:18000", value_delimiter = ',', value_parser = parse_host_port)]
+    pub xds_addr: Vec<(String, u16)>,
     /// Upstream the listener routes to, `host:port`.
     #[arg(long, default_value = "127.0.0.1:18080", value_parser = parse_host_port)]
     pub upstream_addr: (String, u16),
@@ -68,8 +69,7 @@ pub fn run(args: BootstrapArgs) -> anyhow::Result<()> {
         admin_port: args.admin_port,
         listen_address: args.listen_address,
         listen_port: args.listen_port,
-        xds_address: args.xds_addr.0,
-        xds_port: args.xds_addr.1,
+        xds_endpoints: args.xds_addr,
         upstream_address: args.upstream_addr.0,
         upstream_port: args.upstream_addr.1,
         delta: args.delta,

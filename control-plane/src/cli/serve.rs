@@ -40,9 +40,22 @@ pub struct ServeArgs {
     /// HTTP address: /metrics, /healthz, /readyz.
     #[arg(long, default_value = "127.0.0.1:18001")]
     pub http_addr: SocketAddr,
-    /// Directory of the embedded policy store (created if missing).
+    /// Directory of the embedded policy store (created if missing), and of the module
+    /// cache with either store.
     #[arg(long, default_value = "./.meshwarden")]
     pub data_dir: PathBuf,
+    /// Where policies are stored: the embedded store in `--data-dir` (default), or etcd,
+    /// `etcd://host:2379[,host:2379...]`, shared by any number of replicas.
+    #[arg(long, value_name = "etcd://HOST:PORT[,...]")]
+    pub store: Option<String>,
+    /// Key prefix of everything kept in etcd (several meshwarden installations can share
+    /// one etcd with different prefixes).
+    #[arg(long, default_value = crate::backend::etcd::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    /// This replica's name in `meshwarden status` (replicas on etcd); default: the host
+    /// name (the pod name in Kubernetes) and the process id.
+    #[arg(long)]
+    pub replica_id: Option<String>,
     /// Revisions kept per policy for `history`, `rollback` and `get --revision` (the
     /// oldest go first; a deleted policy keeps its history). At least 1.
     #[arg(long, default_value_t = crate::backend::DEFAULT_HISTORY_LIMIT as u64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -120,26 +133,44 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
 
     let data_dir = args.data_dir.clone();
     let history_limit = usize::try_from(args.history_limit).unwrap_or(usize::MAX);
+    let (store_url, prefix) = (args.store.clone(), args.etcd_prefix.clone());
     let registry = tokio::task::spawn_blocking(move || {
-        PolicyRegistry::open(&data_dir).map(|r| r.with_history_limit(history_limit))
+        let store: Box<dyn crate::backend::PolicyStore> = match &store_url {
+            Some(url) => Box::new(crate::backend::etcd::EtcdStore::open(url, &prefix)?),
+            None => Box::new(crate::store::Store::open(&data_dir)?),
+        };
+        PolicyRegistry::from_boxed(store).map(|r| r.with_history_limit(history_limit))
     })
     .await
     .context("store loading task failed")?
-    .with_context(|| {
-        format!(
+    .with_context(|| match &args.store {
+        Some(url) => format!("cannot open the policy store {url}"),
+        None => format!(
             "cannot open the policy store in {}",
             args.data_dir.display()
-        )
+        ),
     })?;
     let registry = Arc::new(registry);
+    tokio::spawn(crate::replicas::follow_store(
+        registry.clone(),
+        shutdown.clone(),
+    ));
     state.readiness.set_store(registry.clone());
     let _ = state.policies.set(registry.subscribe());
     tokio::spawn(recover_store(registry.clone(), shutdown.clone()));
 
     let rejections = xds::Rejections::persisted(registry.clone())
         .map_err(|e| anyhow::anyhow!("cannot read remembered rejections from the store: {e}"))?;
-    let audit = crate::audit::AuditLog::persisted(registry.clone())
+    let replica_id = registry.is_shared().then(|| {
+        args.replica_id
+            .clone()
+            .unwrap_or_else(crate::replicas::default_replica_id)
+    });
+    let mut audit = crate::audit::AuditLog::persisted(registry.clone())
         .map_err(|e| anyhow::anyhow!("cannot read the audit trail from the store: {e}"))?;
+    if let Some(id) = &replica_id {
+        audit = audit.for_replica(id);
+    }
     let auth = args.security.authenticator()?.map(std::sync::Arc::new);
     if let Some(auth) = &auth {
         auth.spawn_watch(args.security.reload_interval(), shutdown.clone());
@@ -190,6 +221,18 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
     );
     state.readiness.set_grpc_listening();
 
+    let mut status_api = ProxyStatusApi::new(xds.proxies());
+    if let Some(id) = replica_id {
+        tracing::info!(replica = %id, store = ?args.store, "serving as a replica of a shared store");
+        let replicas = crate::replicas::ReplicaStatus::new(id, registry.clone());
+        tokio::spawn(crate::replicas::publish_status(
+            replicas.clone(),
+            xds.proxies(),
+            shutdown.clone(),
+        ));
+        status_api = status_api.with_replicas(replicas);
+    }
+
     let grpc = tonic::transport::Server::builder()
         // Dead peers are found by keepalive pings; every connection, idle or not, is closed
         // gracefully after a while (proxies reconnect, as they do with istiod).
@@ -210,7 +253,7 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
                 .with_xds(xds.snapshots(), xds.proxies())
                 .into_server(),
         )
-        .add_service(ProxyStatusApi::new(xds.proxies()).into_server())
+        .add_service(status_api.into_server())
         .add_service(AuditApi::new(audit).into_server())
         .add_service(reflection()?)
         .add_service(xds.ads_service())

@@ -25,6 +25,9 @@ struct StatusOutput {
 #[serde(rename_all = "camelCase")]
 struct ProxyView {
     node_id: String,
+    /// The control-plane replica it is connected to (replicas on etcd only).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    replica: String,
     cluster: String,
     labels: BTreeMap<String, String>,
     protocol: String,
@@ -62,6 +65,7 @@ impl From<pb::ProxyStatus> for ProxyView {
     fn from(p: pb::ProxyStatus) -> Self {
         Self {
             node_id: p.node_id,
+            replica: p.replica,
             cluster: p.cluster,
             labels: p.labels.into_iter().collect(),
             protocol: p.protocol,
@@ -138,6 +142,8 @@ fn render(view: &StatusView) -> String {
     };
     let mut rows = Vec::new();
     let mut nacks = String::new();
+    // Replicas on etcd: a REPLICA column says which one each proxy is connected to.
+    let replicas = view.proxies.iter().any(|p| !p.replica.is_empty());
     for p in &view.proxies {
         let connected = match (p.connected, p.connected_at_unix_ms) {
             (true, at) if at > 0 => format!("yes ({})", table::age(at)),
@@ -147,12 +153,16 @@ fn render(view: &StatusView) -> String {
             }
             (false, _) => "no".to_string(),
         };
-        let mut head = vec![
-            p.node_id.clone(),
+        let mut head = vec![p.node_id.clone()];
+        if replicas {
+            head.push(dash(&p.replica));
+        }
+        head.extend([
             dash(&p.cluster),
             protocol_column(&p.transport, &p.protocol),
             connected,
-        ];
+        ]);
+        let head_len = head.len();
         if p.filters.is_empty() {
             head.extend(["-", "-", "-", "-"].map(String::from));
             rows.push(head);
@@ -160,7 +170,7 @@ fn render(view: &StatusView) -> String {
         }
         for f in &p.filters {
             let filter = f.name.strip_prefix("meshwarden.").unwrap_or(&f.name);
-            let mut row = std::mem::replace(&mut head, vec![String::new(); 4]);
+            let mut row = std::mem::replace(&mut head, vec![String::new(); head_len]);
             let rejected = if f.rejecting() { &f.nacked_version } else { "" };
             row.extend([
                 filter.to_string(),
@@ -185,19 +195,20 @@ fn render(view: &StatusView) -> String {
             }
         }
     }
-    let mut out = table::render(
-        &[
-            "NODE",
-            "CLUSTER",
-            "PROTOCOL",
-            "CONNECTED",
-            "FILTER",
-            "ACCEPTED",
-            "POLICIES",
-            "NACKED",
-        ],
-        &rows,
-    );
+    let mut columns = vec!["NODE"];
+    if replicas {
+        columns.push("REPLICA");
+    }
+    columns.extend([
+        "CLUSTER",
+        "PROTOCOL",
+        "CONNECTED",
+        "FILTER",
+        "ACCEPTED",
+        "POLICIES",
+        "NACKED",
+    ]);
+    let mut out = table::render(&columns, &rows);
     if !nacks.is_empty() {
         out.push('\n');
         out.push_str(&nacks);
@@ -237,7 +248,32 @@ mod tests {
                 filter("meshwarden.fault", "v3", "", ""),
             ],
             disconnected_at_unix_ms: 0,
+            replica: String::new(),
         }
+    }
+
+    #[test]
+    fn a_replica_column_appears_when_replicas_share_a_store() {
+        let plain = render(&StatusView {
+            proxies: vec![proxy().into()],
+        });
+        assert!(!plain.contains("REPLICA"), "{plain}");
+        let mut on_b = proxy();
+        on_b.replica = "cp-b".into();
+        let replicated = render(&StatusView {
+            proxies: vec![proxy().into(), on_b.into()],
+        });
+        let header = replicated.lines().next().unwrap();
+        assert!(
+            header.starts_with("NODE") && header.contains("REPLICA"),
+            "{replicated}"
+        );
+        assert!(
+            replicated
+                .lines()
+                .any(|l| l.contains("edge-1") && l.contains("cp-b")),
+            "{replicated}"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde_json::Value;
 use std::time::Duration;
 
 /// A FaultPolicy aborting every request under `/gate` with `status`.
-fn gate(status: u16) -> String {
+pub(crate) fn gate(status: u16) -> String {
     policy(
         "FaultPolicy",
         "gate",
@@ -17,7 +17,7 @@ fn gate(status: u16) -> String {
 }
 
 /// Waits until requests under `/gate` through `envoy` get `status`.
-async fn wait_status(envoy: &Envoy, status: u16, what: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_status(envoy: &Envoy, status: u16, what: &str) -> anyhow::Result<()> {
     let n = std::sync::atomic::AtomicUsize::new(0);
     wait_until(Duration::from_secs(20), what, || {
         let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -30,7 +30,7 @@ async fn wait_status(envoy: &Envoy, status: u16, what: &str) -> anyhow::Result<(
 }
 
 /// Runs `args` and returns stdout, failing with stderr if the command failed.
-fn ok(cli: &Cli, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn ok(cli: &Cli, args: &[&str]) -> anyhow::Result<String> {
     let out = cli.run(args);
     anyhow::ensure!(out.success, "meshwarden {args:?} failed: {}", out.stderr);
     Ok(out.stdout)
@@ -42,23 +42,32 @@ async fn rollback_and_rollback_of_a_deleted_policy_are_enforced_by_envoy() -> an
     let upstream = EchoUpstream::start().await?;
     let envoy = Envoy::start(&cp, upstream.addr.port(), EnvoyOptions::default()).await?;
     let cli = cp.cli();
+    rollback_round_trip(&cli, &envoy).await?;
+    // A rollback is audited like an apply.
+    let audit = ok(&cli, &["audit", "-o", "json"])?;
+    assert!(audit.contains("\"action\": \"rollback\""), "{audit}");
+    Ok(())
+}
 
+/// Applies, rolls back, deletes and rolls back to life the FaultPolicy `gate` through
+/// `cli`, checking that `envoy` enforces each step and that the history lists them all.
+pub(crate) async fn rollback_round_trip(cli: &Cli, envoy: &Envoy) -> anyhow::Result<()> {
     let out = cli.apply_yaml(&gate(503));
     assert!(out.success, "{}", out.stderr);
     assert_eq!(out.stdout, "faultpolicy/gate created (revision 1)\n");
-    wait_status(&envoy, 503, "v1 (503) enforced").await?;
+    wait_status(envoy, 503, "v1 (503) enforced").await?;
     let out = cli.apply_yaml(&gate(418));
     assert_eq!(out.stdout, "faultpolicy/gate configured (revision 2)\n");
-    wait_status(&envoy, 418, "v2 (418) enforced").await?;
+    wait_status(envoy, 418, "v2 (418) enforced").await?;
 
     // Back to v1: a new revision, enforced again.
-    let out = ok(&cli, &["rollback", "fault", "gate"])?;
+    let out = ok(cli, &["rollback", "fault", "gate"])?;
     assert_eq!(out, "faultpolicy/gate configured (revision 3)\n");
-    wait_status(&envoy, 503, "v1 enforced again after the rollback").await?;
+    wait_status(envoy, 503, "v1 enforced again after the rollback").await?;
 
     // `get --revision` shows an old revision; the history lists every change.
     let v2: Value = serde_json::from_str(&ok(
-        &cli,
+        cli,
         &["get", "fault", "gate", "--revision", "2", "-o", "json"],
     )?)?;
     assert_eq!(
@@ -69,19 +78,14 @@ async fn rollback_and_rollback_of_a_deleted_policy_are_enforced_by_envoy() -> an
     assert_eq!(v2["metadata"]["revision"], 2);
 
     // Deleted, then rolled back to life (to v2 by number).
-    ok(&cli, &["delete", "fault", "gate"])?;
-    wait_status(&envoy, 200, "no fault once deleted").await?;
-    let out = ok(&cli, &["rollback", "fault", "gate", "--to", "2"])?;
+    ok(cli, &["delete", "fault", "gate"])?;
+    wait_status(envoy, 200, "no fault once deleted").await?;
+    let out = ok(cli, &["rollback", "fault", "gate", "--to", "2"])?;
     assert_eq!(out, "faultpolicy/gate created (revision 5)\n");
-    wait_status(
-        &envoy,
-        418,
-        "v2 enforced after restoring the deleted policy",
-    )
-    .await?;
+    wait_status(envoy, 418, "v2 enforced after restoring the deleted policy").await?;
 
     let history: Value =
-        serde_json::from_str(&ok(&cli, &["history", "fault", "gate", "-o", "json"])?)?;
+        serde_json::from_str(&ok(cli, &["history", "fault", "gate", "-o", "json"])?)?;
     let changes: Vec<(u64, &str, Option<u64>)> = history
         .as_array()
         .expect("an array")
@@ -105,13 +109,10 @@ async fn rollback_and_rollback_of_a_deleted_policy_are_enforced_by_envoy() -> an
         ]
     );
     assert!(history[3]["document"].is_null());
-    let table = ok(&cli, &["history", "fault", "gate"])?;
+    let table = ok(cli, &["history", "fault", "gate"])?;
     assert!(table.starts_with("REVISION   CHANGE"), "{table}");
     assert!(table.contains("rolled-back (to 2)   anonymous"), "{table}");
 
-    // A rollback is audited like an apply.
-    let audit = ok(&cli, &["audit", "-o", "json"])?;
-    assert!(audit.contains("\"action\": \"rollback\""), "{audit}");
     Ok(())
 }
 
@@ -154,62 +155,7 @@ async fn applies_based_on_a_stale_revision_conflict_and_racing_ones_never_lose_a
     assert_eq!(out, "tracepolicy/race configured (revision 3)\n");
 
     // 100 rounds of two concurrent applies based on the same revision.
-    let mut revision = 3;
-    for round in 0..100u64 {
-        let mut files = Vec::new();
-        for n in [1, 2] {
-            let spec = format!("samplingPercentage: {}", n * 10 + round % 10);
-            let based = format!("  name: race\n  revision: {revision}");
-            files.push(yaml_file(
-                &trace_policy("race", &spec).replace("  name: race", &based),
-            )?);
-        }
-        let paths: Vec<String> = files
-            .iter()
-            .map(|f| f.path().display().to_string())
-            .collect();
-        let outs: Vec<_> = std::thread::scope(|s| {
-            let runs: Vec<_> = paths
-                .iter()
-                .map(|p| s.spawn(|| cli.run(&["apply", "-f", p])))
-                .collect();
-            runs.into_iter()
-                .map(|r| r.join().expect("CLI thread"))
-                .collect()
-        });
-        let winners: Vec<_> = outs.iter().filter(|o| o.success).collect();
-        assert_eq!(
-            winners.len(),
-            1,
-            "round {round}: exactly one wins: {outs:?}"
-        );
-        let loser = outs.iter().find(|o| !o.success).expect("one loses");
-        assert!(
-            loser.stderr.contains(&format!(
-                "is at revision {}, not revision {revision}",
-                revision + 1
-            )),
-            "round {round}: {}",
-            loser.stderr
-        );
-        revision += 1;
-        assert!(
-            winners[0]
-                .stdout
-                .ends_with(&format!("(revision {revision})\n")),
-            "round {round}: {}",
-            winners[0].stdout
-        );
-        let stored: Value =
-            serde_json::from_str(&ok(&cli, &["get", "trace", "race", "-o", "json"])?)?;
-        assert_eq!(stored["metadata"]["revision"], revision, "round {round}");
-        let winner = if outs[0].success { 1 } else { 2 };
-        assert_eq!(
-            stored["spec"]["samplingPercentage"].as_f64(),
-            Some((winner * 10 + round % 10) as f64),
-            "round {round}: the winner's content is stored"
-        );
-    }
+    let revision = race(&cli, &cli, 3, 100)?;
 
     // kill -9: every acknowledged apply and its revision are still there.
     cp.kill9();
@@ -322,4 +268,74 @@ async fn history_names_the_caller_and_rollback_needs_editor_rights_for_the_polic
         ]
     );
     Ok(())
+}
+
+/// `rounds` rounds of two applies of the TracePolicy `race`, both based on its current
+/// revision (`start` at first), sent at once through `first` and `second` (the same control
+/// plane, or two replicas): exactly one wins each round, the other gets a conflict naming
+/// the revisions, and the winner's content is what is stored. Returns the last revision.
+pub(crate) fn race(first: &Cli, second: &Cli, start: u64, rounds: u64) -> anyhow::Result<u64> {
+    let mut revision = start;
+    for round in 0..rounds {
+        let mut files = Vec::new();
+        for n in [1, 2] {
+            let spec = format!("samplingPercentage: {}", n * 10 + round % 10);
+            let based = format!("  name: race\n  revision: {revision}");
+            files.push(yaml_file(
+                &trace_policy("race", &spec).replace("  name: race", &based),
+            )?);
+        }
+        let paths: Vec<String> = files
+            .iter()
+            .map(|f| f.path().display().to_string())
+            .collect();
+        let outs: Vec<_> = std::thread::scope(|s| {
+            let runs: Vec<_> = paths
+                .iter()
+                .zip([first, second])
+                .map(|(p, cli)| s.spawn(move || cli.run(&["apply", "-f", p])))
+                .collect();
+            runs.into_iter()
+                .map(|r| r.join().expect("CLI thread"))
+                .collect()
+        });
+        let winners: Vec<_> = outs.iter().filter(|o| o.success).collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: exactly one wins: {outs:?}"
+        );
+        let loser = outs.iter().find(|o| !o.success).expect("one loses");
+        assert!(
+            loser.stderr.contains(&format!(
+                "is at revision {}, not revision {revision}",
+                revision + 1
+            )),
+            "round {round}: {}",
+            loser.stderr
+        );
+        revision += 1;
+        assert!(
+            winners[0]
+                .stdout
+                .ends_with(&format!("(revision {revision})\n")),
+            "round {round}: {}",
+            winners[0].stdout
+        );
+        // Read back where it was written (another replica may be a moment behind).
+        let (winner, winner_cli) = if outs[0].success {
+            (1, first)
+        } else {
+            (2, second)
+        };
+        let stored: Value =
+            serde_json::from_str(&ok(winner_cli, &["get", "trace", "race", "-o", "json"])?)?;
+        assert_eq!(stored["metadata"]["revision"], revision, "round {round}");
+        assert_eq!(
+            stored["spec"]["samplingPercentage"].as_f64(),
+            Some((winner * 10 + round % 10) as f64),
+            "round {round}: the winner's content is stored"
+        );
+    }
+    Ok(revision)
 }

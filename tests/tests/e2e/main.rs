@@ -20,6 +20,7 @@ mod operations;
 mod ratelimit;
 mod ratelimit_service;
 mod recovery;
+mod replicas;
 mod security;
 mod soak;
 mod support;
