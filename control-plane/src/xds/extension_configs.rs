@@ -538,7 +538,10 @@ mod tests {
         assert_eq!(r.summary, vec!["t1".to_string()]);
         let json: Value = serde_json::from_str(&wire_json(&r)).unwrap();
         let sections: Vec<&String> = json.as_object().unwrap().keys().collect();
-        assert_eq!(sections, ["fault", "mirror", "ratelimit", "trace"]);
+        assert_eq!(
+            sections,
+            ["circuitbreaker", "fault", "mirror", "ratelimit", "trace"]
+        );
         assert_eq!(json["trace"]["policies"][0]["name"], "t1");
         assert_eq!(json["fault"]["policies"], json!([]));
         let tec = TypedExtensionConfig::decode(r.body.value.as_slice()).unwrap();
