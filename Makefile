@@ -115,7 +115,7 @@ fuzz:
 lint: toolchain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) clippy --target wasm32-wasip1 $(FILTERS:%=-p meshwarden-%) $(FILTERS:%=-p meshwarden-%-module) -p meshwarden-module -p meshwarden-stages -p meshwarden-filter-runtime -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 $(FILTERS:%=-p meshwarden-%) -p meshwarden-circuitbreaker $(FILTERS:%=-p meshwarden-%-module) -p meshwarden-module -p meshwarden-stages -p meshwarden-filter-runtime -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -255,8 +255,8 @@ fn random_histories_follow_the_state_machine() {
                     let i = (rng.next_u64() % out.len() as u64) as usize;
                     let ticket = out.swap_remove(i);
                     let o = Outcome {
-                        failure: rng.next_u64() % 2 == 0,
-                        slow: rng.next_u64() % 5 == 0,
+                        failure: rng.next_u64().is_multiple_of(2),
+                        slow: rng.next_u64().is_multiple_of(5),
                     };
                     if let Some(t) = b.record(&r, ticket, o, now) {
                         let edge = (t.from, t.to);
