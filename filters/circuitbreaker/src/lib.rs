@@ -13,7 +13,7 @@ use meshwarden_common::circuitbreaker::{
     parse_grpc_status, Admitted, BreakerSet, CircuitBreakerSpec, Guarded, Response, Transition,
 };
 use meshwarden_common::ratelimit::key::BucketKey;
-use meshwarden_common::{CompiledPolicy, FilterConfig};
+use meshwarden_common::{CompiledPolicy, FilterConfig, PolicyIndex, RequestHeaders};
 use meshwarden_filter_runtime::host::Map;
 use meshwarden_filter_runtime::shared::HostShared;
 use meshwarden_filter_runtime::{host, parse_config, Commit, Flow, LocalResponse};
@@ -24,39 +24,69 @@ use std::rc::Rc;
 /// Response code details of a fallback answer (`%RESPONSE_CODE_DETAILS%`).
 const DETAILS: &str = "meshwarden_circuit_open";
 
+/// What an open breaker answers, ready to send.
+struct Fallback {
+    status: u16,
+    grpc_status: u8,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Fallback {
+    fn of(spec: &CircuitBreakerSpec) -> Self {
+        let f = spec.fallback();
+        Self {
+            status: f.status(),
+            grpc_status: f.grpc().number(),
+            headers: f
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.clone()))
+                .collect(),
+            body: f.body().as_bytes().to_vec(),
+        }
+    }
+}
+
 /// A policy ready to run: its breakers and its fallback.
 struct Policy {
     compiled: CompiledPolicy<CircuitBreakerSpec>,
     breakers: BreakerSet,
-    fallback_headers: Vec<(String, String)>,
+    fallback: Fallback,
 }
 
 /// The policies of one configuration.
 #[derive(Default)]
 struct Breakers {
-    config: FilterConfig<CircuitBreakerSpec>,
     policies: Vec<Policy>,
+    /// Which policies can match a request (by path).
+    index: PolicyIndex,
 }
 
 impl Breakers {
     fn new(config: FilterConfig<CircuitBreakerSpec>) -> Self {
         let policies = config
             .policies
-            .iter()
-            .map(|p| {
-                let fallback = p.spec.fallback();
-                Policy {
-                    breakers: BreakerSet::new(p.name.as_str(), &p.spec),
-                    fallback_headers: fallback
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str().to_string(), v.clone()))
-                        .collect(),
-                    compiled: p.clone(),
-                }
+            .into_iter()
+            .map(|p| Policy {
+                breakers: BreakerSet::new(p.name.as_str(), &p.spec),
+                fallback: Fallback::of(&p.spec),
+                compiled: p,
             })
             .collect();
-        Self { config, policies }
+        Self {
+            policies,
+            index: config.index,
+        }
+    }
+
+    /// The first policy (in configuration order) whose match selects the request.
+    fn first_match(&self, req: &RequestHeaders) -> Option<usize> {
+        self.index
+            .candidates(req)
+            .into_iter()
+            .map(|i| i as usize)
+            .find(|&i| self.policies[i].compiled.matcher.matches(req))
     }
 }
 
@@ -133,19 +163,18 @@ fn report(policy: &Policy, breaker: &str, t: &Transition) {
 }
 
 /// Sends the policy's fallback (HTTP, or gRPC for gRPC requests); `Pause` once sent.
-fn fallback(s: &Stream<'_>, policy: &Policy) -> Flow {
-    let spec = policy.compiled.spec.fallback();
-    let headers: Vec<(&str, &str)> = policy
-        .fallback_headers
+fn fallback(s: &Stream<'_>, f: &Fallback) -> Flow {
+    let headers: Vec<(&str, &str)> = f
+        .headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let grpc = is_grpc(s);
     let sent = host().send_local_response(&LocalResponse {
-        status: if grpc { 200 } else { spec.status() },
+        status: if grpc { 200 } else { f.status },
         headers: &headers,
-        body: spec.body().as_bytes(),
-        grpc_status: grpc.then(|| spec.grpc().number()),
+        body: &f.body,
+        grpc_status: grpc.then_some(f.grpc_status),
         details: DETAILS,
     });
     if !sent {
@@ -157,15 +186,7 @@ fn fallback(s: &Stream<'_>, policy: &Policy) -> Flow {
 
 impl StreamStage for BreakerStream {
     fn request_headers(&mut self, s: &mut Stream<'_>) -> Flow {
-        let Some(i) = self
-            .breakers
-            .config
-            .index
-            .candidates(s.headers)
-            .into_iter()
-            .map(|i| i as usize)
-            .find(|&i| self.breakers.config.policies[i].matcher.matches(s.headers))
-        else {
+        let Some(i) = self.breakers.first_match(s.headers) else {
             return Flow::Continue;
         };
         let breakers = self.breakers.clone();
@@ -223,7 +244,7 @@ impl StreamStage for BreakerStream {
                     "circuitbreaker filter: policy {name} open, fallback answered trace={}",
                     meshwarden_common::trace::log_id(s.headers)
                 );
-                fallback(s, policy)
+                fallback(s, &policy.fallback)
             }
         }
     }

@@ -605,3 +605,40 @@ fn a_dry_run_breaker_counts_but_never_answers() {
     );
     assert!(host.sent.borrow().is_empty());
 }
+
+#[test]
+fn grpc_failures_in_trailers_open_the_breaker_and_grpc_callers_get_a_grpc_fallback() {
+    use meshwarden_filter_runtime::Host;
+    let (p, host) = configured(json!({
+        "circuitbreaker": [{"name": "cb", "spec": {
+            "slidingWindow": {"count": 2}, "fallback": {"grpcStatus": "RESOURCE_EXHAUSTED"}
+        }}],
+    }));
+    let grpc = [
+        (":method", "POST"),
+        (":path", "/pkg.Svc/Call"),
+        (":authority", "shop"),
+        ("content-type", "application/grpc"),
+    ];
+    for id in 1..=2 {
+        let (r, flow) = send(&p, host, id, &grpc);
+        assert_eq!(flow, Flow::Continue);
+        respond(&p, host, &r, "200");
+        host.set_header(Map::ResponseTrailers, "grpc-status", Some(b"14"));
+        r.borrow_mut().on_response_trailers();
+        r.borrow_mut().on_done(&p);
+    }
+    assert_eq!(
+        host.metric("meshwarden_circuitbreaker_failures_total.policy.cb"),
+        2
+    );
+    assert_eq!(
+        host.metric("meshwarden_circuitbreaker_opened_total.policy.cb"),
+        1
+    );
+    let (_, flow) = send(&p, host, 3, &grpc);
+    assert_eq!(flow, Flow::Pause);
+    let sent = host.sent.borrow().last().cloned().unwrap();
+    assert_eq!((sent.status, sent.grpc_status), (200, Some(8)));
+    assert_eq!(sent.body, b"circuit breaker open");
+}
