@@ -941,4 +941,42 @@ mod tests {
         .unwrap();
         assert!(policy(filter(&e, Kind::FaultPolicy), "b-web-only").applies);
     }
+
+    #[test]
+    fn a_circuit_breaker_says_when_it_opens_and_what_it_answers_and_may_stop_the_request() {
+        let s = set(vec![
+            stored(
+                "CircuitBreakerPolicy",
+                "orders",
+                json!({"match": {"path": {"prefix": "/api"}},
+                       "descriptors": [{"header": "x-tenant"}],
+                       "slidingWindow": {"count": 20}, "minimumNumberOfCalls": 10,
+                       "waitDurationInOpenState": "30s",
+                       "fallback": {"httpStatus": 200}}),
+            ),
+            sticky_abort("chaos", 100.0),
+        ]);
+        let e = explain(&s, &node("eu"), &get("/api/x", &[("x-tenant", "a")]), 0).unwrap();
+        let cb = filter(&e, Kind::CircuitBreakerPolicy);
+        let Some(Effect::CircuitBreaker {
+            breaker,
+            opens_when,
+            while_open,
+            dry_run: false,
+            ..
+        }) = &policy(cb, "orders").effect
+        else {
+            panic!("{:?}", policy(cb, "orders"))
+        };
+        assert_eq!(breaker, &[("x-tenant".to_string(), "a".to_string())]);
+        assert!(opens_when.contains("failure rate >= 50%"), "{opens_when}");
+        assert!(
+            opens_when.contains("the last 20 calls (at least 10"),
+            "{opens_when}"
+        );
+        assert!(while_open.starts_with("answers 200"), "{while_open}");
+        assert!(while_open.contains("for 30s"), "{while_open}");
+        // An open breaker would answer: the fault after it is reached only maybe.
+        assert_eq!(filter(&e, Kind::FaultPolicy).reached, Reach::Maybe);
+    }
 }
