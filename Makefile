@@ -7,7 +7,7 @@ SHELL := /bin/bash
 ENVOY_VERSION := 1.40.0
 VENV := .venv
 ENVOY := $(VENV)/bin/envoy
-FILTERS := trace fault mirror ratelimit
+FILTERS := trace fault mirror ratelimit circuitbreaker
 # The combined module (meshwarden.wasm: every stage, what the control plane serves) and the
 # single-purpose ones (meshwarden_<filter>.wasm), built from the same stage crates.
 MODULES := meshwarden $(FILTERS)
@@ -115,7 +115,7 @@ fuzz:
 lint: toolchain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) clippy --target wasm32-wasip1 $(FILTERS:%=-p meshwarden-%) -p meshwarden-circuitbreaker $(FILTERS:%=-p meshwarden-%-module) -p meshwarden-module -p meshwarden-stages -p meshwarden-filter-runtime -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 $(FILTERS:%=-p meshwarden-%) $(FILTERS:%=-p meshwarden-%-module) -p meshwarden-module -p meshwarden-stages -p meshwarden-filter-runtime -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -8,7 +8,11 @@
 //! and counts what reaches it.
 
 use crate::support::{accepted_version, policy, wait_accepted_change, FILTER};
+use meshwarden_e2e::paths::{repo_root, wasm_dir};
+use meshwarden_e2e::ports::free_port;
+use meshwarden_e2e::static_envoy::StaticEnvoy;
 use meshwarden_e2e::{wait_until, ControlPlane, EchoUpstream, Envoy, EnvoyOptions};
+use serde_json::{json, Value};
 use std::time::Duration;
 
 struct Stack {
@@ -252,5 +256,81 @@ async fn each_descriptor_value_has_its_own_breaker() -> anyhow::Result<()> {
     assert_eq!(s.get("/t", &[("x-tenant", "b")]).await?.status, 200);
     assert_eq!(s.upstream.requests_with_path("/t"), seen + 1);
     assert_eq!(s.stat("open_breakers", "tenants").await?, 1);
+    Ok(())
+}
+
+/// The `pluginConfig` of the shipped `meshwarden-circuitbreaker` WasmPlugin.
+fn shipped_plugin_config() -> anyhow::Result<Value> {
+    let path = repo_root().join("deploy/istio/wasmplugin/wasmplugins.yaml");
+    let text = std::fs::read_to_string(&path)?;
+    for part in text.split("\n---\n") {
+        let doc: Value = serde_yaml::from_str(part)?;
+        if doc["metadata"]["name"] == "meshwarden-circuitbreaker" {
+            return Ok(doc["spec"]["pluginConfig"].clone());
+        }
+    }
+    anyhow::bail!(
+        "no meshwarden-circuitbreaker WasmPlugin in {}",
+        path.display()
+    )
+}
+
+#[tokio::test]
+async fn the_single_purpose_module_runs_the_shipped_wasmplugin_policy() -> anyhow::Result<()> {
+    let upstream = EchoUpstream::start().await?;
+    let (admin_port, listen_port) = (free_port(), free_port());
+    let module = wasm_dir().join("meshwarden_circuitbreaker.wasm");
+    let filter = json!({
+        "name": "bookinfo.meshwarden-circuitbreaker",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "bookinfo.meshwarden-circuitbreaker",
+                "root_id": "meshwarden.circuitbreaker",
+                "vm_config": {"runtime": "envoy.wasm.runtime.v8",
+                              "code": {"local": {"filename": module.display().to_string()}}},
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": shipped_plugin_config()?.to_string()
+                },
+                "failure_policy": "FAIL_OPEN"
+            }
+        }
+    });
+    let yaml = StaticEnvoy {
+        admin_port,
+        listen_port,
+        upstream_port: upstream.addr.port(),
+        route_extra: json!({}),
+        http_filters: vec![filter],
+        clusters: vec![],
+    }
+    .bootstrap();
+    let envoy =
+        Envoy::start_bootstrap(tempfile::tempdir()?, &yaml, admin_port, listen_port, 2).await?;
+    // 20 failing calls (the policy's minimum) open the breaker.
+    for _ in 0..20 {
+        let r = envoy.get("/reviews/1", &[("x-echo-status", "500")]).await?;
+        assert_eq!(r.status().as_u16(), 500);
+    }
+    wait_until(Duration::from_secs(10), "the breaker opened", || async {
+        let opened = envoy
+            .policy_stat("meshwarden_circuitbreaker_opened_total", "reviews-breaker")
+            .await
+            .ok()?;
+        (opened == 1).then_some(())
+    })
+    .await?;
+    let seen = upstream.requests_with_path("/reviews/1");
+    for _ in 0..5 {
+        let r = envoy.get("/reviews/1", &[]).await?;
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.text().await?, r#"{"reviews": []}"#);
+    }
+    assert_eq!(
+        upstream.requests_with_path("/reviews/1"),
+        seen,
+        "upstream count flat"
+    );
     Ok(())
 }
