@@ -33,6 +33,8 @@ pub const IDLE_MS: u64 = 60_000;
 pub struct BreakerSet {
     rules: Rules,
     prefix: String,
+    /// The key of the single breaker of a policy without descriptors.
+    single: String,
     slots: u32,
     idle_ms: u64,
 }
@@ -66,9 +68,11 @@ impl BreakerSet {
             SlidingWindow::Duration(d) => d.as_millis(),
             SlidingWindow::Count(_) => 0,
         };
+        let prefix = format!("{KEY_PREFIX}/{name}");
         Self {
             rules,
-            prefix: format!("{KEY_PREFIX}/{name}"),
+            single: format!("{prefix}/breaker"),
+            prefix,
             slots: spec.key_slots(),
             idle_ms: IDLE_MS.max(window_ms),
         }
@@ -86,7 +90,7 @@ impl BreakerSet {
 
     /// Every key of the policy.
     pub fn keys(&self) -> impl Iterator<Item = String> + '_ {
-        let single = (self.slots == 0).then(|| format!("{}/breaker", self.prefix));
+        let single = (self.slots == 0).then(|| self.single.clone());
         single
             .into_iter()
             .chain((0..self.slots).map(|i| self.slot(i)))
@@ -111,9 +115,8 @@ impl BreakerSet {
         now_ms: u64,
     ) -> Result<(Admitted, Option<Transition>), Contended> {
         if !self.keyed() {
-            let key = format!("{}/breaker", self.prefix);
-            let bytes = store.get(&key).0.unwrap_or_default();
-            return self.admit_at(store, key, &[], &bytes, now_ms);
+            let bytes = store.get(&self.single).0.unwrap_or_default();
+            return self.admit_at(store, self.single.clone(), &[], &bytes, now_ms);
         }
         let owner = owner.as_bytes();
         let start = owner_hash(owner) % u64::from(self.slots);
