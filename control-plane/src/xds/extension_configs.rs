@@ -2,7 +2,8 @@
 //! layouts a proxy picks by the names its filter chain subscribes to:
 //!
 //! - the combined filter, `meshwarden.all`: one filter running every stage in one pass
-//!   (trace → rate limit → fault → mirror), its configuration one section per stage
+//!   (trace → rate limit → circuit breaker → fault → mirror), its configuration one
+//!   section per stage
 //!   (`{"trace": {"policies": [...]}, ...}`);
 //! - separate filters, `meshwarden.<filter>` per kind: the same module under root id
 //!   `meshwarden.<filter>`, running that stage alone. Every filter names the same VM
