@@ -167,22 +167,22 @@ class EnvoyFilterRules(Base):
     def test_wrong_filter_order(self):
         ef = envoyfilter()
         patches = ef["spec"]["configPatches"]
-        patches[4], patches[6] = patches[6], patches[4]  # SIDECAR_OUTBOUND: fault before trace
-        self.assertReported(check(ef), "spec.configPatches[4]",
+        patches[5], patches[8] = patches[8], patches[5]  # SIDECAR_OUTBOUND: fault before trace
+        self.assertReported(check(ef), "spec.configPatches[5]",
                             "context SIDECAR_OUTBOUND: filters in the order meshwarden.fault -> "
-                            "meshwarden.ratelimit -> meshwarden.trace")
+                            "meshwarden.ratelimit -> meshwarden.circuitbreaker -> meshwarden.trace")
 
     def test_missing_and_duplicate_filters(self):
         ef = envoyfilter()
         patches = ef["spec"]["configPatches"]
-        patches[11] = copy.deepcopy(patches[10])  # GATEWAY: fault twice, no mirror
+        patches[14] = copy.deepcopy(patches[13])  # GATEWAY: fault twice, no mirror
         problems = check(ef)
-        self.assertReported(problems, "spec.configPatches[8]", "context GATEWAY: missing meshwarden.mirror")
-        self.assertReported(problems, "spec.configPatches[8]", "meshwarden.fault inserted more than once")
+        self.assertReported(problems, "spec.configPatches[10]", "context GATEWAY: missing meshwarden.mirror")
+        self.assertReported(problems, "spec.configPatches[10]", "meshwarden.fault inserted more than once")
 
     def test_missing_context(self):
         ef = envoyfilter()
-        ef["spec"]["configPatches"] = ef["spec"]["configPatches"][:8]
+        ef["spec"]["configPatches"] = ef["spec"]["configPatches"][:10]
         self.assertReported(check(ef), "spec.configPatches", "context GATEWAY: no meshwarden filters")
 
     def test_must_insert_before_the_router(self):
@@ -215,13 +215,13 @@ class EnvoyFilterRules(Base):
 
     def test_one_definition_per_filter_name(self):
         ef = envoyfilter()
-        api_source(ef, 8)["grpc_services"][0]["google_grpc"]["target_uri"] = "meshwarden.other.svc:18000"
-        self.assertReported(check(ef), "configPatches[8].patch.value.config_discovery",
+        api_source(ef, 10)["grpc_services"][0]["google_grpc"]["target_uri"] = "meshwarden.other.svc:18000"
+        self.assertReported(check(ef), "configPatches[10].patch.value.config_discovery",
                             "differs from the config_discovery of meshwarden.trace")
 
     def test_target_uri_must_be_host_port_of_the_grpc_port(self):
         ef = envoyfilter()
-        for i in range(12):
+        for i in range(15):
             api_source(ef, i)["grpc_services"][0]["google_grpc"]["target_uri"] = \
                 "meshwarden.meshwarden-system.svc.cluster.local:18001"
         self.assertReported(check(ef, *control_plane()), "google_grpc.target_uri", "is not declared as gRPC")

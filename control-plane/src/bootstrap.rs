@@ -61,7 +61,7 @@ impl Layout {
 }
 
 /// Filter-chain order of separate filters ([`Kind::CHAIN`]).
-pub const FILTER_ORDER: [Kind; 4] = Kind::CHAIN;
+pub const FILTER_ORDER: [Kind; 5] = Kind::CHAIN;
 
 /// Renders the bootstrap YAML.
 pub fn render(p: &BootstrapParams) -> String {
@@ -282,11 +282,11 @@ mod tests {
         assert!(!out.contains("{{"), "{out}");
         assert!(out.contains("DELTA_GRPC"));
         assert!(out.contains(r#"metadata: {"zone":"eu"}"#));
-        assert_eq!(out.matches("config_discovery").count(), 4);
+        assert_eq!(out.matches("config_discovery").count(), FILTER_ORDER.len());
         assert_eq!(
             out.matches("apply_default_config_without_warming: true")
                 .count(),
-            4
+            FILTER_ORDER.len()
         );
         assert!(out.find("meshwarden.trace") < out.find("meshwarden.ratelimit"));
         assert!(
@@ -304,6 +304,7 @@ mod tests {
             [
                 "meshwarden.trace",
                 "meshwarden.ratelimit",
+                "meshwarden.circuitbreaker",
                 "meshwarden.fault",
                 "meshwarden.mirror"
             ]

@@ -12,6 +12,7 @@
 use crate::policy_set::{PolicySet, StoredPolicy};
 use crate::xds::cache::selection;
 use crate::xds::extension_configs::wire_config;
+use meshwarden_common::circuitbreaker::{CircuitBreakerSpec, SlidingWindow};
 use meshwarden_common::fault::{AbortStatus, FaultPlan, FaultSpec, Random};
 use meshwarden_common::mirror::{MirrorSpec, SkipReason};
 use meshwarden_common::ratelimit::RateLimitSpec;
@@ -167,6 +168,19 @@ pub enum Effect {
     },
     #[serde(rename_all = "camelCase")]
     Mirror { targets: Vec<MirrorTargetView> },
+    #[serde(rename_all = "camelCase")]
+    CircuitBreaker {
+        /// The request's descriptor values (its breaker).
+        breaker: Vec<(String, String)>,
+        /// `failure rate >= 50% or slow-call rate (>= 60s) >= 100% over the last 100 calls
+        /// (at least 100)`.
+        opens_when: String,
+        /// What an open breaker answers, and for how long.
+        while_open: String,
+        dry_run: bool,
+        /// The breaker's state lives in the proxy.
+        state: &'static str,
+    },
 }
 
 /// One fault of a policy.
@@ -250,6 +264,9 @@ pub fn explain(
                 evaluate::<FaultSpec>(kind, &on_proxy, &headers, |p, h| fault(p, h, now_ms))?
             }
             Kind::MirrorPolicy => evaluate::<MirrorSpec>(kind, &on_proxy, &headers, mirror)?,
+            Kind::CircuitBreakerPolicy => {
+                evaluate::<CircuitBreakerSpec>(kind, &on_proxy, &headers, circuit_breaker)?
+            }
         };
         filter.reached = reached;
         reached = reached.min_with(answers_locally(&filter));
@@ -287,6 +304,7 @@ fn answers_locally(filter: &FilterExplanation) -> Reach {
                 max_concurrent,
                 ..
             } if limit.is_some() || max_concurrent.is_some() => Reach::Maybe,
+            Effect::CircuitBreaker { dry_run: false, .. } => Reach::Maybe,
             Effect::Fault {
                 abort: Some(d),
                 dry_run: false,
@@ -412,6 +430,50 @@ fn trace(p: &CompiledPolicy<TraceSpec>, headers: &RequestHeaders) -> Result<Effe
         removes,
         sampled: (!random).then_some(plan.sampled),
         sampling_percentage: pct,
+    })
+}
+
+fn circuit_breaker(
+    p: &CompiledPolicy<CircuitBreakerSpec>,
+    headers: &RequestHeaders,
+) -> Result<Effect, String> {
+    let spec = &p.spec;
+    let breaker = spec
+        .descriptors
+        .iter()
+        .map(|d| {
+            let v = d.value(headers, None);
+            (
+                d.name().to_string(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
+        .collect();
+    let window = match spec.window() {
+        SlidingWindow::Count(n) => format!("the last {n} calls"),
+        SlidingWindow::Duration(d) => format!("the calls of the last {d}"),
+    };
+    let opens_when = format!(
+        "failure rate >= {}% or slow-call rate (calls of {} or more) >= {}% over {window} (at least {} calls)",
+        spec.failure_threshold().value(),
+        meshwarden_common::duration::DurationSpec::from_millis(spec.slow_call_ms()),
+        spec.slow_threshold().value(),
+        spec.minimum_calls(),
+    );
+    let fallback = spec.fallback();
+    let while_open = format!(
+        "answers {} (gRPC {}) without calling the upstream for {}, then lets {} trial calls through",
+        fallback.status(),
+        fallback.grpc(),
+        meshwarden_common::duration::DurationSpec::from_millis(spec.wait_ms()),
+        spec.half_open_calls(),
+    );
+    Ok(Effect::CircuitBreaker {
+        breaker,
+        opens_when,
+        while_open,
+        dry_run: spec.dry_run,
+        state: "in the proxy (meshwarden_circuitbreaker_state metric)",
     })
 }
 
@@ -878,5 +940,43 @@ mod tests {
         )
         .unwrap();
         assert!(policy(filter(&e, Kind::FaultPolicy), "b-web-only").applies);
+    }
+
+    #[test]
+    fn a_circuit_breaker_says_when_it_opens_and_what_it_answers_and_may_stop_the_request() {
+        let s = set(vec![
+            stored(
+                "CircuitBreakerPolicy",
+                "orders",
+                json!({"match": {"path": {"prefix": "/api"}},
+                       "descriptors": [{"header": "x-tenant"}],
+                       "slidingWindow": {"count": 20}, "minimumNumberOfCalls": 10,
+                       "waitDurationInOpenState": "30s",
+                       "fallback": {"httpStatus": 200}}),
+            ),
+            sticky_abort("chaos", 100.0),
+        ]);
+        let e = explain(&s, &node("eu"), &get("/api/x", &[("x-tenant", "a")]), 0).unwrap();
+        let cb = filter(&e, Kind::CircuitBreakerPolicy);
+        let Some(Effect::CircuitBreaker {
+            breaker,
+            opens_when,
+            while_open,
+            dry_run: false,
+            ..
+        }) = &policy(cb, "orders").effect
+        else {
+            panic!("{:?}", policy(cb, "orders"))
+        };
+        assert_eq!(breaker, &[("x-tenant".to_string(), "a".to_string())]);
+        assert!(opens_when.contains("failure rate >= 50%"), "{opens_when}");
+        assert!(
+            opens_when.contains("the last 20 calls (at least 10"),
+            "{opens_when}"
+        );
+        assert!(while_open.starts_with("answers 200"), "{while_open}");
+        assert!(while_open.contains("for 30s"), "{while_open}");
+        // An open breaker would answer: the fault after it is reached only maybe.
+        assert_eq!(filter(&e, Kind::FaultPolicy).reached, Reach::Maybe);
     }
 }

@@ -59,6 +59,7 @@ fn validated_round_trip(value: &serde_json::Value) {
 
 /// Each filter's configuration parser never panics on any bytes.
 pub fn filter_configs(data: &[u8]) {
+    use meshwarden_common::circuitbreaker::CircuitBreakerSpec;
     use meshwarden_common::fault::spec::FaultSpec;
     use meshwarden_common::mirror::MirrorSpec;
     use meshwarden_common::ratelimit::spec::RateLimitSpec;
@@ -66,6 +67,7 @@ pub fn filter_configs(data: &[u8]) {
     let _ = FilterConfig::<FaultSpec>::parse(data);
     let _ = FilterConfig::<MirrorSpec>::parse(data);
     let _ = FilterConfig::<RateLimitSpec>::parse(data);
+    let _ = FilterConfig::<CircuitBreakerSpec>::parse(data);
 }
 
 /// Trace headers: a parsed traceparent re-encodes to a value that parses to the same ids

@@ -63,7 +63,7 @@ impl SidecarOptions {
     }
 }
 
-/// The four `patch.value`s of the SIDECAR_INBOUND context of the shipped EnvoyFilter, in
+/// The `patch.value`s (one per kind) of the SIDECAR_INBOUND context of the shipped EnvoyFilter, in
 /// order, with the control plane's address put in for the Service's.
 pub fn envoyfilter_http_filters(grpc_port: u16, delta: bool) -> anyhow::Result<Vec<Value>> {
     let path = repo_root().join("deploy/istio/envoyfilter/envoyfilter.yaml");
@@ -98,7 +98,7 @@ pub fn envoyfilter_http_filters(grpc_port: u16, delta: bool) -> anyhow::Result<V
         filters.push(value);
     }
     anyhow::ensure!(
-        filters.len() == 4,
+        filters.len() == meshwarden_common::Kind::ALL.len(),
         "{} SIDECAR_INBOUND filters",
         filters.len()
     );

@@ -94,7 +94,8 @@ pub fn change_event(e: &ChangeEvent) -> pb::ChangeEvent {
 pub fn kind(s: &str) -> Result<Kind, Status> {
     Kind::parse(s).ok_or_else(|| {
         Status::invalid_argument(format!(
-            "unknown kind {s:?}; expected one of TracePolicy, FaultPolicy, MirrorPolicy, RateLimitPolicy"
+            "unknown kind {s:?}; expected one of {}",
+            Kind::ALL.map(Kind::as_str).join(", ")
         ))
     })
 }

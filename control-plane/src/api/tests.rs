@@ -732,3 +732,55 @@ async fn racing_applies_based_on_one_revision_never_lose_an_update() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_circuit_breaker_policy_round_trips_and_errors_name_the_field() {
+    let mut s = server().await;
+    let spec = json!({
+        "match": {"path": {"prefix": "/orders"}},
+        "slidingWindow": {"count": 20},
+        "minimumNumberOfCalls": 10,
+        "waitDurationInOpenState": "1500ms",
+        "failureStatuses": ["5xx", 429],
+        "fallback": {"httpStatus": 200, "body": "{\"items\":[]}"}
+    });
+    let r = s
+        .client
+        .apply(apply(vec![named("CircuitBreakerPolicy", "orders", spec)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results[0].kind, "CircuitBreakerPolicy");
+    let got = s
+        .client
+        .get(pb::GetRequest {
+            kind: "circuitbreaker".into(),
+            name: "orders".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let document: serde_json::Value = serde_json::from_str(&got.document_json).unwrap();
+    assert_eq!(document["kind"], "CircuitBreakerPolicy");
+    assert_eq!(document["spec"]["waitDurationInOpenState"], "1500ms");
+    assert_eq!(document["spec"]["failureStatuses"], json!(["5xx", 429]));
+    assert_eq!(document["spec"]["match"]["path"]["prefix"], "/orders");
+    let err = s
+        .client
+        .apply(apply(vec![named(
+            "CircuitBreakerPolicy",
+            "bad",
+            json!({"slidingWindow": {"count": 5}, "minimumNumberOfCalls": 6}),
+        )]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("spec.minimumNumberOfCalls: must be from 1 to the window's count (5), got 6"),
+        "{}",
+        err.message()
+    );
+    s.shutdown.send(true).unwrap();
+}

@@ -261,6 +261,26 @@ fn effect_words(effect: &Effect) -> String {
             })
             .collect::<Vec<_>>()
             .join("; "),
+        Effect::CircuitBreaker {
+            breaker,
+            opens_when,
+            while_open,
+            dry_run,
+            ..
+        } => {
+            let mut parts = Vec::new();
+            if !breaker.is_empty() {
+                let key: Vec<String> = breaker.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                parts.push(format!("breaker {}", key.join(",")));
+            }
+            parts.push(format!("opens when {opens_when}"));
+            if *dry_run {
+                parts.push("dry run: never answers; counted as shadow_short_circuited".into());
+            } else {
+                parts.push(format!("while open {while_open}"));
+            }
+            parts.join("; ")
+        }
     }
 }
 

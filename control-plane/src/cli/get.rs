@@ -89,7 +89,11 @@ pub async fn delete(server: &str, args: DeleteArgs) -> anyhow::Result<()> {
 
 pub(super) fn parse_kind(s: &str) -> anyhow::Result<Kind> {
     Kind::parse(s).with_context(|| {
-        format!("unknown kind {s:?}; expected one of TracePolicy, FaultPolicy, MirrorPolicy, RateLimitPolicy (or trace, fault, mirror, ratelimit)")
+        format!(
+            "unknown kind {s:?}; expected one of {} (or {})",
+            Kind::ALL.map(Kind::as_str).join(", "),
+            Kind::ALL.map(Kind::filter).join(", ")
+        )
     })
 }
 

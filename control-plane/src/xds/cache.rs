@@ -392,7 +392,11 @@ mod tests {
         assert_eq!(t(&us).summary, vec!["all"]);
         // Different node ids, same selection: the very same composed resource.
         assert!(Arc::ptr_eq(&t(&eu1), &t(&eu2)));
-        assert_eq!(eu1.len(), 5, "four separate filters and the combined one");
+        assert_eq!(
+            eu1.len(),
+            Kind::ALL.len() + 1,
+            "a separate filter per kind and the combined one"
+        );
         assert!(get(&eu1, "meshwarden.fault").summary.is_empty());
         // Clusters are served too (none without mirror targets); other types are not.
         assert!(snap

@@ -2,7 +2,8 @@
 //! layouts a proxy picks by the names its filter chain subscribes to:
 //!
 //! - the combined filter, `meshwarden.all`: one filter running every stage in one pass
-//!   (trace → rate limit → fault → mirror), its configuration one section per stage
+//!   (trace → rate limit → circuit breaker → fault → mirror), its configuration one
+//!   section per stage
 //!   (`{"trace": {"policies": [...]}, ...}`);
 //! - separate filters, `meshwarden.<filter>` per kind: the same module under root id
 //!   `meshwarden.<filter>`, running that stage alone. Every filter names the same VM
@@ -538,7 +539,10 @@ mod tests {
         assert_eq!(r.summary, vec!["t1".to_string()]);
         let json: Value = serde_json::from_str(&wire_json(&r)).unwrap();
         let sections: Vec<&String> = json.as_object().unwrap().keys().collect();
-        assert_eq!(sections, ["fault", "mirror", "ratelimit", "trace"]);
+        assert_eq!(
+            sections,
+            ["circuitbreaker", "fault", "mirror", "ratelimit", "trace"]
+        );
         assert_eq!(json["trace"]["policies"][0]["name"], "t1");
         assert_eq!(json["fault"]["policies"], json!([]));
         let tec = TypedExtensionConfig::decode(r.body.value.as_slice()).unwrap();

@@ -450,7 +450,11 @@ async fn sotw_unserved_type_does_not_break_the_stream() {
     s.send(sotw_request(None, "", "", &[])).await;
     let resp = s.next().await;
     assert_eq!(resp.type_url, TYPED_EXTENSION_CONFIG);
-    assert_eq!(resp.resources.len(), 5, "empty names mean every resource");
+    assert_eq!(
+        resp.resources.len(),
+        meshwarden_common::Kind::ALL.len() + 1,
+        "empty names mean every resource"
+    );
     s.assert_silent().await;
 }
 
@@ -628,7 +632,7 @@ async fn delta_wildcard_gets_everything() {
     let mut s = h.delta().await;
     s.send(delta_request(Some(node("p1", &[])))).await;
     let resp = s.next().await;
-    assert_eq!(resp.resources.len(), 5);
+    assert_eq!(resp.resources.len(), meshwarden_common::Kind::ALL.len() + 1);
     s.send(DeltaDiscoveryRequest {
         response_nonce: resp.nonce.clone(),
         ..delta_request(None)

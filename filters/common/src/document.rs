@@ -5,7 +5,7 @@ use crate::matcher::RequestMatch;
 use crate::names::PolicyName;
 use crate::selector::Selector;
 use crate::spec::{from_value, KindSpec};
-use crate::{fault, mirror, ratelimit, trace};
+use crate::{circuitbreaker, fault, mirror, ratelimit, trace};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -21,25 +21,29 @@ pub enum Kind {
     FaultPolicy,
     MirrorPolicy,
     RateLimitPolicy,
+    CircuitBreakerPolicy,
 }
 
 impl Kind {
     /// Every kind, in declaration order (listings, storage).
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::TracePolicy,
         Kind::FaultPolicy,
         Kind::MirrorPolicy,
         Kind::RateLimitPolicy,
+        Kind::CircuitBreakerPolicy,
     ];
 
     /// Every kind, in the order a request meets them — the single source of the filter
     /// chain's order, for the combined module and the separate filters alike: trace first
     /// (every request gets an id, local answers too), then rate limiting (shed load before
-    /// doing anything else), faults, and the mirror last (only requests that really go
-    /// upstream are copied).
-    pub const CHAIN: [Kind; 4] = [
+    /// doing anything else), the circuit breaker (a request refused by the rate limit is
+    /// not an upstream call; an injected fault after it counts as one), faults, and the
+    /// mirror last (only requests that really go upstream are copied).
+    pub const CHAIN: [Kind; 5] = [
         Kind::TracePolicy,
         Kind::RateLimitPolicy,
+        Kind::CircuitBreakerPolicy,
         Kind::FaultPolicy,
         Kind::MirrorPolicy,
     ];
@@ -51,6 +55,7 @@ impl Kind {
             Kind::FaultPolicy => "FaultPolicy",
             Kind::MirrorPolicy => "MirrorPolicy",
             Kind::RateLimitPolicy => "RateLimitPolicy",
+            Kind::CircuitBreakerPolicy => "CircuitBreakerPolicy",
         }
     }
 
@@ -62,6 +67,7 @@ impl Kind {
             Kind::FaultPolicy => "fault",
             Kind::MirrorPolicy => "mirror",
             Kind::RateLimitPolicy => "ratelimit",
+            Kind::CircuitBreakerPolicy => "circuitbreaker",
         }
     }
 
@@ -102,6 +108,7 @@ pub enum KindBody {
     Fault(fault::FaultSpec),
     Mirror(mirror::MirrorSpec),
     RateLimit(ratelimit::RateLimitSpec),
+    CircuitBreaker(circuitbreaker::CircuitBreakerSpec),
 }
 
 /// A validated policy document. Only constructible through [`PolicyDocument::from_value`],
@@ -141,8 +148,9 @@ impl PolicyDocument {
                 ValidationError::new(
                     "kind",
                     format!(
-                        "unknown kind {:?}; expected one of TracePolicy, FaultPolicy, MirrorPolicy, RateLimitPolicy",
-                        env.kind
+                        "unknown kind {:?}; expected one of {}",
+                        env.kind,
+                        Kind::ALL.map(Kind::as_str).join(", ")
                     ),
                 )
             })?;
@@ -164,6 +172,7 @@ impl PolicyDocument {
             Kind::FaultPolicy => KindBody::Fault(parse_body(&rest)?),
             Kind::MirrorPolicy => KindBody::Mirror(parse_body(&rest)?),
             Kind::RateLimitPolicy => KindBody::RateLimit(parse_body(&rest)?),
+            Kind::CircuitBreakerPolicy => KindBody::CircuitBreaker(parse_body(&rest)?),
         };
         Ok(Self {
             metadata,
@@ -180,6 +189,7 @@ impl PolicyDocument {
             KindBody::Fault(_) => Kind::FaultPolicy,
             KindBody::Mirror(_) => Kind::MirrorPolicy,
             KindBody::RateLimit(_) => Kind::RateLimitPolicy,
+            KindBody::CircuitBreaker(_) => Kind::CircuitBreakerPolicy,
         }
     }
 
@@ -195,6 +205,7 @@ impl PolicyDocument {
             KindBody::Fault(s) => serde_json::to_value(s),
             KindBody::Mirror(s) => serde_json::to_value(s),
             KindBody::RateLimit(s) => serde_json::to_value(s),
+            KindBody::CircuitBreaker(s) => serde_json::to_value(s),
         };
         let mut v = v.expect("policy specs always serialize");
         normalize_negative_zero(&mut v);
@@ -337,5 +348,13 @@ mod tests {
         assert_eq!(Kind::parse("RateLimitPolicy"), Some(Kind::RateLimitPolicy));
         assert_eq!(Kind::parse("faultpolicies"), Some(Kind::FaultPolicy));
         assert_eq!(Kind::parse("x"), None);
+        assert_eq!(
+            Kind::parse("circuitbreaker"),
+            Some(Kind::CircuitBreakerPolicy)
+        );
+        assert_eq!(
+            Kind::parse("CircuitBreakerPolicies"),
+            Some(Kind::CircuitBreakerPolicy)
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! The stage pipeline: one pass over each request through the configured stages (trace →
-//! rate limit → fault → mirror in the combined module; one stage in a single-purpose
-//! module), with the proxy's semantics of separate filters — request callbacks in order,
+//! rate limit → circuit breaker → fault → mirror in the combined module; one stage in a
+//! single-purpose module), with the proxy's semantics of separate filters — request callbacks in order,
 //! response callbacks in reverse order, a stage that answers locally or holds the stream
 //! stops the ones after it, and a held stream resumes with the next stage.
 //!

@@ -2,6 +2,7 @@
 //! pipeline a plugin runs for its root id. Natively, the combined pipeline runs on the
 //! runtime's fake host in the tests below.
 
+use meshwarden_circuitbreaker::CircuitBreakerStage;
 use meshwarden_common::Kind;
 use meshwarden_fault::FaultStage;
 use meshwarden_filter_runtime::{Pipeline, Stage};
@@ -14,6 +15,7 @@ pub fn stage(kind: Kind) -> Box<dyn Stage> {
     match kind {
         Kind::TracePolicy => Box::<TraceStage>::default(),
         Kind::RateLimitPolicy => Box::<RateLimitStage>::default(),
+        Kind::CircuitBreakerPolicy => Box::<CircuitBreakerStage>::default(),
         Kind::FaultPolicy => Box::<FaultStage>::default(),
         Kind::MirrorPolicy => Box::<MirrorStage>::default(),
     }
@@ -24,8 +26,8 @@ pub fn combined() -> Pipeline {
     Pipeline::combined(Kind::CHAIN.into_iter().map(stage).collect())
 }
 
-/// The pipeline for a plugin's root id: one stage for `trace`, `ratelimit`, `fault` or
-/// `mirror` (optionally prefixed `meshwarden.`), every stage otherwise.
+/// The pipeline for a plugin's root id: one stage for `trace`, `ratelimit`,
+/// `circuitbreaker`, `fault` or `mirror` (optionally prefixed `meshwarden.`), every stage otherwise.
 pub fn pipeline_for_root_id(root_id: &str) -> Pipeline {
     let short = root_id.strip_prefix("meshwarden.").unwrap_or(root_id);
     match Kind::CHAIN.into_iter().find(|k| k.filter() == short) {

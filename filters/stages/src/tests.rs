@@ -60,7 +60,10 @@ const GET: [(&str, &str); 3] = [
 #[test]
 fn stage_order_is_the_filter_chain_order() {
     let names: Vec<&str> = combined().stages().iter().map(|s| s.name()).collect();
-    assert_eq!(names, ["trace", "ratelimit", "fault", "mirror"]);
+    assert_eq!(
+        names,
+        ["trace", "ratelimit", "circuitbreaker", "fault", "mirror"]
+    );
     for (kind, name) in Kind::CHAIN.iter().zip(names) {
         assert_eq!(
             pipeline_for_root_id(&format!("meshwarden.{name}"))
@@ -70,7 +73,7 @@ fn stage_order_is_the_filter_chain_order() {
         );
         assert_eq!(pipeline_for_root_id(name).stages()[0].name(), kind.filter());
     }
-    assert_eq!(pipeline_for_root_id("meshwarden").stages().len(), 4);
+    assert_eq!(pipeline_for_root_id("meshwarden").stages().len(), 5);
 }
 
 #[test]
@@ -504,4 +507,138 @@ mod global_ratelimit {
         assert!(host.resumed.borrow().is_empty());
         assert_eq!(host.sent.borrow().len(), 1);
     }
+}
+
+/// One request through the pipeline answered `status` by the upstream (or locally).
+fn exchange(p: &Pipeline, host: &FakeHost, id: u32, status: &str) -> Flow {
+    let (r, flow) = send(p, host, id, &GET);
+    if flow == Flow::Continue {
+        respond(p, host, &r, status);
+    }
+    r.borrow_mut().on_done(p);
+    flow
+}
+
+#[test]
+fn an_open_breaker_answers_its_fallback_then_half_opens_and_closes() {
+    let (p, host) = configured(json!({
+        "circuitbreaker": [{"name": "cb", "spec": {
+            "slidingWindow": {"count": 4}, "minimumNumberOfCalls": 4,
+            "waitDurationInOpenState": "1s", "permittedNumberOfCallsInHalfOpenState": 2,
+            "fallback": {"httpStatus": 200, "headers": {"content-type": "application/json"}, "body": "{\"items\":[]}"}
+        }}],
+    }));
+    for id in 1..=4 {
+        assert_eq!(exchange(&p, host, id, "503"), Flow::Continue);
+    }
+    assert_eq!(
+        host.metric("meshwarden_circuitbreaker_opened_total.policy.cb"),
+        1
+    );
+    assert_eq!(host.metric("meshwarden_circuitbreaker_state.policy.cb"), 2);
+    // Open: the fallback, at once, whatever the upstream would say.
+    assert_eq!(exchange(&p, host, 5, "200"), Flow::Pause);
+    let sent = host.sent.borrow().last().cloned().unwrap();
+    assert_eq!(sent.status, 200);
+    assert_eq!(sent.body, b"{\"items\":[]}");
+    assert_eq!(
+        host.metric("meshwarden_circuitbreaker_short_circuited_total.policy.cb"),
+        1
+    );
+    // After the wait, two trials go upstream; both succeed and the breaker closes.
+    host.advance(Duration::from_millis(1000));
+    let (t1, flow) = send(&p, host, 6, &GET);
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(host.metric("meshwarden_circuitbreaker_state.policy.cb"), 1);
+    let (t2, _) = send(&p, host, 7, &GET);
+    assert_eq!(
+        exchange(&p, host, 8, "200"),
+        Flow::Pause,
+        "every trial is out"
+    );
+    for t in [t1, t2] {
+        respond(&p, host, &t, "200");
+        t.borrow_mut().on_done(&p);
+    }
+    assert_eq!(
+        host.metric("meshwarden_circuitbreaker_closed_total.policy.cb"),
+        1
+    );
+    assert_eq!(host.metric("meshwarden_circuitbreaker_state.policy.cb"), 0);
+    assert_eq!(
+        host.metric("meshwarden_circuitbreaker_open_breakers.policy.cb"),
+        0
+    );
+    assert_eq!(exchange(&p, host, 9, "200"), Flow::Continue);
+}
+
+#[test]
+fn a_closed_breaker_costs_one_shared_read_per_request_and_one_write_per_outcome() {
+    let (p, host) = configured(json!({
+        "circuitbreaker": [{"name": "cb", "spec": {}}],
+    }));
+    let writes = || host.shared.borrow().values().map(|(_, cas)| *cas).max();
+    let before = writes();
+    let (r, _) = send(&p, host, 1, &GET);
+    assert_eq!(writes(), before, "admission writes nothing while closed");
+    respond(&p, host, &r, "200");
+    r.borrow_mut().on_done(&p);
+    assert_ne!(writes(), before, "the outcome is one write");
+    assert_eq!(
+        host.metric("meshwarden_circuitbreaker_calls_total.policy.cb"),
+        1
+    );
+}
+
+#[test]
+fn a_dry_run_breaker_counts_but_never_answers() {
+    let (p, host) = configured(json!({
+        "circuitbreaker": [{"name": "cb", "spec": {
+            "slidingWindow": {"count": 1}, "dryRun": true
+        }}],
+    }));
+    assert_eq!(exchange(&p, host, 1, "500"), Flow::Continue);
+    assert_eq!(exchange(&p, host, 2, "200"), Flow::Continue);
+    assert_eq!(
+        host.metric("meshwarden_circuitbreaker_shadow_short_circuited_total.policy.cb"),
+        1
+    );
+    assert!(host.sent.borrow().is_empty());
+}
+
+#[test]
+fn grpc_failures_in_trailers_open_the_breaker_and_grpc_callers_get_a_grpc_fallback() {
+    use meshwarden_filter_runtime::Host;
+    let (p, host) = configured(json!({
+        "circuitbreaker": [{"name": "cb", "spec": {
+            "slidingWindow": {"count": 2}, "fallback": {"grpcStatus": "RESOURCE_EXHAUSTED"}
+        }}],
+    }));
+    let grpc = [
+        (":method", "POST"),
+        (":path", "/pkg.Svc/Call"),
+        (":authority", "shop"),
+        ("content-type", "application/grpc"),
+    ];
+    for id in 1..=2 {
+        let (r, flow) = send(&p, host, id, &grpc);
+        assert_eq!(flow, Flow::Continue);
+        respond(&p, host, &r, "200");
+        host.set_header(Map::ResponseTrailers, "grpc-status", Some(b"14"));
+        r.borrow_mut().on_response_trailers();
+        r.borrow_mut().on_done(&p);
+    }
+    assert_eq!(
+        host.metric("meshwarden_circuitbreaker_failures_total.policy.cb"),
+        2
+    );
+    assert_eq!(
+        host.metric("meshwarden_circuitbreaker_opened_total.policy.cb"),
+        1
+    );
+    let (_, flow) = send(&p, host, 3, &grpc);
+    assert_eq!(flow, Flow::Pause);
+    let sent = host.sent.borrow().last().cloned().unwrap();
+    assert_eq!((sent.status, sent.grpc_status), (200, Some(8)));
+    assert_eq!(sent.body, b"circuit breaker open");
 }

@@ -125,6 +125,11 @@ async fn every_dashboard_panel_has_data_from_a_real_prometheus() -> anyhow::Resu
             "match: {path: {prefix: /fault}}\nabort: {httpStatus: 503, percentage: {value: 50}}\ndelay: {fixedDelay: 1ms, percentage: {value: 50}}",
         ),
         policy(
+            "CircuitBreakerPolicy",
+            "breaker",
+            "match: {path: {prefix: /breaker}}\nslidingWindow: {count: 2}\nwaitDurationInOpenState: 1s\npermittedNumberOfCallsInHalfOpenState: 1",
+        ),
+        policy(
             "MirrorPolicy",
             "candidate",
             &format!(
@@ -172,7 +177,8 @@ async fn every_dashboard_panel_has_data_from_a_real_prometheus() -> anyhow::Resu
     .await?;
 
     // Traffic of every kind: traces started, propagated and repaired; rate limits admitting
-    // and limiting; faults; mirror copies compared (and differing: the copy's host differs).
+    // and limiting; faults; a breaker opening on failures; mirror copies compared (and
+    // differing: the copy's host differs).
     let headers: [&[(&str, &str)]; 3] = [
         &[],
         &[(
@@ -185,6 +191,8 @@ async fn every_dashboard_panel_has_data_from_a_real_prometheus() -> anyhow::Resu
         for path in ["/limited", "/fault", "/mirror"] {
             envoy.get(path, headers[round % 3]).await?;
         }
+        // A failing upstream behind a breaker: it opens, short-circuits, half-opens.
+        envoy.get("/breaker", &[("x-echo-status", "503")]).await?;
         if round == 20 {
             // A change mid-way: its pushes are timed in the latency histogram.
             let out = cli.apply_yaml(&policy("TracePolicy", "tracing", "samplingPercentage: 50"));

@@ -27,6 +27,11 @@ fn every_kind(mirror_port: u16) -> String {
                 "match: {{path: {{prefix: /copied}}}}\nmirrors:\n- target: {{host: \"127.0.0.1:{mirror_port}\"}}"
             ),
         ),
+        policy(
+            "CircuitBreakerPolicy",
+            "cb",
+            "match: {path: {prefix: /breaker}}\nslidingWindow: {count: 1}\nwaitDurationInOpenState: 1m",
+        ),
     ]
     .join("---\n")
 }
@@ -52,6 +57,15 @@ async fn enforces_every_kind(envoy: &Envoy, up: &EchoUpstream, tag: &str) -> any
         envoy.get(&format!("/limited/{tag}"), &[]).await?.status(),
         429
     );
+    let breaker = format!("/breaker/{tag}");
+    let failed = envoy.get(&breaker, &[("x-echo-status", "500")]).await?;
+    assert_eq!(failed.status(), 500);
+    // The failure is recorded when its stream ends, a moment after the answer.
+    wait_until(Duration::from_secs(5), "the breaker's fallback", || async {
+        let r = envoy.get(&breaker, &[]).await.ok()?;
+        (r.status() == 503 && r.text().await.ok()? == "circuit breaker open").then_some(())
+    })
+    .await?;
     let path = format!("/copied/{tag}");
     assert_eq!(envoy.get(&path, &[]).await?.status(), 200);
     wait_until(Duration::from_secs(5), "the mirror copy", || async {
@@ -86,7 +100,7 @@ async fn combined_and_separate_filters_enforce_the_same_policies_in_one_vm() -> 
     // Status: one row for the combined filter, one per kind for separate ones.
     let status = cp.cli().status_json();
     let row = filter_status(&status, "combined", FILTER).expect("combined row");
-    assert_eq!(row["acceptedPolicies"].as_array().map(Vec::len), Some(4));
+    assert_eq!(row["acceptedPolicies"].as_array().map(Vec::len), Some(5));
     for name in Layout::Separate.filter_names() {
         let row = filter_status(&status, "separate", &name).expect("separate row");
         assert_eq!(
@@ -96,11 +110,11 @@ async fn combined_and_separate_filters_enforce_the_same_policies_in_one_vm() -> 
         );
     }
 
-    // Four separate filters run in as many VMs as the one combined filter: one per worker
+    // Five separate filters run in as many VMs as the one combined filter: one per worker
     // (and one on the main thread), not one per filter.
     let vms = "wasm.envoy.wasm.runtime.v8.active";
-    let (one, four) = (combined.stat(vms).await?, separate.stat(vms).await?);
+    let (one, five) = (combined.stat(vms).await?, separate.stat(vms).await?);
     assert!(one >= 1, "{vms} = {one}");
-    assert_eq!(four, one, "separate filters share the VMs");
+    assert_eq!(five, one, "separate filters share the VMs");
     Ok(())
 }

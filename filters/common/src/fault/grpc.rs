@@ -29,6 +29,12 @@ const NAMES: [&str; 17] = [
 pub struct GrpcCode(u8);
 
 impl GrpcCode {
+    /// `UNKNOWN`.
+    pub const UNKNOWN: GrpcCode = GrpcCode(2);
+    /// `DEADLINE_EXCEEDED`.
+    pub const DEADLINE_EXCEEDED: GrpcCode = GrpcCode(4);
+    /// `INTERNAL`.
+    pub const INTERNAL: GrpcCode = GrpcCode(13);
     /// `UNAVAILABLE`.
     pub const UNAVAILABLE: GrpcCode = GrpcCode(14);
 

@@ -455,7 +455,7 @@ const RESERVED_HEADERS: [&str; 4] = [
     "grpc-status",
 ];
 
-fn validate_payload(
+pub(crate) fn validate_payload(
     body: &Option<String>,
     headers: &BTreeMap<HeaderName, String>,
 ) -> Result<(), ValidationError> {
