@@ -607,13 +607,20 @@ mod global_ratelimit {
             assert_eq!(*host.resumed.borrow(), [(1, Phase::Request)]);
             assert_eq!((host.metric(ALLOW), host.metric(REQUESTS)), (1, 1));
             r.borrow_mut().on_done(&p);
-            // The tail of the bucket is used one hit at a time until it refills.
+            // The tail of the bucket is used one hit per call until the rate could have
+            // refilled a lease (4 tokens at 100/s: 40 ms); then a lease is asked again.
             let (r, token) = held(&p, host, 2);
+            assert_eq!(
+                host.grpc_calls.borrow().last().unwrap().message,
+                retry.message
+            );
             deliver(&p, host, &r, token, 0, &answer(Code::OverLimit, 0));
-            let retry = host.grpc_calls.borrow().last().cloned().unwrap();
-            deliver(&p, host, &r, retry.token, 0, &answer(Code::OverLimit, 0));
+            assert_eq!(calls(host), 3, "no second call for a single hit");
             assert_eq!(host.sent.borrow().last().unwrap().status, 429);
             assert_eq!(host.metric(LIMITED), 1);
+            r.borrow_mut().on_done(&p);
+            host.advance(Duration::from_millis(40));
+            lease_granted(&p, host, 3);
         }
 
         #[test]

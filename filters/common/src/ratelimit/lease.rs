@@ -13,8 +13,10 @@
 //!   slot is free, the request asks for a single hit ([`Claim::Single`]). So a proxy has
 //!   at most one lease call in flight per descriptor, and at most one lease of unused
 //!   tokens per descriptor.
-//! - [`grant`] stores a granted lease's spare tokens and clears the mark; [`cancel`] only
-//!   clears it (lease denied, or no answer).
+//! - [`grant`] stores a granted lease's spare tokens and clears the mark; [`cancel`]
+//!   clears it (no answer), or keeps requests asking singly a while longer (a denied lease:
+//!   the bucket has fewer tokens than a lease, and asking again at once would only cost a
+//!   second call per request).
 //!
 //! Expired tokens are dropped: they were debited from the global bucket when leased, so a
 //! lease can only make the proxies admit *fewer* requests than the global limit, never more.
@@ -260,18 +262,19 @@ pub fn grant<S: SharedStore + ?Sized>(
     Ok(false)
 }
 
-/// Clears `owner`'s asking mark (its lease call was denied or got no answer), so the next
-/// request may ask again.
+/// Ends `owner`'s asking mark at `until_ns` (0: now, the lease call got no answer; later:
+/// a denied lease, requests ask for single hits until then).
 pub fn cancel<S: SharedStore + ?Sized>(
     store: &S,
     space: &LeaseSpace,
     owner: &[u8],
     hash: u64,
+    until_ns: u64,
 ) -> Result<(), Contended> {
     for key in space.candidates(hash) {
         let found = update(store, &key, |bytes| match Slot::decode(bytes) {
             Some(mut s) if s.owner == owner => {
-                s.asking_until_ns = 0;
+                s.asking_until_ns = until_ns;
                 Update::Write(s.encode(), true)
             }
             _ => Update::Keep(false),
@@ -341,7 +344,7 @@ mod tests {
             claim(&store, &sp, b"k", 9, 10 * MS, 60 * MS),
             Ok(Claim::Ask)
         );
-        cancel(&store, &sp, b"k", 9).unwrap();
+        cancel(&store, &sp, b"k", 9, 0).unwrap();
         assert_eq!(
             claim(&store, &sp, b"k", 9, 11 * MS, 61 * MS),
             Ok(Claim::Ask)
@@ -351,6 +354,11 @@ mod tests {
             claim(&store, &sp, b"k", 9, 61 * MS, 99 * MS),
             Ok(Claim::Ask)
         );
+        // After a denied lease, requests ask singly until the given time.
+        cancel(&store, &sp, b"k", 9, 80 * MS).unwrap();
+        let at = |now| claim(&store, &sp, b"k", 9, now, 99 * MS);
+        assert_eq!(at(79 * MS), Ok(Claim::Single));
+        assert_eq!(at(80 * MS), Ok(Claim::Ask));
     }
 
     #[test]
@@ -366,7 +374,7 @@ mod tests {
         assert_eq!(claim(&store, &sp, b"e", 5, 0, 50 * MS), Ok(Claim::Single));
         assert_eq!(store.len(), PROBES as usize);
         // Once a slot is free again (nobody asking, no live token) another key takes it.
-        cancel(&store, &sp, b"c", 5).unwrap();
+        cancel(&store, &sp, b"c", 5, 0).unwrap();
         assert_eq!(claim(&store, &sp, b"e", 5, MS, 50 * MS), Ok(Claim::Ask));
         // "c" lost its slot; its late grant finds none free and is dropped.
         assert_eq!(

@@ -23,7 +23,8 @@
 //! A global policy with a `lease` first tries a leased token of the proxy ([`super::lease`]):
 //! with one, the policy needs no call; without, the call asks for `lease.tokens` hits for
 //! it, and [`Limiter::settle`] keeps the spare ones — or, when the service cannot grant that
-//! many, asks again for a single hit ([`Settled::Retry`]).
+//! many, asks again for a single hit ([`Settled::Retry`]), and the proxy's next requests
+//! ask singly until the rate could have refilled a lease.
 
 use super::bucket::Take;
 use super::concurrency;
@@ -84,6 +85,9 @@ struct CompiledLease {
     space: LeaseSpace,
     tokens: u64,
     max_age_ns: u64,
+    /// After a denied lease, how long requests ask for single hits: the time the policy's
+    /// rate takes to refill a lease's tokens, at most `maxAge`.
+    backoff_ns: u64,
 }
 
 impl CompiledLimit {
@@ -104,14 +108,20 @@ impl CompiledLimit {
             })
             .collect();
         let prefix = format!("{KEY_PREFIX}/{name}");
-        let lease = spec
-            .lease
-            .filter(|_| spec.is_global())
-            .map(|l| CompiledLease {
+        let lease = spec.lease.filter(|_| spec.is_global()).map(|l| {
+            let max_age_ns = l.max_age().as_millis().saturating_mul(1_000_000);
+            let refill_ns = spec.rate.map_or(max_age_ns, |r| {
+                let ns = u128::from(r.unit.nanos()) * u128::from(l.tokens)
+                    / u128::from(r.requests.max(1));
+                u64::try_from(ns).unwrap_or(u64::MAX)
+            });
+            CompiledLease {
                 space: LeaseSpace::new(&prefix, !spec.descriptors.is_empty()),
                 tokens: l.tokens,
-                max_age_ns: l.max_age().as_millis().saturating_mul(1_000_000),
-            });
+                max_age_ns,
+                backoff_ns: refill_ns.min(max_age_ns),
+            }
+        });
         let space = Keyspace::new(prefix, spec.key_slots());
         Self {
             name,
@@ -577,7 +587,14 @@ impl Limiter {
                     now_ns,
                 )
                 .map(|_| ()),
-                None => lease::cancel(store, &l.space, key.as_bytes(), key.slot_hash()),
+                None => {
+                    let until = if denied {
+                        now_ns.saturating_add(l.backoff_ns)
+                    } else {
+                        0
+                    };
+                    lease::cancel(store, &l.space, key.as_bytes(), key.slot_hash(), until)
+                }
             };
         }
         if denied {

@@ -623,8 +623,11 @@ mod global {
                 l.settle(&s, &single, ok(2), T0 + 3 * MS),
                 Settled::Answer(GlobalAnswer::Statuses(_))
             ));
-            // The mark is cleared: the next request may ask for a lease again.
-            assert_eq!(call(&l, &s, &h, T0 + 4 * MS).asking.len(), 1);
+            // The proxy's next requests ask singly until 5 tokens could have refilled
+            // (50 ms at 100/s), then ask for a lease again.
+            let next = call(&l, &s, &h, T0 + 51 * MS);
+            assert!(next.asking.is_empty() && next.needs_call());
+            assert_eq!(call(&l, &s, &h, T0 + 52 * MS).asking.len(), 1);
         }
 
         #[test]
