@@ -260,7 +260,12 @@ impl StreamStage for RateLimitStream {
             peer: self.peer.as_deref(),
         };
         let matched = self.limiter.matched(&req);
-        let now = host().now_ns();
+        // The clock only for leases (local decisions read it themselves).
+        let now = if self.limiter.has_global() {
+            host().now_ns()
+        } else {
+            0
+        };
         let Some(call) = self.limiter.global_call(&HostShared, &req, &matched, now) else {
             return self.decide(s, &matched, &GlobalAnswer::Unavailable);
         };
