@@ -49,7 +49,7 @@ build: wasm
 
 # End-to-end tests whose figures depend on the machine having CPU to spare (offered load,
 # latency percentiles, sampling over thousands of requests) run afterwards, one at a time.
-SERIAL_TESTS := ten_times_overload three_envoys_share_one_global_limit percentages_hold injected_delay_is_accurate
+SERIAL_TESTS := ten_times_overload three_envoys_share_one_global_limit leased_tokens_admit_most_requests percentages_hold injected_delay_is_accurate
 
 test: deps build
 	$(CARGO) test -- --test-threads $(TEST_THREADS) $(SERIAL_TESTS:%=--skip %)
@@ -78,7 +78,7 @@ images: wasm
 # Benchmarks: data path in Envoy, control-plane push, module sizes (bench/bench.py).
 # Results go to docs/benchmarks.md, bench/results.json and bench/latency.svg.
 bench: deps build
-	$(CARGO) build --release -p meshwarden-control-plane -p meshwarden-push-bench
+	$(CARGO) build --release -p meshwarden-control-plane -p meshwarden-push-bench -p meshwarden-ratelimit-service
 	$(CARGO) build --profile wasm --target wasm32-wasip1 -p meshwarden-noop-filter
 	python3 bench/bench.py --attribute-sizes --wasm-dir $(WASM_DIR) \
 	  --build-dir $(TARGET_DIR)/wasm32-wasip1/wasm --meshwarden $(TARGET_DIR)/release/meshwarden \
@@ -94,7 +94,7 @@ soak: deps build
 
 # A few seconds of every benchmark with no timing assertions (results in a temp dir).
 bench-smoke: deps build
-	$(CARGO) build -p meshwarden-control-plane -p meshwarden-e2e -p meshwarden-push-bench --bins
+	$(CARGO) build -p meshwarden-control-plane -p meshwarden-e2e -p meshwarden-push-bench -p meshwarden-ratelimit-service --bins
 	python3 bench/bench.py --smoke --wasm-dir $(WASM_DIR) --build-dir $(TARGET_DIR)/wasm32-wasip1/wasm --meshwarden $(TARGET_DIR)/debug/meshwarden \
 	  --push-bench $(TARGET_DIR)/debug/meshwarden-push-bench
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """meshwarden benchmarks: data path (Envoy + filters), control-plane push latency, module sizes,
 rate-limit accuracy under overload (meshwarden vs Envoy's local_ratelimit), mirror safety
-(primary latency with a down, black-holed or slow mirror target vs no mirror).
+(primary latency with a down, black-holed or slow mirror target vs no mirror), global rate
+limits (added latency and proxy CPU of a global decision with and without a lease, and the
+rate limit service's decisions per second).
 
     python3 bench/bench.py            full run; writes bench/results.json, bench/latency.svg
                                       and docs/benchmarks.md (`make bench`)
@@ -33,7 +35,7 @@ from pathlib import Path
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mwbench import accuracy, datapath, mirror_safety, profile, report, sizes, targets  # noqa: E402
+from mwbench import accuracy, datapath, global_rl, mirror_safety, profile, report, sizes, targets  # noqa: E402
 from mwbench.procs import envoy_version  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,18 +245,42 @@ def run_mirror(a: argparse.Namespace, work: Path) -> dict:
     return out
 
 
+def run_global(a: argparse.Namespace, work: Path) -> dict:
+    bin_dir = Path(a.push_bench).parent
+    s = global_rl.Settings(
+        envoy=a.envoy, wasm_dir=Path(a.wasm_dir), workdir=work / "global",
+        service_bin=a.ratelimit_service or str(bin_dir / "meshwarden-ratelimit"),
+        rls_load_bin=a.rls_load or str(bin_dir / "meshwarden-rls-load"),
+        load_bin=a.load_bin or str(bin_dir / "meshwarden-load"),
+        seconds=a.global_seconds, rls_seconds=float(a.global_seconds),
+        warmup_seconds=0 if a.smoke else 1)
+    if a.smoke:
+        s.rate, s.rls_max_requests = 200.0, 20_000
+    log(f"global rate limits: {s.seconds}s per configuration at {s.rate:.0f} req/s, "
+        f"then the service's throughput for {s.rls_seconds}s")
+    try:
+        out = global_rl.run(s, log)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        return {"error": str(e)[-2000:]}
+    out["generated"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out["git_commit"] = git("rev-parse", "--short", "HEAD")
+    if a.global_note:
+        out["note"] = a.global_note
+    return out
+
+
 def merge(old: dict, new: dict, parts: set[str]) -> dict:
     """The previous results with the parts just measured replaced. The header (date, commit,
     machine) stays the previous run's; each rerun part carries its own date and commit."""
     out = dict(old)
-    for part in ("datapath", "push", "sizes", "accuracy", "mirror"):
+    for part in ("datapath", "push", "sizes", "accuracy", "mirror", "global"):
         if part in parts and part in new:
             out[part] = new[part]
     if "push" in parts and "push_replicas" in new:
         out["push_replicas"] = new["push_replicas"]
     prefixes = {"datapath": ("data path", "wrk ", "h2load "), "push": ("push",),
                 "sizes": ("modules not built",), "accuracy": ("accuracy",),
-                "mirror": ("mirror",)}
+                "mirror": ("mirror",), "global": ("global",)}
     rerun = tuple(x for part in parts for x in prefixes.get(part, ()))
     out["failures"] = [f for f in old.get("failures") or [] if not f.startswith(rerun)] \
         + list(new.get("failures") or [])
@@ -459,7 +485,7 @@ CAVEATS = [
 
 def commands(a: argparse.Namespace) -> list[str]:
     return [
-        "make bench          # = make wasm build; cargo build --release -p meshwarden-control-plane -p meshwarden-push-bench; cargo build --profile wasm --target wasm32-wasip1 -p meshwarden-noop-filter; python3 bench/bench.py --attribute-sizes ...",
+        "make bench          # = make wasm build; cargo build --release -p meshwarden-control-plane -p meshwarden-push-bench -p meshwarden-ratelimit-service; cargo build --profile wasm --target wasm32-wasip1 -p meshwarden-noop-filter; python3 bench/bench.py --attribute-sizes ...",
         "make bench-smoke    # a few seconds of every benchmark, no timing assertions",
         "# data path, per configuration (proxy pinned to CPU 0, upstream + load generator to CPU 1):",
         "taskset -c 0 envoy -c <config>.json --concurrency 1 --disable-hot-restart",
@@ -483,6 +509,10 @@ def commands(a: argparse.Namespace) -> list[str]:
         "# mirror safety (each proxy: envoy --concurrency 2, mirror filter, 100 % to one target):",
         "target/release/meshwarden-load --url http://127.0.0.1:<port>/mirror-safety --rate 200 --duration 5 --connections 16",
         "python3 bench/bench.py --parts mirror --merge",
+        "# global rate limits (redis-server and target/release/meshwarden-ratelimit on loopback):",
+        "taskset -c 1 target/release/meshwarden-load --url http://127.0.0.1:<port>/bench --rate 500 --duration 5 --connections 16",
+        "target/release/meshwarden-rls-load --addr 127.0.0.1:<grpc port> --concurrency 32 --connections 4 --duration 5 --policy rls-bench",
+        "python3 bench/bench.py --parts global --merge",
     ]
 
 
@@ -537,7 +567,15 @@ def _finite(v):
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny run of every benchmark")
-    p.add_argument("--parts", default="datapath,push,sizes,accuracy,mirror")
+    p.add_argument("--parts", default="datapath,push,sizes,accuracy,mirror,global")
+    p.add_argument("--global-seconds", type=int, default=5,
+                   help="length of each global rate limit run (1 with --smoke)")
+    p.add_argument("--global-note", default="",
+                   help="a note on the machine's load printed with the global rate limit figures")
+    p.add_argument("--ratelimit-service", default="",
+                   help="meshwarden-ratelimit (default: next to --push-bench)")
+    p.add_argument("--rls-load", default="",
+                   help="meshwarden-rls-load (default: next to --push-bench)")
     p.add_argument("--accuracy-seconds", type=int, default=10,
                    help="length of each rate-limit accuracy run (2 with --smoke)")
     p.add_argument("--mirror-seconds", type=int, default=5,
@@ -593,6 +631,7 @@ def main() -> int:
         a.push_timeout = min(a.push_timeout, 60)
         a.accuracy_seconds = min(a.accuracy_seconds, 2)
         a.mirror_seconds = min(a.mirror_seconds, 1)
+        a.global_seconds = min(a.global_seconds, 1)
         only = only or ["bare", "native-all", "mw-combined"]
         profile_seconds = 1
         # No counting build, no second start per configuration, no configuration-time runs.
@@ -630,7 +669,7 @@ def main() -> int:
         if load_bin.is_file() and shutil.which("wrk") is None:
             log("note: wrk not installed; the closed-loop (maximum req/s) runs use "
                 "meshwarden-load at a saturating rate instead")
-    if parts & {"datapath", "accuracy", "mirror"} and not Path(a.envoy).exists():
+    if parts & {"datapath", "accuracy", "mirror", "global"} and not Path(a.envoy).exists():
         failures.append(f"Envoy not found at {a.envoy} (make envoy)")
     results: dict = {
         "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -698,6 +737,10 @@ def main() -> int:
             results["mirror"] = run_mirror(a, work)
             if results["mirror"].get("error"):
                 failures.append("mirror: " + results["mirror"]["error"])
+        if "global" in parts:
+            results["global"] = run_global(a, work)
+            if results["global"].get("error"):
+                failures.append("global: " + results["global"]["error"])
     results["machine"]["loadavg_end"] = loadavg()
     results["failures"] = failures
     if a.merge and json_path.is_file():

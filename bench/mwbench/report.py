@@ -563,6 +563,61 @@ def _soak_section(soak: dict) -> list[str]:
     ]
 
 
+def _global_section(g: dict) -> list[str]:
+    title = "## 7. Global rate limits: added latency, proxy CPU, service throughput"
+    if g.get("error"):
+        return [title, "", f"⚠ The global rate limit benchmark failed: {g['error']}", ""]
+    rows = {r["name"]: r for r in g.get("latency", [])}
+    bare, local = rows.get("bare", {}), rows.get("local", {})
+    lease = g.get("lease") or {}
+    lines = [
+        title,
+        "",
+        f"Measured {g.get('generated', '?')} at commit `{g.get('git_commit', '?')}` "
+        f"(`bench/mwbench/global_rl.py`). One Envoy worker (`--concurrency 1`, pinned to CPU 0) "
+        f"with `meshwarden_ratelimit.wasm` and one policy matching every request that never "
+        f"limits; {g.get('rate', 0):.0f} req/s for {g.get('seconds')} s, open loop "
+        f"(`meshwarden-load`, latency from each request's due time). `meshwarden-ratelimit` "
+        f"(release build) and `redis-server` run on loopback, unpinned, sharing the 2 cores with "
+        f"the upstream and the load generator. The lease row uses `lease: {{tokens: "
+        f"{lease.get('tokens')}, maxAge: {lease.get('maxAge')}}}`.",
+        "",
+        "| configuration | p50 µs | p99 µs | p50 − bare µs | p99 − bare µs | p50 / local | "
+        "proxy CPU µs/req | CPU − bare µs | service CPU µs/req | Redis CPU µs/req | failed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in g.get("latency", []):
+        lines.append(
+            f"| {r.get('label', r['name'])} | {_n(r.get('p50_us'))} | {_n(r.get('p99_us'))} "
+            f"| {_n(r.get('p50_us', 0) - bare.get('p50_us', 0))} "
+            f"| {_n(r.get('p99_us', 0) - bare.get('p99_us', 0))} "
+            f"| {_ratio(r.get('p50_us'), local.get('p50_us'))} "
+            f"| {_n(r.get('proxy_cpu_us_per_req'), 1)} "
+            f"| {_n(r.get('proxy_cpu_us_per_req', 0) - bare.get('proxy_cpu_us_per_req', 0), 1)} "
+            f"| {_n(r.get('service_cpu_us_per_req'), 1)} | {_n(r.get('redis_cpu_us_per_req'), 1)} "
+            f"| {r.get('failed', 0)} |")
+    tp = g.get("throughput") or {}
+    lat = tp.get("latency") or {}
+    lines += [
+        "",
+        f"**Service throughput** (`meshwarden-rls-load`: {tp.get('concurrency')} calls in flight "
+        f"over {tp.get('connections')} HTTP/2 connections, one descriptor per call over 1,000 "
+        f"buckets, closed loop, {tp.get('seconds')} s; service, Redis and the load generator on "
+        f"the same 2 cores):",
+        "",
+        "| decisions/s | p50 ms | p99 ms | errors | service CPU µs/decision | Redis CPU µs/decision |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {_n(tp.get('decisions_per_second'))} | {_n(lat.get('p50_ms'), 2)} "
+        f"| {_n(lat.get('p99_ms'), 2)} | {tp.get('errors', '–')} "
+        f"| {_n(tp.get('service_cpu_us_per_decision'), 1)} "
+        f"| {_n(tp.get('redis_cpu_us_per_decision'), 1)} |",
+        "",
+    ]
+    if g.get("note"):
+        lines += [f"**Noise:** {g['note']}", ""]
+    return lines
+
+
 def markdown(results: dict) -> str:
     m = results.get("machine", {})
     lines = [
@@ -603,6 +658,8 @@ def markdown(results: dict) -> str:
         lines += _mirror_section(results["mirror"])
     if results.get("soak"):
         lines += _soak_section(results["soak"])
+    if results.get("global"):
+        lines += _global_section(results["global"])
     lines += ["## Method notes and caveats", ""] + [f"- {c}" for c in results.get("caveats", [])]
     lines += ["", "## Commands", "", "```sh"] + results.get("commands", []) + ["```", ""]
     return "\n".join(lines)

@@ -40,6 +40,21 @@ fn the_filters_request_is_what_prost_reads() {
 }
 
 #[test]
+fn a_lease_is_a_per_descriptor_hits_addend_prost_reads() {
+    let leased = vec![("policy".to_string(), "api".to_string())];
+    let single = vec![("policy".to_string(), "other".to_string())];
+    let bytes = rls::encode_request_hits(global::DOMAIN, &[(&leased, 25), (&single, 1)]);
+    let req = RateLimitRequest::decode(bytes.as_slice()).expect("valid protobuf");
+    assert_eq!(req.hits_addend, 0, "the request's default stays one hit");
+    let hits: Vec<Option<u64>> = req
+        .descriptors
+        .iter()
+        .map(|d| d.hits_addend.as_ref().map(|h| h.value))
+        .collect();
+    assert_eq!(hits, vec![Some(25), None]);
+}
+
+#[test]
 fn the_filter_reads_what_prost_writes() {
     let response = RateLimitResponse {
         overall_code: Code::OverLimit as i32,

@@ -9,12 +9,16 @@
 //! limit service (`ShouldRateLimit` on the [`global::CLUSTER`] cluster, bounded by the
 //! policies' `timeout`); the answer — or its absence: an error, a timeout, a malformed
 //! message — completes the decision, local policies included.
+//!
+//! A global policy with a `lease` admits from the proxy's leased tokens when it has one (no
+//! call); otherwise the call asks for a lease, and when the service cannot grant it, the
+//! stage asks again for the request's single hit before deciding.
 
 mod metrics;
 
 use meshwarden_common::ratelimit::{global, rls};
 use meshwarden_common::ratelimit::{release_all, Decision, Held, Limiter, RateLimitSpec, Request};
-use meshwarden_common::ratelimit::{GlobalAnswer, GlobalCall};
+use meshwarden_common::ratelimit::{GlobalAnswer, GlobalCall, Settled};
 use meshwarden_filter_runtime::host::Body;
 use meshwarden_filter_runtime::shared::HostShared;
 use meshwarden_filter_runtime::{headers, host, parse_config, Commit, Flow, LocalResponse};
@@ -62,6 +66,7 @@ impl Stage for RateLimitStage {
             response_headers: Vec::new(),
             peer: None,
             pending: None,
+            admitted: false,
         }))
     }
 }
@@ -76,6 +81,8 @@ struct RateLimitStream {
     peer: Option<Vec<u8>>,
     /// The rate limit service call the stream waits for.
     pending: Option<Pending>,
+    /// The request was let through.
+    admitted: bool,
 }
 
 /// A call to the rate limit service in flight.
@@ -93,8 +100,8 @@ fn is_grpc(s: &Stream<'_>) -> bool {
 }
 
 impl RateLimitStream {
-    /// Sends the rate limit service call; `false` if the proxy refused it.
-    fn dispatch(&mut self, call: GlobalCall, matched: Vec<usize>) -> Result<(), GlobalCall> {
+    /// Sends the rate limit service call; the call back if the proxy refused it.
+    fn dispatch(&mut self, call: GlobalCall, matched: Vec<usize>) -> Result<(), Box<GlobalCall>> {
         let sent = host().grpc_call(
             global::CLUSTER,
             rls::SERVICE,
@@ -117,9 +124,49 @@ impl RateLimitStream {
                     "ratelimit filter: cannot call the rate limit service (cluster {}): {e}",
                     global::CLUSTER
                 );
-                Err(call)
+                Err(Box::new(call))
             }
         }
+    }
+
+    /// Sends `call` and holds the request for its answer; decides at once (failure mode)
+    /// if the proxy refused the call.
+    fn call(&mut self, s: &mut Stream<'_>, call: GlobalCall, matched: Vec<usize>) -> Flow {
+        metrics::lease_requests(&self.limiter, &call);
+        match self.dispatch(call, matched.clone()) {
+            Ok(()) => {
+                s.await_call();
+                Flow::Pause
+            }
+            Err(call) => {
+                let call = *call;
+                metrics::global_call(&self.limiter, &call, None);
+                // No answer: clear the lease marks; leased tokens still answer.
+                let settled = self
+                    .limiter
+                    .settle(&HostShared, &call, Err(()), host().now_ns());
+                let answer = match settled {
+                    Settled::Answer(a) => a,
+                    Settled::Retry(_) => GlobalAnswer::Unavailable,
+                };
+                self.decide_leased(s, &matched, &call, &answer)
+            }
+        }
+    }
+
+    /// [`RateLimitStream::decide`], counting the requests admitted with leased tokens.
+    fn decide_leased(
+        &mut self,
+        s: &mut Stream<'_>,
+        matched: &[usize],
+        call: &GlobalCall,
+        global: &GlobalAnswer,
+    ) -> Flow {
+        let flow = self.decide(s, matched, global);
+        if self.admitted {
+            metrics::lease_admitted(&self.limiter, call);
+        }
+        flow
     }
 
     /// Decides with the service's answer and answers locally or lets the request go on.
@@ -138,6 +185,7 @@ impl RateLimitStream {
         self.held = verdict.held;
         match verdict.decision {
             Decision::Allow { response_headers } => {
+                self.admitted = true;
                 self.response_headers = response_headers;
                 Flow::Continue
             }
@@ -212,33 +260,37 @@ impl StreamStage for RateLimitStream {
             peer: self.peer.as_deref(),
         };
         let matched = self.limiter.matched(&req);
-        let Some(call) = self.limiter.global_call(&req, &matched) else {
+        // The clock only for leases (local decisions read it themselves).
+        let now = if self.limiter.has_global() {
+            host().now_ns()
+        } else {
+            0
+        };
+        let Some(call) = self.limiter.global_call(&HostShared, &req, &matched, now) else {
             return self.decide(s, &matched, &GlobalAnswer::Unavailable);
         };
-        match self.dispatch(call, matched.clone()) {
-            Ok(()) => {
-                s.await_call();
-                Flow::Pause
-            }
-            Err(call) => {
-                metrics::global_call(&self.limiter, &call, None);
-                self.decide(s, &matched, &GlobalAnswer::Unavailable)
-            }
+        if !call.needs_call() {
+            let answer = call.leased_answer();
+            return self.decide_leased(s, &matched, &call, &answer);
         }
+        self.call(s, call, matched)
     }
 
     fn grpc_response(&mut self, s: &mut Stream<'_>, token: u32, status: u32, size: usize) -> Flow {
         let Some(p) = self.pending.take_if(|p| p.token == token) else {
             return Flow::Continue;
         };
-        let elapsed_us = host().now_ns().saturating_sub(p.started_ns) / 1_000;
+        let now = host().now_ns();
+        let elapsed_us = now.saturating_sub(p.started_ns) / 1_000;
         let answer = read_answer(status, size);
         if let Err(e) = &answer {
             log::debug!("ratelimit filter: no answer from the rate limit service: {e}");
         }
-        let answer = p.call.answer(answer);
         metrics::global_call(&self.limiter, &p.call, Some(elapsed_us));
-        self.decide(s, &p.matched, &answer)
+        match self.limiter.settle(&HostShared, &p.call, answer, now) {
+            Settled::Answer(answer) => self.decide_leased(s, &p.matched, &p.call, &answer),
+            Settled::Retry(single) => self.call(s, single, p.matched),
+        }
     }
 
     fn response_headers(&mut self, _: &mut Stream<'_>) -> Flow {

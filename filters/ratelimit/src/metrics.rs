@@ -12,6 +12,8 @@
 //! | `global_checks_total` | counter | `scope: global`: requests the rate limit service decided |
 //! | `global_failures_total` | counter | `scope: global`: no usable answer (error, timeout, malformed); `failureMode` decided (also in `failures_total`) |
 //! | `global_call_duration_us` | histogram | `scope: global`: time from the call to its answer, µs |
+//! | `lease_requests_total` | counter | `lease`: calls asking the rate limit service for a lease of tokens |
+//! | `lease_admitted_total` | counter | `lease`: requests admitted with a leased token, without a call |
 
 use meshwarden_common::ratelimit::{GlobalCall, Limiter, PolicyEvents};
 use meshwarden_filter_runtime::{MetricKind, PolicyMetrics};
@@ -34,8 +36,13 @@ const GLOBAL: [(&str, MetricKind); 3] = [
     ("global_call_duration_us", MetricKind::Histogram),
 ];
 
-/// Defines every metric of every policy (the `global_*` ones for global policies), so
-/// they show (as 0) before traffic.
+const LEASE: [(&str, MetricKind); 2] = [
+    ("lease_requests", MetricKind::Counter),
+    ("lease_admitted", MetricKind::Counter),
+];
+
+/// Defines every metric of every policy (the `global_*` ones for global policies, the
+/// `lease_*` ones for policies with a lease), so they show (as 0) before traffic.
 pub fn define(limiter: &Limiter) {
     METRICS.define_all(limiter.policies().iter().map(|p| p.name.as_str()), &ALL);
     METRICS.define_all(
@@ -45,6 +52,40 @@ pub fn define(limiter: &Limiter) {
             .filter(|p| p.is_global())
             .map(|p| p.name.as_str()),
         &GLOBAL,
+    );
+    METRICS.define_all(
+        limiter
+            .policies()
+            .iter()
+            .filter(|p| p.lease_tokens().is_some())
+            .map(|p| p.name.as_str()),
+        &LEASE,
+    );
+}
+
+fn count_each(limiter: &Limiter, metric: &'static str, policies: impl Iterator<Item = usize>) {
+    for i in policies {
+        if let Some(p) = limiter.policies().get(i) {
+            METRICS.increment(metric, p.name.as_str());
+        }
+    }
+}
+
+/// Counts the leases a call about to be sent asks for.
+pub fn lease_requests(limiter: &Limiter, call: &GlobalCall) {
+    count_each(
+        limiter,
+        "lease_requests",
+        call.asking.iter().map(|(i, _)| *i),
+    );
+}
+
+/// Counts an admitted request's leased tokens.
+pub fn lease_admitted(limiter: &Limiter, call: &GlobalCall) {
+    count_each(
+        limiter,
+        "lease_admitted",
+        call.leased.iter().map(|(i, _)| *i),
     );
 }
 

@@ -325,11 +325,20 @@ mod global_ratelimit {
     const LATENCY: &str = "meshwarden_ratelimit_global_call_duration_us.policy.g";
 
     fn global(failure_mode: &str) -> (Pipeline, &'static FakeHost) {
+        global_with(json!({"failureMode": failure_mode}))
+    }
+
+    /// Policy `g` (global, 100/s, burst 50, by `x-tenant`, 40 ms timeout) with `extra`
+    /// spec fields, and a fault and a mirror stage after it.
+    fn global_with(extra: Value) -> (Pipeline, &'static FakeHost) {
+        let mut spec = json!({
+            "rate": {"requests": 100, "unit": "second"}, "burst": 50, "scope": "global",
+            "descriptors": [{"header": "x-tenant"}], "timeout": "40ms"});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
         configured(json!({
-            "ratelimit": [{"name": "g", "spec": {
-                "rate": {"requests": 100, "unit": "second"}, "burst": 50, "scope": "global",
-                "descriptors": [{"header": "x-tenant"}], "timeout": "40ms",
-                "failureMode": failure_mode}}],
+            "ratelimit": [{"name": "g", "spec": spec}],
             "fault": [{"name": "f", "spec": {"abort": {"httpStatus": 418, "percentage": {"value": 0}}}}],
             "mirror": [{"name": "m", "spec": {"mirrors": [{"target": {"cluster": "shadow"}}]}}],
         }))
@@ -347,11 +356,16 @@ mod global_ratelimit {
         })
     }
 
-    /// Sends a request; it waits for the call-out, whose token it returns.
-    fn held(p: &Pipeline, host: &'static FakeHost, id: u32) -> (Rc<RefCell<Request>>, u32) {
+    /// Sends a request of tenant `acme`.
+    fn acme(p: &Pipeline, host: &FakeHost, id: u32) -> (Rc<RefCell<Request>>, Flow) {
         let mut headers = GET.to_vec();
         headers.push(("x-tenant", "acme"));
-        let (r, flow) = send(p, host, id, &headers);
+        send(p, host, id, &headers)
+    }
+
+    /// Sends a request; it waits for the call-out, whose token it returns.
+    fn held(p: &Pipeline, host: &'static FakeHost, id: u32) -> (Rc<RefCell<Request>>, u32) {
+        let (r, flow) = acme(p, host, id);
         assert_eq!(flow, Flow::Pause, "held for the rate limit service");
         let call = host
             .grpc_calls
@@ -506,6 +520,135 @@ mod global_ratelimit {
         deliver(&p, host, &r, token, 0, &answer(Code::Ok, 1));
         assert!(host.resumed.borrow().is_empty());
         assert_eq!(host.sent.borrow().len(), 1);
+    }
+
+    /// `lease`: local pre-admission from leased tokens in the proxy's shared data.
+    mod lease {
+        use super::*;
+
+        const REQUESTS: &str = "meshwarden_ratelimit_lease_requests_total.policy.g";
+        const ADMITTED: &str = "meshwarden_ratelimit_lease_admitted_total.policy.g";
+
+        fn leased() -> (Pipeline, &'static FakeHost) {
+            global_with(json!({"lease": {"tokens": 4, "maxAge": "100ms"}}))
+        }
+
+        fn acme_entries() -> Vec<(String, String)> {
+            vec![
+                ("policy".into(), "g".into()),
+                ("x-tenant".into(), "acme".into()),
+            ]
+        }
+
+        fn calls(host: &FakeHost) -> usize {
+            host.grpc_calls.borrow().len()
+        }
+
+        /// Request `id` asks for a lease, which is granted; it goes on.
+        fn lease_granted(p: &Pipeline, host: &'static FakeHost, id: u32) {
+            let (r, token) = held(p, host, id);
+            let asked = [(&acme_entries()[..], 4)];
+            assert_eq!(
+                host.grpc_calls.borrow().last().unwrap().message,
+                rls::encode_request_hits("meshwarden", &asked)
+            );
+            deliver(p, host, &r, token, 0, &answer(Code::Ok, 40));
+            assert_eq!(host.resumed.borrow().last(), Some(&(id, Phase::Request)));
+            r.borrow_mut().on_done(p);
+        }
+
+        /// Request `id` goes on at once, with no call-out.
+        fn admitted_locally(p: &Pipeline, host: &FakeHost, id: u32) {
+            let before = calls(host);
+            let (r, flow) = acme(p, host, id);
+            assert_eq!(flow, Flow::Continue, "request {id} admitted from the lease");
+            assert_eq!(calls(host), before, "no call-out");
+            r.borrow_mut().on_done(p);
+        }
+
+        #[test]
+        fn a_granted_lease_admits_the_next_requests_without_call_outs() {
+            let (p, host) = leased();
+            lease_granted(&p, host, 1);
+            for id in 2..=4 {
+                admitted_locally(&p, host, id);
+            }
+            assert_eq!((host.metric(REQUESTS), host.metric(ADMITTED)), (1, 3));
+            assert_eq!((host.metric(ALLOW), host.metric(CHECKS)), (4, 4));
+            // Spent: the next request asks again.
+            lease_granted(&p, host, 5);
+            assert_eq!(host.metric(REQUESTS), 2);
+        }
+
+        #[test]
+        fn leased_tokens_expire_after_max_age() {
+            let (p, host) = leased();
+            lease_granted(&p, host, 1);
+            admitted_locally(&p, host, 2);
+            host.advance(Duration::from_millis(100));
+            lease_granted(&p, host, 3);
+            assert_eq!(host.metric(ADMITTED), 1);
+        }
+
+        #[test]
+        fn a_denied_lease_is_retried_with_a_single_hit() {
+            let (p, host) = leased();
+            let (r, token) = held(&p, host, 1);
+            deliver(&p, host, &r, token, 0, &answer(Code::OverLimit, 2));
+            assert!(host.sent.borrow().is_empty() && host.resumed.borrow().is_empty());
+            let retry = host.grpc_calls.borrow().last().cloned().unwrap();
+            assert_eq!(
+                (calls(host), retry.context),
+                (2, 1),
+                "asked again, still held"
+            );
+            assert_eq!(
+                retry.message,
+                rls::encode_request("meshwarden", &[acme_entries()])
+            );
+            deliver(&p, host, &r, retry.token, 0, &answer(Code::Ok, 1));
+            assert_eq!(*host.resumed.borrow(), [(1, Phase::Request)]);
+            assert_eq!((host.metric(ALLOW), host.metric(REQUESTS)), (1, 1));
+            r.borrow_mut().on_done(&p);
+            // The tail of the bucket is used one hit per call until the rate could have
+            // refilled a lease (4 tokens at 100/s: 40 ms); then a lease is asked again.
+            let (r, token) = held(&p, host, 2);
+            assert_eq!(
+                host.grpc_calls.borrow().last().unwrap().message,
+                retry.message
+            );
+            deliver(&p, host, &r, token, 0, &answer(Code::OverLimit, 0));
+            assert_eq!(calls(host), 3, "no second call for a single hit");
+            assert_eq!(host.sent.borrow().last().unwrap().status, 429);
+            assert_eq!(host.metric(LIMITED), 1);
+            r.borrow_mut().on_done(&p);
+            host.advance(Duration::from_millis(40));
+            lease_granted(&p, host, 3);
+        }
+
+        #[test]
+        fn requests_meanwhile_ask_singly_and_share_the_lease_through_shared_data() {
+            let (p, host) = leased();
+            let (first, lease_token) = held(&p, host, 1);
+            // While the lease call is out, another request asks for its own hit only.
+            let (second, single_token) = held(&p, host, 2);
+            assert_eq!(
+                host.grpc_calls.borrow().last().unwrap().message,
+                rls::encode_request("meshwarden", &[acme_entries()])
+            );
+            deliver(&p, host, &first, lease_token, 0, &answer(Code::Ok, 30));
+            deliver(&p, host, &second, single_token, 0, &answer(Code::Ok, 29));
+            assert_eq!(host.resumed.borrow().len(), 2);
+            assert_eq!(host.metric(REQUESTS), 1);
+            // The lease sits in the proxy's shared data: the next streams take from it.
+            for id in 3..=5 {
+                admitted_locally(&p, host, id);
+            }
+            let (r, _) = held(&p, host, 6);
+            r.borrow_mut().on_done(&p);
+            first.borrow_mut().on_done(&p);
+            second.borrow_mut().on_done(&p);
+        }
     }
 }
 

@@ -128,6 +128,20 @@ impl Fleet {
         Ok(sum)
     }
 
+    /// Decisions the rate limit service made for meshwarden's domain (its
+    /// `meshwarden_rls_decisions_total`, every outcome): the calls it answered.
+    async fn service_decisions(&self) -> anyhow::Result<u64> {
+        let service = self.service.as_ref().expect("the service runs");
+        let url = format!("http://{}/metrics", service.server.http_addr);
+        let text = reqwest::get(url).await?.text().await?;
+        let domain = format!("domain=\"{}\"", global::DOMAIN);
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("meshwarden_rls_decisions_total{") && l.contains(&domain))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
+    }
+
     /// The status of GET `path` through Envoy `i`, with `headers`.
     async fn status(&self, i: usize, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<u16> {
         let envoy = &self.envoys[i % self.envoys.len()].1;
@@ -437,5 +451,76 @@ async fn without_the_service_cluster_global_policies_apply_their_failure_mode() 
         "the filter did not crash:\n{}",
         envoy.log()
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_tokens_admit_most_requests_without_a_call_within_the_bound() -> anyhow::Result<()> {
+    const RATE: f64 = 100.0;
+    const BURST: f64 = 100.0;
+    const TOKENS: u64 = 10;
+    let fleet = Fleet::start("globlease", 2).await?;
+    let doc = ratelimit(
+        "leased",
+        &format!(
+            "match: {{path: {{prefix: /leased}}}}\nscope: global\ntimeout: 2s\n\
+             rate: {{requests: {RATE}, unit: second}}\nburst: {BURST}\n\
+             lease: {{tokens: {TOKENS}, maxAge: 1s}}"
+        ),
+    );
+    fleet.apply(&doc, "leased").await?;
+    let urls: Vec<String> = fleet.envoys.iter().map(|(_, e)| e.url("/leased")).collect();
+
+    // Below the rate (4 clients, a request every 100 ms each: ~40/s for 2 s): everything is
+    // admitted, and a lease of 10 spares each proxy up to nine calls in ten.
+    let calls_before = fleet.service_decisions().await?;
+    let calm =
+        crate::support::overload(&urls, 4, Duration::from_millis(100), Duration::from_secs(2))
+            .await?;
+    let calls = fleet.service_decisions().await? - calls_before;
+    let leased = fleet.total("leased", "lease_admitted").await?;
+    let asked = fleet.total("leased", "lease_requests").await?;
+    let offered = calm.offered();
+    println!("below the rate: {offered} requests, {calls} service calls, {asked} leases, {leased} admitted from a lease");
+    assert_eq!(calm.ok, offered, "below the rate every request is admitted");
+    // About one call per lease (10 here); requests arriving while a lease call is out ask
+    // singly, more of them on a slow machine: bound loosely.
+    assert!(calls * 2 <= offered, "{calls} calls for {offered} requests");
+    assert!(
+        leased as u64 * 2 >= offered,
+        "{leased} of {offered} from a lease"
+    );
+    assert_eq!(fleet.total("leased", "global_failures").await?, 0);
+
+    // Overload (24 clients, a request every 40 ms: ~600/s for 3 s): every admitted request
+    // was debited from the global bucket, so at most rate × window + burst pass, plus the
+    // spare tokens leased before the run (debited then, at most (tokens − 1) per proxy).
+    let run =
+        crate::support::overload(&urls, 24, Duration::from_millis(40), Duration::from_secs(3))
+            .await?;
+    let expected = RATE * run.window + BURST;
+    let spare = ((TOKENS - 1) * fleet.envoys.len() as u64) as f64;
+    println!(
+        "lease under overload: offered {} in {:.2} s, admitted {}, expected {expected:.0} (+{spare} leased before)",
+        run.offered(),
+        run.window,
+        run.ok
+    );
+    assert_eq!(run.other, 0, "every answer is 200 or 429");
+    assert!(run.offered() as f64 >= 2.0 * expected, "overloaded");
+    assert!(
+        run.ok as f64 <= expected * 1.02 + spare,
+        "admitted {} > {expected:.0} + {spare}",
+        run.ok
+    );
+    // Leases only under-admit; under overload none is granted for long (the bucket never
+    // refills a lease's worth), so the count stays close.
+    assert!(
+        run.ok as f64 >= expected * 0.9,
+        "admitted {}, expected about {expected:.0}",
+        run.ok
+    );
+    assert_eq!(fleet.total("leased", "global_failures").await?, 0);
+    fleet.stop().await;
     Ok(())
 }

@@ -19,12 +19,19 @@
 //! data: the filter first asks [`Limiter::global_call`] which call a request needs, makes
 //! it, and hands the answer to [`Limiter::decide`] as a [`GlobalAnswer`]; step 1 then reads
 //! the global policies' outcome from it (no answer in time: the policy's `failureMode`).
+//!
+//! A global policy with a `lease` first tries a leased token of the proxy ([`super::lease`]):
+//! with one, the policy needs no call; without, the call asks for `lease.tokens` hits for
+//! it, and [`Limiter::settle`] keeps the spare ones — or, when the service cannot grant that
+//! many, asks again for a single hit ([`Settled::Retry`]), and the proxy's next requests
+//! ask singly until the rate could have refilled a lease.
 
 use super::bucket::Take;
 use super::concurrency;
 use super::descriptor::Descriptor;
 use super::global;
 use super::key::BucketKey;
+use super::lease::{self, Claim, Grant, LeaseSpace};
 use super::rate::Limit;
 use super::response::{
     legacy_fields, ratelimit_fields, Problem, QuotaItem, CONCURRENT_SUFFIX,
@@ -68,6 +75,19 @@ pub struct CompiledLimit {
     global: bool,
     /// `scope: global`: the call-out timeout (ms).
     timeout_ms: u64,
+    /// `scope: global` with a `lease`: local pre-admission.
+    lease: Option<CompiledLease>,
+}
+
+/// A global policy's `lease`, compiled.
+#[derive(Debug, Clone)]
+struct CompiledLease {
+    space: LeaseSpace,
+    tokens: u64,
+    max_age_ns: u64,
+    /// After a denied lease, how long requests ask for single hits: the time the policy's
+    /// rate takes to refill a lease's tokens, at most `maxAge`.
+    backoff_ns: u64,
 }
 
 impl CompiledLimit {
@@ -87,7 +107,22 @@ impl CompiledLimit {
                 (entries, Limit::new(o.rate, o.burst))
             })
             .collect();
-        let space = Keyspace::new(format!("{KEY_PREFIX}/{name}"), spec.key_slots());
+        let prefix = format!("{KEY_PREFIX}/{name}");
+        let lease = spec.lease.filter(|_| spec.is_global()).map(|l| {
+            let max_age_ns = l.max_age().as_millis().saturating_mul(1_000_000);
+            let refill_ns = spec.rate.map_or(max_age_ns, |r| {
+                let ns = u128::from(r.unit.nanos()) * u128::from(l.tokens)
+                    / u128::from(r.requests.max(1));
+                u64::try_from(ns).unwrap_or(u64::MAX)
+            });
+            CompiledLease {
+                space: LeaseSpace::new(&prefix, !spec.descriptors.is_empty()),
+                tokens: l.tokens,
+                max_age_ns,
+                backoff_ns: refill_ns.min(max_age_ns),
+            }
+        });
+        let space = Keyspace::new(prefix, spec.key_slots());
         Self {
             name,
             matcher,
@@ -102,7 +137,13 @@ impl CompiledLimit {
             space,
             global: spec.is_global(),
             timeout_ms: spec.global_timeout().as_millis(),
+            lease,
         }
+    }
+
+    /// The tokens of the policy's lease (`None`: no lease).
+    pub fn lease_tokens(&self) -> Option<u64> {
+        self.lease.as_ref().map(|l| l.tokens)
     }
 
     /// Whether the policy's bucket is in the rate limit service.
@@ -191,28 +232,83 @@ pub struct PolicyEvents {
 }
 
 /// The rate limit service call a request needs: one descriptor per global policy it
-/// matched.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// matched that had no leased token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GlobalCall {
-    /// The global policies (indices into [`Limiter::policies`]), in descriptor order.
+    /// The global policies asked about (indices into [`Limiter::policies`]), in
+    /// descriptor order; empty when leased tokens answered for every one.
     pub policies: Vec<usize>,
     /// The `RateLimitRequest` bytes.
     pub message: Vec<u8>,
     /// How long to wait: the longest `timeout` of the policies.
     pub timeout_ms: u64,
+    /// Policies that took a leased token (no call for them), with the status that stands
+    /// for the service's.
+    pub leased: Vec<(usize, DescriptorStatus)>,
+    /// Policies of [`GlobalCall::policies`] asking for a lease, and their descriptor key.
+    pub asking: Vec<(usize, BucketKey)>,
+    /// Descriptor entries of [`GlobalCall::policies`], for a single-hit retry.
+    descriptors: Vec<Vec<global::Entry>>,
+    /// Hits asked per descriptor.
+    hits: Vec<u64>,
 }
 
 impl GlobalCall {
-    /// The answer for this call from the service's response (`Err`: no usable answer). A
-    /// response without one status per descriptor is no answer.
-    pub fn answer<E>(&self, response: Result<rls::Response, E>) -> GlobalAnswer {
-        match response {
-            Ok(r) if r.statuses.len() == self.policies.len() => {
-                GlobalAnswer::Statuses(self.policies.iter().copied().zip(r.statuses).collect())
-            }
-            _ => GlobalAnswer::Unavailable,
-        }
+    /// Whether the service must be asked (some policy had no leased token).
+    pub fn needs_call(&self) -> bool {
+        !self.policies.is_empty()
     }
+
+    /// The answer for this call from the service's response (`Err`: no usable answer). A
+    /// response without one status per descriptor is no answer (leased tokens still
+    /// answer for their policies).
+    pub fn answer<E>(&self, response: Result<rls::Response, E>) -> GlobalAnswer {
+        let mut statuses = match response {
+            Ok(r) if r.statuses.len() == self.policies.len() => {
+                self.policies.iter().copied().zip(r.statuses).collect()
+            }
+            _ if self.leased.is_empty() => return GlobalAnswer::Unavailable,
+            _ => Vec::new(),
+        };
+        statuses.extend(self.leased.iter().cloned());
+        GlobalAnswer::Statuses(statuses)
+    }
+
+    /// The answer of leased tokens alone (for a call that [`needs_call`](Self::needs_call) not).
+    pub fn leased_answer(&self) -> GlobalAnswer {
+        self.answer::<()>(Ok(rls::Response::default()))
+    }
+
+    fn encode(&mut self) {
+        let descriptors: Vec<(&[global::Entry], u64)> = self
+            .descriptors
+            .iter()
+            .zip(&self.hits)
+            .map(|(d, h)| (&d[..], *h))
+            .collect();
+        self.message = rls::encode_request_hits(global::DOMAIN, &descriptors);
+    }
+
+    /// The same call asking one hit per descriptor (no lease).
+    fn single(&self) -> GlobalCall {
+        let mut call = GlobalCall {
+            asking: Vec::new(),
+            hits: vec![1; self.hits.len()],
+            ..self.clone()
+        };
+        call.encode();
+        call
+    }
+}
+
+/// What to do with the service's answer to a [`GlobalCall`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Decide with this answer.
+    Answer(GlobalAnswer),
+    /// A lease was denied (the bucket has fewer tokens than the lease): nothing was
+    /// charged; ask again with one hit per descriptor.
+    Retry(GlobalCall),
 }
 
 /// What the rate limit service said about a request's global policies.
@@ -350,6 +446,11 @@ impl Limiter {
             if p.max_concurrent.is_some() {
                 ensure_exists(store, &p.space.in_flight());
             }
+            if let Some(lease) = &p.lease {
+                for key in lease.space.keys() {
+                    ensure_exists(store, &key);
+                }
+            }
         }
     }
 
@@ -368,33 +469,138 @@ impl Limiter {
             .collect()
     }
 
-    /// The rate limit service call for a request the `matched` policies apply to; `None`
-    /// if none of them is global.
-    pub fn global_call(&self, req: &Request<'_>, matched: &[usize]) -> Option<GlobalCall> {
-        let policies: Vec<usize> = matched
+    /// The rate limit service call for a request the `matched` policies apply to at
+    /// `now_ns`; `None` if none of them is global. Policies with a lease take a leased
+    /// token from `store` when there is one (and need no call), or ask for a lease.
+    pub fn global_call<S: SharedStore + ?Sized>(
+        &self,
+        store: &S,
+        req: &Request<'_>,
+        matched: &[usize],
+        now_ns: u64,
+    ) -> Option<GlobalCall> {
+        let global: Vec<usize> = matched
             .iter()
             .copied()
             .filter(|i| self.policies[*i].global && self.policies[*i].limit.is_some())
             .collect();
-        if policies.is_empty() {
+        if global.is_empty() {
             return None;
         }
-        let descriptors: Vec<Vec<global::Entry>> = policies
+        let timeout_ms = global
             .iter()
-            .map(|i| {
-                let p = &self.policies[*i];
-                global::entries(p.name.as_str(), &p.descriptors, &p.values(req))
-            })
-            .collect();
-        Some(GlobalCall {
-            timeout_ms: policies
+            .map(|i| self.policies[*i].timeout_ms)
+            .max()
+            .unwrap_or_default();
+        let asking_until = now_ns.saturating_add(timeout_ms.saturating_mul(1_000_000));
+        let mut call = GlobalCall {
+            timeout_ms,
+            ..GlobalCall::default()
+        };
+        for i in global {
+            let p = &self.policies[i];
+            let values = p.values(req);
+            let mut hits = 1;
+            if let Some(l) = &p.lease {
+                let key = BucketKey::from_values(values.iter().copied());
+                let claim = lease::claim(
+                    store,
+                    &l.space,
+                    key.as_bytes(),
+                    key.slot_hash(),
+                    now_ns,
+                    asking_until,
+                );
+                match claim {
+                    Ok(Claim::Token { remaining }) => {
+                        call.leased.push((i, leased_status(remaining)));
+                        continue;
+                    }
+                    Ok(Claim::Ask) => {
+                        hits = l.tokens;
+                        call.asking.push((i, key));
+                    }
+                    // Contended lease slots: just ask for this request's hit.
+                    Ok(Claim::Single) | Err(Contended) => {}
+                }
+            }
+            call.policies.push(i);
+            call.descriptors
+                .push(global::entries(p.name.as_str(), &p.descriptors, &values));
+            call.hits.push(hits);
+        }
+        if call.needs_call() {
+            call.encode();
+        }
+        Some(call)
+    }
+
+    /// Settles `call` with the service's `response` at `now_ns`: keeps the spare tokens of
+    /// granted leases in `store` (or clears their asking marks), and says whether to
+    /// decide or to ask again with single hits.
+    pub fn settle<S: SharedStore + ?Sized, E>(
+        &self,
+        store: &S,
+        call: &GlobalCall,
+        response: Result<rls::Response, E>,
+        now_ns: u64,
+    ) -> Settled {
+        if call.asking.is_empty() {
+            return Settled::Answer(call.answer(response));
+        }
+        let usable = match &response {
+            Ok(r) if r.statuses.len() == call.policies.len() => Some(r),
+            _ => None,
+        };
+        let status_of = |r: &rls::Response, i: usize| {
+            call.policies
                 .iter()
-                .map(|i| self.policies[*i].timeout_ms)
-                .max()
-                .unwrap_or_default(),
-            message: rls::encode_request(global::DOMAIN, &descriptors),
-            policies,
-        })
+                .position(|p| *p == i)
+                .and_then(|k| r.statuses.get(k).cloned())
+                .unwrap_or_default()
+        };
+        let denied = usable.is_some_and(|r| {
+            call.asking
+                .iter()
+                .any(|(i, _)| status_of(r, *i).code == Code::OverLimit)
+        });
+        for (i, key) in &call.asking {
+            let Some(l) = &self.policies[*i].lease else {
+                continue;
+            };
+            let granted = usable
+                .filter(|r| r.overall_code == Code::Ok && !denied)
+                .map(|r| status_of(r, *i))
+                .filter(|st| st.code == Code::Ok);
+            // A slot that stays contended keeps its mark until the call's timeout.
+            let _ = match granted {
+                Some(st) => lease::grant(
+                    store,
+                    &l.space,
+                    key.as_bytes(),
+                    key.slot_hash(),
+                    Grant {
+                        tokens: u32::try_from(l.tokens.saturating_sub(1)).unwrap_or(u32::MAX),
+                        remaining: st.limit_remaining,
+                        expires_ns: now_ns.saturating_add(l.max_age_ns),
+                    },
+                    now_ns,
+                )
+                .map(|_| ()),
+                None => {
+                    let until = if denied {
+                        now_ns.saturating_add(l.backoff_ns)
+                    } else {
+                        0
+                    };
+                    lease::cancel(store, &l.space, key.as_bytes(), key.slot_hash(), until)
+                }
+            };
+        }
+        if denied {
+            return Settled::Retry(call.single());
+        }
+        Settled::Answer(call.answer(response))
     }
 
     /// Decides for one request at `now_ns` (the proxy's clock), without an answer from
@@ -746,6 +952,17 @@ fn global_outcome(
             p.name,
             limit.describe()
         ),
+    }
+}
+
+/// The status a leased token stands for: admitted, with the service's count of tokens
+/// left when the lease was granted.
+fn leased_status(remaining: u32) -> DescriptorStatus {
+    DescriptorStatus {
+        code: Code::Ok,
+        current_limit: None,
+        limit_remaining: remaining,
+        until_reset_ms: 0,
     }
 }
 

@@ -389,11 +389,11 @@ mod global {
 
     #[test]
     fn the_call_names_each_global_policy_and_its_descriptor_values() {
-        let (l, _) = limiters();
+        let (l, s) = limiters();
         let h = headers(&[("x-tenant", "gold")]);
         let matched = l.matched(&req(&h));
         assert_eq!(matched, vec![0, 1, 2]);
-        let call = l.global_call(&req(&h), &matched).unwrap();
+        let call = l.global_call(&s, &req(&h), &matched, T0).unwrap();
         assert_eq!(call.policies, vec![1, 2]);
         assert_eq!(call.timeout_ms, 300);
         let expected = rls::encode_request(
@@ -412,7 +412,10 @@ mod global {
             json!({"rate": {"requests": 1, "unit": "second"}})
         )]));
         assert!(!local_only.has_global());
-        assert_eq!(local_only.global_call(&req(&h), &[0]), None);
+        assert_eq!(
+            local_only.global_call(&MemoryStore::new(), &req(&h), &[0], T0),
+            None
+        );
     }
 
     #[test]
@@ -420,7 +423,7 @@ mod global {
         let (l, s) = limiters();
         let h = headers(&[("x-tenant", "gold")]);
         let matched = l.matched(&req(&h));
-        let call = l.global_call(&req(&h), &matched).unwrap();
+        let call = l.global_call(&s, &req(&h), &matched, T0).unwrap();
         let answer = call.answer::<()>(Ok(rls::Response {
             overall_code: Code::OverLimit,
             statuses: vec![status(Code::OverLimit, 0), status(Code::OverLimit, 0)],
@@ -449,7 +452,7 @@ mod global {
         let (l, s) = limiters();
         let h = headers(&[("x-tenant", "a")]);
         let matched = l.matched(&req(&h));
-        let call = l.global_call(&req(&h), &matched).unwrap();
+        let call = l.global_call(&s, &req(&h), &matched, T0).unwrap();
         let ok = call.answer::<()>(Ok(rls::Response {
             overall_code: Code::Ok,
             statuses: vec![status(Code::Ok, 41), status(Code::Ok, 0)],
@@ -477,7 +480,7 @@ mod global {
         let (l, s) = limiters();
         let h = headers(&[("x-strict", "1")]);
         let matched = l.matched(&req(&h));
-        let call = l.global_call(&req(&h), &matched).unwrap();
+        let call = l.global_call(&s, &req(&h), &matched, T0).unwrap();
         assert_eq!(call.policies, vec![1, 2, 3]);
         // A status missing is no answer at all.
         let short = call.answer::<()>(Ok(rls::Response {
@@ -515,5 +518,154 @@ mod global {
         );
         assert!(allowed(&v), "{v:?}");
         assert!(v.events[1].failure && v.events[1].allowed);
+    }
+
+    /// `lease`: leased tokens admit without calls; a denied lease asks again singly.
+    mod lease {
+        use super::*;
+        use crate::ratelimit::limiter::{GlobalCall, Settled};
+
+        const MS: u64 = 1_000_000;
+
+        fn leased() -> (Limiter, MemoryStore) {
+            limiter(json!([policy(
+                "g",
+                json!({"rate": {"requests": 100, "unit": "second"}, "scope": "global",
+                    "descriptors": [{"header": "x-tenant"}], "timeout": "50ms",
+                    "lease": {"tokens": 5, "maxAge": "200ms"}})
+            )]))
+        }
+
+        fn call(l: &Limiter, s: &MemoryStore, h: &RequestHeaders, now: u64) -> GlobalCall {
+            l.global_call(s, &req(h), &[0], now)
+                .expect("a global policy")
+        }
+
+        fn ok(remaining: u32) -> Result<rls::Response, ()> {
+            Ok(rls::Response {
+                overall_code: Code::Ok,
+                statuses: vec![status(Code::Ok, remaining)],
+            })
+        }
+
+        fn entries(tenant: &str) -> Vec<(String, String)> {
+            vec![
+                ("policy".into(), "g".into()),
+                ("x-tenant".into(), tenant.into()),
+            ]
+        }
+
+        /// Asks for a lease at `now` and has it granted.
+        fn lease_taken(l: &Limiter, s: &MemoryStore, h: &RequestHeaders, now: u64) {
+            let c = call(l, s, h, now);
+            assert_eq!(c.asking.len(), 1, "asks for a lease: {c:?}");
+            assert!(matches!(l.settle(s, &c, ok(90), now), Settled::Answer(_)));
+        }
+
+        #[test]
+        fn a_granted_lease_admits_the_next_requests_without_calls() {
+            let (l, s) = leased();
+            let h = headers(&[("x-tenant", "acme")]);
+            let first = call(&l, &s, &h, T0);
+            let asked = [(&entries("acme")[..], 5)];
+            assert_eq!(
+                first.message,
+                rls::encode_request_hits("meshwarden", &asked)
+            );
+            assert_eq!(first.timeout_ms, 50);
+            let Settled::Answer(answer) = l.settle(&s, &first, ok(90), T0) else {
+                panic!("granted")
+            };
+            assert!(allowed(&l.decide(&s, &req(&h), T0, &[0], &answer)));
+            for k in 1..=4 {
+                let c = call(&l, &s, &h, T0 + k * MS);
+                assert!(!c.needs_call(), "leased token {k}");
+                let v = l.decide(&s, &req(&h), T0, &[0], &c.leased_answer());
+                assert!(allowed(&v) && v.events[0].global_checked, "{v:?}");
+            }
+            // The lease is spent: the next request asks again; another tenant has its own.
+            assert_eq!(call(&l, &s, &h, T0 + 5 * MS).asking.len(), 1);
+            let other = headers(&[("x-tenant", "zed")]);
+            assert_eq!(call(&l, &s, &other, T0 + 5 * MS).asking.len(), 1);
+        }
+
+        #[test]
+        fn leased_tokens_expire_after_max_age() {
+            let (l, s) = leased();
+            let h = headers(&[("x-tenant", "acme")]);
+            lease_taken(&l, &s, &h, T0);
+            assert!(!call(&l, &s, &h, T0 + 199 * MS).needs_call());
+            assert_eq!(call(&l, &s, &h, T0 + 200 * MS).asking.len(), 1);
+        }
+
+        #[test]
+        fn a_denied_lease_asks_again_for_one_hit() {
+            let (l, s) = leased();
+            let h = headers(&[("x-tenant", "acme")]);
+            let c = call(&l, &s, &h, T0);
+            // Meanwhile another request of the proxy asks for its own hit only.
+            let meanwhile = call(&l, &s, &h, T0 + MS);
+            assert!(meanwhile.asking.is_empty() && meanwhile.needs_call());
+            assert_eq!(
+                meanwhile.message,
+                rls::encode_request("meshwarden", &[entries("acme")])
+            );
+            let over = Ok::<_, ()>(rls::Response {
+                overall_code: Code::OverLimit,
+                statuses: vec![status(Code::OverLimit, 3)],
+            });
+            let Settled::Retry(single) = l.settle(&s, &c, over, T0 + 2 * MS) else {
+                panic!("a single-hit retry")
+            };
+            assert_eq!(single.message, meanwhile.message);
+            assert!(single.asking.is_empty());
+            assert!(matches!(
+                l.settle(&s, &single, ok(2), T0 + 3 * MS),
+                Settled::Answer(GlobalAnswer::Statuses(_))
+            ));
+            // The proxy's next requests ask singly until 5 tokens could have refilled
+            // (50 ms at 100/s), then ask for a lease again.
+            let next = call(&l, &s, &h, T0 + 51 * MS);
+            assert!(next.asking.is_empty() && next.needs_call());
+            assert_eq!(call(&l, &s, &h, T0 + 52 * MS).asking.len(), 1);
+        }
+
+        #[test]
+        fn no_answer_to_a_lease_applies_the_failure_mode_and_clears_the_mark() {
+            let (l, s) = leased();
+            let h = headers(&[("x-tenant", "acme")]);
+            let c = call(&l, &s, &h, T0);
+            assert_eq!(
+                l.settle::<_, &str>(&s, &c, Err("timeout"), T0 + 50 * MS),
+                Settled::Answer(GlobalAnswer::Unavailable)
+            );
+            assert_eq!(call(&l, &s, &h, T0 + 51 * MS).asking.len(), 1);
+        }
+
+        #[test]
+        fn a_lease_with_another_policy_over_the_limit_is_not_kept() {
+            let (l, s) = limiter(json!([
+                policy(
+                    "g",
+                    json!({"rate": {"requests": 100, "unit": "second"}, "scope": "global",
+                        "lease": {"tokens": 5}})
+                ),
+                policy(
+                    "strict",
+                    json!({"rate": {"requests": 1, "unit": "second"}, "scope": "global"})
+                ),
+            ]));
+            let h = headers(&[]);
+            let c = l.global_call(&s, &req(&h), &[0, 1], T0).unwrap();
+            assert_eq!(c.policies, vec![0, 1]);
+            let over = Ok::<_, ()>(rls::Response {
+                overall_code: Code::OverLimit,
+                statuses: vec![status(Code::Ok, 95), status(Code::OverLimit, 0)],
+            });
+            // The service charged nothing (all or nothing): no tokens kept, no retry.
+            assert!(matches!(l.settle(&s, &c, over, T0), Settled::Answer(_)));
+            let again = l.global_call(&s, &req(&h), &[0, 1], T0 + MS).unwrap();
+            assert_eq!(again.asking.len(), 1);
+        }
     }
 }

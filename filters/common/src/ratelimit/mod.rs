@@ -12,6 +12,7 @@
 //! - [`global`], [`rls`]: `scope: global` policies — the descriptors and limits both the
 //!   filter and the control plane derive from a policy, and the few protobuf messages of
 //!   Envoy's rate limit service API the filter sends and reads.
+//! - [`lease`]: leased tokens of global policies with a `lease` (local pre-admission).
 //!
 //! Nothing here touches the proxy: the filter supplies the clock, the headers and a
 //! [`store::SharedStore`] over `get_shared_data`/`set_shared_data`.
@@ -21,6 +22,7 @@ pub mod concurrency;
 pub mod descriptor;
 pub mod global;
 pub mod key;
+pub mod lease;
 pub mod limiter;
 pub mod rate;
 pub mod response;
@@ -35,8 +37,8 @@ mod limiter_tests;
 pub use descriptor::{ClientAddressSpec, Descriptor};
 pub use limiter::{
     release_all, Decision, GlobalAnswer, GlobalCall, Held, Limiter, PolicyEvents, Rejection,
-    Request, Verdict,
+    Request, Settled, Verdict,
 };
 pub use rate::{Limit, Rate, Unit};
-pub use spec::{FailureMode, Override, RateLimitSpec, Scope};
+pub use spec::{FailureMode, LeaseSpec, Override, RateLimitSpec, Scope};
 pub use store::{CasMismatch, MemoryStore, SharedStore};

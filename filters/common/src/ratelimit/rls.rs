@@ -88,17 +88,31 @@ pub enum DecodeError {
 /// A `RateLimitRequest` for `domain` with one descriptor per entry list (`hits_addend`
 /// left out: one hit).
 pub fn encode_request(domain: &str, descriptors: &[Vec<Entry>]) -> Vec<u8> {
+    let with_hits: Vec<(&[Entry], u64)> = descriptors.iter().map(|d| (&d[..], 1)).collect();
+    encode_request_hits(domain, &with_hits)
+}
+
+/// A `RateLimitRequest` for `domain` with one descriptor per (entries, hits): a
+/// descriptor's `hits_addend` is set when it asks for other than one hit (a lease).
+pub fn encode_request_hits(domain: &str, descriptors: &[(&[Entry], u64)]) -> Vec<u8> {
     let mut out = Vec::new();
     put_len(&mut out, 1, domain.as_bytes());
     let mut descriptor = Vec::new();
     let mut entry = Vec::new();
-    for entries in descriptors {
+    for (entries, hits) in descriptors {
         descriptor.clear();
-        for (key, value) in entries {
+        for (key, value) in *entries {
             entry.clear();
             put_len(&mut entry, 1, key.as_bytes());
             put_len(&mut entry, 2, value.as_bytes());
             put_len(&mut descriptor, 1, &entry);
+        }
+        if *hits != 1 {
+            // RateLimitDescriptor.hits_addend: google.protobuf.UInt64Value { value = 1 }.
+            entry.clear();
+            put_varint(&mut entry, 1 << 3);
+            put_varint(&mut entry, *hits);
+            put_len(&mut descriptor, 3, &entry);
         }
         put_len(&mut out, 2, &descriptor);
     }
@@ -312,6 +326,22 @@ mod tests {
         // 300 = 0xac 0x02 as a varint.
         assert!(bytes.windows(3).any(|w| w == [0x12, 0xac, 0x02]));
         assert!(bytes.ends_with(&[0x12, 0]));
+    }
+
+    #[test]
+    fn a_lease_sets_the_descriptors_hits_addend() {
+        let entries = [e("k", "v")];
+        let bytes = encode_request_hits("d", &[(&entries, 25), (&entries, 1)]);
+        // descriptors { entries {...} hits_addend { value: 25 } }, then one without.
+        let leased = [
+            0x12, 12, 0x0a, 6, 0x0a, 1, b'k', 0x12, 1, b'v', 0x1a, 2, 0x08, 25,
+        ];
+        assert!(bytes.windows(leased.len()).any(|w| w == leased));
+        assert!(bytes.ends_with(&[0x12, 8, 0x0a, 6, 0x0a, 1, b'k', 0x12, 1, b'v']));
+        assert_eq!(
+            encode_request_hits("d", &[(&entries, 1)]),
+            encode_request("d", &[entries.to_vec()])
+        );
     }
 
     fn status(code: u8, remaining: u8, limit: &[u8], reset: &[u8]) -> Vec<u8> {

@@ -50,6 +50,43 @@ pub const DEFAULT_GLOBAL_TIMEOUT: DurationSpec = DurationSpec::from_millis(100);
 /// Longest `timeout` of a global policy.
 pub const MAX_GLOBAL_TIMEOUT: DurationSpec = DurationSpec::from_millis(5_000);
 
+/// Fewest tokens a lease asks for (one admits the request that asked).
+pub const MIN_LEASE_TOKENS: u64 = 2;
+/// Most tokens a lease asks for.
+pub const MAX_LEASE_TOKENS: u64 = 10_000;
+/// A lease takes at most this fraction of a bucket's burst (`tokens × 4 ≤ burst`), so the
+/// tail of a bucket still serves single requests and a few proxies can hold leases at once.
+pub const LEASE_BURST_DIVISOR: u64 = 4;
+/// Default `lease.maxAge`.
+pub const DEFAULT_LEASE_MAX_AGE: DurationSpec = DurationSpec::from_millis(1_000);
+/// Shortest `lease.maxAge`.
+pub const MIN_LEASE_MAX_AGE: DurationSpec = DurationSpec::from_millis(10);
+/// Longest `lease.maxAge`.
+pub const MAX_LEASE_MAX_AGE: DurationSpec = DurationSpec::from_millis(10_000);
+
+/// `scope: global` only: local pre-admission. A request that finds no leased token for its
+/// descriptor asks the rate limit service for `tokens` hits at once; when they are granted,
+/// it is admitted and the other `tokens − 1` wait in the proxy's shared data for the next
+/// requests with the same descriptor, which are then admitted without a call. Unused
+/// tokens are dropped after `maxAge`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeaseSpec {
+    /// Tokens per lease (`hits_addend` of the call): at least 2, at most a quarter of the
+    /// burst (of the policy and of every override).
+    pub tokens: u64,
+    /// How long leased tokens stay usable (default `1s`, from `10ms` to `10s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<DurationSpec>,
+}
+
+impl LeaseSpec {
+    /// `maxAge`, or its default.
+    pub fn max_age(&self) -> DurationSpec {
+        self.max_age.unwrap_or(DEFAULT_LEASE_MAX_AGE)
+    }
+}
+
 /// A per-descriptor limit: requests whose descriptor values equal every entry of `match`
 /// get this rate and burst instead of the policy's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +152,10 @@ pub struct RateLimitSpec {
     /// at most `5s`); then `failureMode` decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<DurationSpec>,
+    /// `scope: global` only: local pre-admission from a per-proxy token lease (off by
+    /// default: every request asks the rate limit service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseSpec>,
 }
 
 impl RateLimitSpec {
@@ -212,8 +253,13 @@ impl KindSpec for RateLimitSpec {
 impl RateLimitSpec {
     fn validate_scope(&self) -> Result<(), ValidationError> {
         if !self.is_global() {
-            if self.timeout.is_some() {
-                return Err(ValidationError::new("timeout", "needs `scope: global`"));
+            for (field, set) in [
+                ("timeout", self.timeout.is_some()),
+                ("lease", self.lease.is_some()),
+            ] {
+                if set {
+                    return Err(ValidationError::new(field, "needs `scope: global`"));
+                }
             }
             return Ok(());
         }
@@ -242,6 +288,40 @@ impl RateLimitSpec {
                     format!("must be from 1ms to {MAX_GLOBAL_TIMEOUT}, got {t}"),
                 ));
             }
+        }
+        match &self.lease {
+            Some(lease) => self.validate_lease(lease),
+            None => Ok(()),
+        }
+    }
+
+    fn validate_lease(&self, lease: &LeaseSpec) -> Result<(), ValidationError> {
+        let n = lease.tokens;
+        if !(MIN_LEASE_TOKENS..=MAX_LEASE_TOKENS).contains(&n) {
+            return Err(ValidationError::new(
+                "lease.tokens",
+                format!("must be from {MIN_LEASE_TOKENS} to {MAX_LEASE_TOKENS}, got {n}"),
+            ));
+        }
+        let bursts = self.limit().into_iter().map(|l| ("burst", l.burst)).chain(
+            self.overrides
+                .iter()
+                .map(|o| ("an override's burst", Limit::new(o.rate, o.burst).burst)),
+        );
+        for (what, burst) in bursts {
+            if n.saturating_mul(LEASE_BURST_DIVISOR) > burst {
+                return Err(ValidationError::new(
+                    "lease.tokens",
+                    format!("must be at most 1/{LEASE_BURST_DIVISOR} of {what} ({burst}), got {n}"),
+                ));
+            }
+        }
+        let age = lease.max_age();
+        if age < MIN_LEASE_MAX_AGE || age > MAX_LEASE_MAX_AGE {
+            return Err(ValidationError::new(
+                "lease.maxAge",
+                format!("must be from {MIN_LEASE_MAX_AGE} to {MAX_LEASE_MAX_AGE}, got {age}"),
+            ));
         }
         Ok(())
     }
@@ -397,6 +477,52 @@ mod tests {
         );
         assert!(err(json!({"rate": rate, "scope": "planet"}))
             .starts_with("spec.scope: unknown variant `planet`"));
+    }
+
+    #[test]
+    fn lease_parses_and_errors_name_the_field() {
+        let base = json!({"rate": {"requests": 100, "unit": "second"}, "scope": "global",
+            "descriptors": [{"header": "x-tenant"}]});
+        let with = |lease: Value| {
+            let mut v = base.clone();
+            v["lease"] = lease;
+            v
+        };
+        let s = parse(with(json!({"tokens": 25}))).unwrap();
+        let lease = s.lease.unwrap();
+        assert_eq!((lease.tokens, lease.max_age()), (25, DEFAULT_LEASE_MAX_AGE));
+        assert_eq!(parse(serde_json::to_value(&s).unwrap()).unwrap(), s);
+        let s = parse(with(json!({"tokens": 2, "maxAge": "250ms"}))).unwrap();
+        assert_eq!(s.lease.unwrap().max_age().as_millis(), 250);
+        assert_eq!(
+            err(json!({"rate": {"requests": 100, "unit": "second"}, "lease": {"tokens": 5}})),
+            "spec.lease: needs `scope: global`"
+        );
+        assert_eq!(
+            err(with(json!({"tokens": 1}))),
+            "spec.lease.tokens: must be from 2 to 10000, got 1"
+        );
+        assert_eq!(
+            err(with(json!({"tokens": 26}))),
+            "spec.lease.tokens: must be at most 1/4 of burst (100), got 26"
+        );
+        let mut low = with(json!({"tokens": 10}));
+        low["overrides"] = json!([{"match": {"x-tenant": "free"},
+            "rate": {"requests": 10, "unit": "second"}, "burst": 20}]);
+        assert_eq!(
+            err(low),
+            "spec.lease.tokens: must be at most 1/4 of an override's burst (20), got 10"
+        );
+        assert_eq!(
+            err(with(json!({"tokens": 5, "maxAge": "11s"}))),
+            "spec.lease.maxAge: must be from 10ms to 10s, got 11s"
+        );
+        assert_eq!(
+            err(with(json!({"tokens": 5, "maxAge": "5ms"}))),
+            "spec.lease.maxAge: must be from 10ms to 10s, got 5ms"
+        );
+        assert!(err(with(json!({"tokens": 5, "max": "1s"})))
+            .starts_with("spec.lease.max: unknown field `max`"));
     }
 
     #[test]
