@@ -753,7 +753,7 @@ def main() -> int:
     log(f"wrote {json_path}, {md_path}" + (f", {svg_path}" if results.get("datapath") else ""))
     for t in [] if a.smoke else results["targets"]:
         log(f"  target {t['id']}: {t['figure']} -> "
-            f"{ {True: 'met', False: 'MISSED', None: 'not measured'}[t['met']]}")
+            f"{ {True: 'met', False: 'MISSED', None: 'not measured', 'measured': 'measured'}[t['met']]}")
     log(f"done in {elapsed}s")
     if failures:
         for f in failures:

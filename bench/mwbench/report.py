@@ -22,7 +22,8 @@ def _ratio(a, b) -> str:
 
 
 def _status(met) -> str:
-    return {True: "met", False: "**missed**", None: "not measured"}[met]
+    """`met` is True, False, None (not measured) or "measured" (a figure with no target)."""
+    return {True: "met", False: "**missed**", None: "not measured", "measured": "measured"}[met]
 
 
 # ---- chart -----------------------------------------------------------------------------

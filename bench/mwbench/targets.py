@@ -36,7 +36,7 @@ def _mem(datapath: dict, name: str) -> dict:
     return {}
 
 
-def _target(tid: str, text: str, figure: str, met: bool | None, detail: str = "") -> dict:
+def _target(tid: str, text: str, figure: str, met: bool | None | str, detail: str = "") -> dict:
     return {"id": tid, "target": text, "figure": figure, "met": met, "detail": detail}
 
 
@@ -195,6 +195,30 @@ def evaluate(results: dict) -> list[dict]:
             f"{per / 1000:.1f} KB at {n:,} proxies", per < MEMORY_LIMIT_BYTES,
             "" if per < MEMORY_LIMIT_BYTES else
             f"missed by {(per - MEMORY_LIMIT_BYTES) / 1000:.1f} KB per proxy"))
+    # Issue 13: the cost curve past 5,000 proxies, and replicas on etcd beside one replica.
+    big = runs.get(10_000)
+    if big:
+        p99, per = big["push"]["acked"]["p99_ms"], big["cp_rss_per_proxy_bytes"]
+        met = p99 < 1000 and per < 30_000
+        out.append(_target(
+            "push-10000", "one replica, 10,000 proxies: p99 < 1 s and < 30 KB control-plane "
+            "memory per proxy", f"p99 {p99:.1f} ms, {per / 1000:.1f} KB per proxy", met,
+            "" if met else "; ".join(x for x in (
+                f"p99 over by {p99 - 1000:.0f} ms" if p99 >= 1000 else "",
+                f"memory over by {(per - 30_000) / 1000:.1f} KB per proxy"
+                if per >= 30_000 else "") if x)))
+    replicated = {r["proxies"]: r for r in (results.get("push_replicas") or {}).get("runs", [])}
+    for n, r in sorted(replicated.items()):
+        a, single = r["push"]["acked"], runs.get(n)
+        beside = (f"; one replica on its embedded store in the same run: p50 "
+                  f"{single['push']['acked']['p50_ms']:.1f} ms, p99 "
+                  f"{single['push']['acked']['p99_ms']:.1f} ms" if single else "")
+        out.append(_target(
+            f"push-replicas-{n}", f"apply-to-ACK through etcd, "
+            f"{(results.get('push_replicas') or {}).get('replicas', 3)} replicas, {n:,} proxies "
+            f"spread over them (measured; no target)",
+            f"p50 {a['p50_ms']:.1f} ms, p99 {a['p99_ms']:.1f} ms", "measured",
+            beside.lstrip("; ")))
     out += _accuracy(results.get("accuracy") or {})
     out += _mirror(results.get("mirror") or {})
     mods = (results.get("sizes") or {}).get("modules", [])
