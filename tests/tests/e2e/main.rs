@@ -23,4 +23,5 @@ mod recovery;
 mod replicas;
 mod security;
 mod soak;
+mod spans;
 mod support;
