@@ -88,6 +88,9 @@ impl Stack {
     }
 }
 
+/// A request of a test: path, extra headers, expected status.
+type Case = (&'static str, &'static [(&'static str, &'static str)], u16);
+
 const INCOMING_PARENT: &str = "00f067aa0ba902b7";
 
 /// An exporting TracePolicy for paths under `prefix`.
@@ -154,7 +157,7 @@ async fn each_sampled_request_is_one_span_whose_id_the_upstream_got_as_parent() 
 
     let started_us = now_us();
     // (path, extra headers, expected status) per request; each its own trace.
-    let cases: [(&str, &[(&str, &str)], u16); 5] = [
+    let cases: [Case; 5] = [
         ("/otlp/ok", &[], 200),
         ("/otlp/slow", &[("x-echo-delay-ms", "150")], 200),
         ("/otlp/broken", &[("x-echo-status", "503")], 503),
