@@ -12,7 +12,7 @@ use meshwarden_common::trace::batch::SpanBatcher;
 use meshwarden_common::trace::{otlp, zipkin, ExportFormat, ExportSpec, ProxySpan};
 use meshwarden_filter_runtime::host::{host, now_ms, Map};
 use meshwarden_filter_runtime::{MetricKind, PolicyMetrics};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -54,6 +54,9 @@ pub struct Exporter {
     in_flight: RefCell<HashMap<u32, Sent>>,
     /// Limits warnings about call-outs the proxy refused or collectors rejected.
     warnings: RefCell<LogLimiter>,
+    /// No longer looked after by the stage (a configuration replaced it and it drained):
+    /// spans pushed now would never leave, so they are dropped.
+    detached: Cell<bool>,
 }
 
 impl Exporter {
@@ -65,6 +68,7 @@ impl Exporter {
             batcher: RefCell::new(SpanBatcher::new(spec, now_ms())),
             in_flight: RefCell::default(),
             warnings: RefCell::new(LogLimiter::per_minute(1)),
+            detached: Cell::new(false),
         }
     }
 
@@ -81,13 +85,24 @@ impl Exporter {
 
     /// Queues a finished span (from a stream); a full queue drops and counts it.
     pub fn push(&self, span: ProxySpan) {
-        let queued = self
-            .batcher
-            .try_borrow_mut()
-            .is_ok_and(|mut b| b.push(span));
+        let queued = !self.detached.get()
+            && self
+                .batcher
+                .try_borrow_mut()
+                .is_ok_and(|mut b| b.push(span));
         if !queued {
             METRICS.increment(DROPPED, &self.policy);
         }
+    }
+
+    /// Whether no span waits and no batch is out.
+    pub fn is_idle(&self) -> bool {
+        self.batcher.borrow().is_empty() && self.in_flight.borrow().is_empty()
+    }
+
+    /// The stage stops looking after this exporter.
+    pub fn detach(&self) {
+        self.detached.set(true);
     }
 
     /// From the root context's tick: gives up overdue calls, then sends every due batch

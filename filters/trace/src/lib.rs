@@ -32,6 +32,8 @@ pub struct TraceStage {
     config: RefCell<Rc<FilterConfig<TraceSpec>>>,
     /// The exporter of each policy (by index), `None` for policies without `export`.
     exporters: RefCell<Rc<Vec<Option<Rc<Exporter>>>>>,
+    /// Exporters a new configuration replaced, until their queue and calls are done.
+    draining: RefCell<Vec<Rc<Exporter>>>,
 }
 
 impl TraceStage {
@@ -54,6 +56,20 @@ impl TraceStage {
     }
 }
 
+impl TraceStage {
+    /// The current exporters, then the draining ones.
+    fn all_exporters(&self) -> Vec<Rc<Exporter>> {
+        let current = self.exporters.borrow();
+        let draining = self.draining.borrow();
+        current
+            .iter()
+            .flatten()
+            .chain(draining.iter())
+            .cloned()
+            .collect()
+    }
+}
+
 impl Stage for TraceStage {
     fn name(&self) -> &'static str {
         "trace"
@@ -66,8 +82,13 @@ impl Stage for TraceStage {
             METRICS.define_all(config.policies.iter().map(|p| p.name.as_str()), &counters);
             let exporting = config.policies.iter().filter(|p| p.spec.export.is_some());
             METRICS.define_all(exporting.map(|p| p.name.as_str()), &COUNTERS);
-            let exporters = self.exporters_for(&config);
-            *self.exporters.borrow_mut() = Rc::new(exporters);
+            let exporters = Rc::new(self.exporters_for(&config));
+            let old = std::mem::replace(&mut *self.exporters.borrow_mut(), exporters.clone());
+            let replaced = old
+                .iter()
+                .flatten()
+                .filter(|e| !exporters.iter().flatten().any(|c| Rc::ptr_eq(c, e)));
+            self.draining.borrow_mut().extend(replaced.cloned());
             *self.config.borrow_mut() = Rc::new(config);
         }))
     }
@@ -90,28 +111,29 @@ impl Stage for TraceStage {
     }
 
     fn tick_every(&self) -> Option<Duration> {
-        self.exporters
-            .borrow()
+        self.all_exporters()
             .iter()
-            .flatten()
             .map(|e| e.tick().min(EXPORT_TICK))
             .min()
     }
 
     fn on_tick(&self) {
-        let exporters = self.exporters.borrow().clone();
-        for e in exporters.iter().flatten() {
+        for e in self.all_exporters() {
             e.flush();
         }
+        self.draining.borrow_mut().retain(|e| {
+            let busy = !e.is_idle();
+            if !busy {
+                e.detach();
+            }
+            busy
+        });
     }
 
     fn on_call_response(&self, token: u32, headers: usize, _body: usize) -> bool {
-        let exporters = self.exporters.borrow().clone();
-        let answered = exporters
+        self.all_exporters()
             .iter()
-            .flatten()
-            .any(|e| e.answered(token, headers));
-        answered
+            .any(|e| e.answered(token, headers))
     }
 }
 

@@ -279,3 +279,43 @@ fn export_in_propagate_mode_is_rejected() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[test]
+fn a_replaced_export_drains_then_drops_late_spans() {
+    let (p, host) = configured(export(json!({})));
+    request(&p, host, 1, INCOMING, Some("200"));
+    // A stream that started under the old configuration ends after the change.
+    host.begin(
+        2,
+        &[
+            (":method", "GET"),
+            (":path", "/late"),
+            ("traceparent", INCOMING),
+        ],
+    );
+    let late = Rc::new(RefCell::new(p.request(2)));
+    late.borrow_mut().on_request_headers(&p, &late, true);
+
+    p.configure(&config(export(json!({"cluster": "other"}))))
+        .unwrap();
+    tick(&p, host, Duration::from_millis(200));
+    let calls = host.calls.borrow().clone();
+    assert_eq!(calls.len(), 1, "the old queue still leaves");
+    assert_eq!(calls[0].cluster, "otel");
+    answer(&p, host, calls[0].token, Some("200"));
+    assert_eq!(
+        metric(host, "spans_exported"),
+        1,
+        "its answer is still counted"
+    );
+    tick(&p, host, Duration::from_millis(200));
+
+    Request::on_done(&mut late.borrow_mut(), &p);
+    assert_eq!(
+        metric(host, "spans_dropped"),
+        1,
+        "a span with nowhere to go is counted"
+    );
+    tick(&p, host, Duration::from_secs(1));
+    assert_eq!(host.calls.borrow().len(), 1);
+}
