@@ -3,7 +3,7 @@
 //! stream ends (no call-out on the request path).
 
 use crate::export::Exporter;
-use meshwarden_common::trace::span::field_text;
+use meshwarden_common::trace::span::{field_text, path_text};
 use meshwarden_common::trace::{ProxySpan, SpanStatus, TracePlan};
 use meshwarden_common::RequestHeaders;
 use meshwarden_filter_runtime::host::{host, Map};
@@ -31,7 +31,7 @@ impl OpenSpan {
                 end_ns: 0,
                 status: SpanStatus::Reset,
                 method: field_text(headers.method()),
-                path: field_text(headers.path()),
+                path: path_text(headers.path()),
                 upstream_cluster: None,
                 upstream_host: None,
             },

@@ -135,6 +135,12 @@ fn a_partial_batch_leaves_on_the_tick_after_the_interval() {
         3_000_000
     );
     assert_eq!(span.name, "GET /items");
+    let path = Some(&V::StringValue("/items".into()));
+    assert_eq!(
+        span.attribute("url.path"),
+        path,
+        "the query is not recorded"
+    );
     assert_eq!(
         span.attribute("http.response.status_code"),
         Some(&V::IntValue(200))

@@ -39,6 +39,7 @@ pub struct ProxySpan {
     pub end_ns: u64,
     pub status: SpanStatus,
     pub method: String,
+    /// The request path without its query (which may carry secrets): see [`path_text`].
     pub path: String,
     /// The upstream cluster, if the request was routed.
     pub upstream_cluster: Option<String>,
@@ -47,16 +48,24 @@ pub struct ProxySpan {
 }
 
 impl ProxySpan {
-    /// The span's name: `METHOD path` without the query.
+    /// The span's name: `METHOD path`.
     pub fn name(&self) -> String {
-        let path = self.path.split('?').next().unwrap_or_default();
-        format!("{} {path}", self.method)
+        format!("{} {}", self.method, self.path)
     }
 
     /// Duration in nanoseconds (0 if the clock went backwards).
     pub fn duration_ns(&self) -> u64 {
         self.end_ns.saturating_sub(self.start_ns)
     }
+}
+
+/// A `:path` as a span records it: without the query or fragment, as [`field_text`].
+pub fn path_text(path: &[u8]) -> String {
+    let end = path
+        .iter()
+        .position(|b| *b == b'?' || *b == b'#')
+        .unwrap_or(path.len());
+    field_text(&path[..end])
 }
 
 /// `bytes` as text, invalid UTF-8 replaced and cut to [`MAX_FIELD_LEN`] bytes.
@@ -82,6 +91,14 @@ mod tests {
         assert!(!SpanStatus::Http(429).is_error());
         assert!(SpanStatus::Http(503).is_error());
         assert!(SpanStatus::Reset.is_error());
+    }
+
+    #[test]
+    fn paths_lose_their_query() {
+        assert_eq!(path_text(b"/items?token=secret"), "/items");
+        assert_eq!(path_text(b"/a#frag"), "/a");
+        assert_eq!(path_text(b"/plain"), "/plain");
+        assert_eq!(path_text(b""), "");
     }
 
     #[test]
