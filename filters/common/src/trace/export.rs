@@ -28,6 +28,14 @@ pub enum ExportFormat {
 }
 
 impl ExportFormat {
+    /// The name policies use (`otlp`, `zipkin`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Otlp => "otlp",
+            Self::Zipkin => "zipkin",
+        }
+    }
+
     /// The collector's usual path for this format.
     pub fn default_path(self) -> &'static str {
         match self {
@@ -201,6 +209,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(z.path(), "/api/v2/spans");
+        assert_eq!(z.format.as_str(), "zipkin");
         assert_eq!(z.format.content_type(), "application/json");
         assert_eq!(z.authority(), "zipkin:9411");
         assert_eq!(z.flush_interval.as_millis(), 250);
