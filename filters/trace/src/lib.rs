@@ -54,9 +54,7 @@ impl TraceStage {
             })
             .collect()
     }
-}
 
-impl TraceStage {
     /// The current exporters, then the draining ones.
     fn all_exporters(&self) -> Vec<Rc<Exporter>> {
         let current = self.exporters.borrow();
