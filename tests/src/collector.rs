@@ -29,6 +29,9 @@ pub struct CollectedSpan {
     pub http_status: Option<u16>,
     pub error: bool,
     pub policy: Option<String>,
+    /// The Envoy cluster and `ip:port` the request went to, if the proxy knew them.
+    pub upstream_cluster: Option<String>,
+    pub upstream_address: Option<String>,
     /// Which endpoint got it: `otlp` or `zipkin`.
     pub format: &'static str,
 }
@@ -120,14 +123,20 @@ async fn otlp(State(state): State<Shared>, req: Request) -> (StatusCode, Body) {
                 _ => None,
             },
             error: s.status.as_ref().is_some_and(|st| st.code == 2),
-            policy: match s.attribute("meshwarden.policy") {
-                Some(V::StringValue(p)) => Some(p.clone()),
-                _ => None,
-            },
+            policy: text_attribute(s, "meshwarden.policy"),
+            upstream_cluster: text_attribute(s, "upstream_cluster"),
+            upstream_address: text_attribute(s, "upstream_address"),
             format: "otlp",
         })
         .collect();
     record(&state, spans)
+}
+
+fn text_attribute(span: &otlp_decode::Span, key: &str) -> Option<String> {
+    match span.attribute(key) {
+        Some(V::StringValue(v)) => Some(v.clone()),
+        _ => None,
+    }
 }
 
 async fn zipkin(State(state): State<Shared>, req: Request) -> (StatusCode, Body) {
@@ -150,6 +159,8 @@ async fn zipkin(State(state): State<Shared>, req: Request) -> (StatusCode, Body)
             http_status: text(&s["tags"]["http.status_code"]).and_then(|c| c.parse().ok()),
             error: s["tags"].get("error").is_some(),
             policy: text(&s["tags"]["meshwarden.policy"]),
+            upstream_cluster: text(&s["tags"]["upstream_cluster"]),
+            upstream_address: text(&s["tags"]["upstream_address"]),
             format: "zipkin",
         })
         .collect();

@@ -207,6 +207,13 @@ async fn each_sampled_request_is_one_span_whose_id_the_upstream_got_as_parent() 
         };
         assert_eq!(span.format, format, "{path}");
         assert_eq!(span.policy.as_deref(), Some(format), "{path}");
+        assert_eq!(span.upstream_cluster.as_deref(), Some("upstream"), "{path}");
+        let upstream = s.upstream.addr.to_string();
+        assert_eq!(
+            span.upstream_address.as_deref(),
+            Some(upstream.as_str()),
+            "{path}"
+        );
     }
     let slow = spans.iter().find(|sp| sp.trace_id == traces[1]).unwrap();
     assert!(
