@@ -111,6 +111,7 @@ fn a_partial_batch_leaves_on_the_tick_after_the_interval() {
     assert_eq!(calls.len(), 1);
     let call = &calls[0];
     assert_eq!(call.cluster, "otel");
+    assert_eq!(call.timeout, Duration::from_secs(2), "the default timeout");
     let header = |n: &str| {
         call.headers
             .iter()
@@ -230,6 +231,7 @@ fn failures_are_counted_and_calls_in_flight_are_capped() {
         export::MAX_IN_FLIGHT,
         "the rest waits in the queue"
     );
+    assert_eq!(calls[0].timeout, Duration::from_secs(1));
     answer(&p, host, calls[0].token, None);
     answer(&p, host, calls[1].token, Some("500"));
     answer(&p, host, calls[2].token, Some("204"));
