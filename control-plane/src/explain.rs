@@ -138,6 +138,10 @@ pub enum Effect {
         /// Whether the trace is sampled; `None` when it is drawn at random.
         sampled: Option<bool>,
         sampling_percentage: f64,
+        /// Where the proxy's span goes (`otlp to cluster otel`), unless the request is not
+        /// sampled.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        export: Option<String>,
     },
     #[serde(rename_all = "camelCase")]
     RateLimit {
@@ -430,6 +434,12 @@ fn trace(p: &CompiledPolicy<TraceSpec>, headers: &RequestHeaders) -> Result<Effe
         removes,
         sampled: (!random).then_some(plan.sampled),
         sampling_percentage: pct,
+        export: p
+            .spec
+            .export
+            .as_ref()
+            .filter(|_| random || plan.sampled)
+            .map(|e| format!("{} to cluster {}", e.format.as_str(), e.cluster)),
     })
 }
 
@@ -744,6 +754,25 @@ mod tests {
         let t = filter(&e, Kind::TracePolicy);
         assert_eq!(policy(t, "a-api").matches_request, Some(false));
         assert!(policy(t, "b-all").applies);
+    }
+
+    #[test]
+    fn a_sampled_request_of_an_exporting_policy_names_the_collector() {
+        let spec = json!({"export": {"cluster": "otel", "format": "zipkin"}});
+        let s = set(vec![stored("TracePolicy", "t", spec)]);
+        let export_of = |tp: &str| {
+            let e = explain(&s, &node("eu"), &get("/x", &[("traceparent", tp)]), 0).unwrap();
+            match &policy(filter(&e, Kind::TracePolicy), "t").effect {
+                Some(Effect::Trace { export, .. }) => export.clone(),
+                other => panic!("trace effect, got {other:?}"),
+            }
+        };
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7";
+        assert_eq!(
+            export_of(&format!("{tp}-01")).as_deref(),
+            Some("zipkin to cluster otel")
+        );
+        assert_eq!(export_of(&format!("{tp}-00")), None, "not sampled: no span");
     }
 
     #[test]

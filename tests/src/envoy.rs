@@ -40,6 +40,8 @@ pub struct EnvoyOptions {
     /// gRPC ports of more control-plane replicas, listed after the given control plane's
     /// in the xDS cluster (failover).
     pub more_xds_ports: Vec<u16>,
+    /// More static clusters (name, HTTP/1.1 endpoint), e.g. a span collector.
+    pub clusters: Vec<(String, std::net::SocketAddr)>,
 }
 
 impl Default for EnvoyOptions {
@@ -56,6 +58,7 @@ impl Default for EnvoyOptions {
             listener_tls: None,
             ratelimit_service: None,
             more_xds_ports: Vec::new(),
+            clusters: Vec::new(),
         }
     }
 }
@@ -67,6 +70,27 @@ pub struct Envoy {
     dir: tempfile::TempDir,
     child: ChildGuard,
     client: reqwest::Client,
+}
+
+/// `bootstrap` with a static HTTP/1.1 cluster `name` of one endpoint, listed first.
+pub fn with_static_cluster(bootstrap: &str, name: &str, addr: std::net::SocketAddr) -> String {
+    let cluster = format!(
+        r#"  clusters:
+  - name: {name}
+    type: STATIC
+    connect_timeout: 0.25s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: "{ip}", port_value: {port} }}
+"#,
+        ip = addr.ip(),
+        port = addr.port(),
+    );
+    bootstrap.replacen("  clusters:\n", &cluster, 1)
 }
 
 impl Envoy {
@@ -108,6 +132,9 @@ impl Envoy {
             Some(addr) => with_ratelimit_service(&bootstrap, &addr.ip().to_string(), addr.port()),
             None => bootstrap,
         };
+        let bootstrap = opts.clusters.iter().fold(bootstrap, |b, (name, addr)| {
+            with_static_cluster(&b, name, *addr)
+        });
         let envoy =
             Self::start_bootstrap(dir, &bootstrap, admin_port, listen_port, opts.concurrency)
                 .await?;

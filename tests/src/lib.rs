@@ -2,6 +2,7 @@
 //! in-process echo upstream, free loopback ports and bounded waits.
 
 pub mod cli;
+pub mod collector;
 pub mod control_plane;
 pub mod envoy;
 pub mod etcd;
@@ -16,6 +17,7 @@ pub mod upstream;
 pub mod wait;
 
 pub use cli::{Cli, CliOutput};
+pub use collector::{CollectedSpan, Collector};
 pub use control_plane::ControlPlane;
 pub use envoy::{Envoy, EnvoyOptions, Layout};
 pub use upstream::{EchoUpstream, RecordedRequest};

@@ -188,6 +188,7 @@ fn effect_words(effect: &Effect) -> String {
             removes,
             sampled,
             sampling_percentage,
+            export,
         } => {
             let sampled = match sampled {
                 Some(true) => "sampled".to_string(),
@@ -199,8 +200,12 @@ fn effect_words(effect: &Effect) -> String {
             } else {
                 format!("; removes {}", removes.join(", "))
             };
+            let export = export
+                .as_ref()
+                .map(|e| format!("; span exported ({e})"))
+                .unwrap_or_default();
             format!(
-                "trace {outcome}; sets {}{removes}; {sampled}",
+                "trace {outcome}; sets {}{removes}; {sampled}{export}",
                 sets.join(", ")
             )
         }

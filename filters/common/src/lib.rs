@@ -16,6 +16,7 @@ pub mod mirror;
 pub mod names;
 pub mod peer;
 pub mod percentage;
+mod proto;
 pub mod random;
 pub mod ratelimit;
 pub mod request;

@@ -25,6 +25,7 @@ pub struct SentCall {
     pub cluster: String,
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
+    pub timeout: Duration,
 }
 
 /// A gRPC call-out the filter made.
@@ -299,7 +300,7 @@ impl Host for FakeHost {
         cluster: &str,
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> Result<u32, String> {
         self.tally();
         let mut calls = self.calls.borrow_mut();
@@ -312,6 +313,7 @@ impl Host for FakeHost {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             body: body.map(<[u8]>::to_vec),
+            timeout,
         });
         Ok(token)
     }

@@ -4,22 +4,68 @@
 //! echoing the trace id on the response. The rules live in `meshwarden_common::trace`;
 //! this stage only applies the plan and counts outcomes per policy:
 //! `meshwarden_trace_{started,propagated,repaired}_total{policy="..."}`.
+//!
+//! With `spec.export`, the proxy's own span of each sampled request (`newSpan` mode) is
+//! recorded by the stream ([`span`]) and sent in batches from the root context
+//! ([`export`]).
 
+mod export;
+mod span;
+
+use export::{Exporter, COUNTERS, METRICS};
 use meshwarden_common::names::HeaderName;
 use meshwarden_common::trace::{decide, HeaderOp, Outcome, TraceSpec};
 use meshwarden_filter_runtime::MetricKind;
 use meshwarden_filter_runtime::{headers, parse_config, Commit, Flow, HostRandom, Stage, Stream};
-use meshwarden_filter_runtime::{FilterConfig, PolicyMetrics, StreamStage, ValidationError};
+use meshwarden_filter_runtime::{FilterConfig, StreamStage, ValidationError};
+use span::OpenSpan;
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
-/// Per-policy counters, one per [`Outcome`].
-const METRICS: PolicyMetrics = PolicyMetrics::new("trace");
+/// Longest gap between two looks at the export queues: how long a full batch may wait.
+const EXPORT_TICK: Duration = Duration::from_millis(50);
 
 /// The trace stage of one worker.
 #[derive(Default)]
 pub struct TraceStage {
     config: RefCell<Rc<FilterConfig<TraceSpec>>>,
+    /// The exporter of each policy (by index), `None` for policies without `export`.
+    exporters: RefCell<Rc<Vec<Option<Rc<Exporter>>>>>,
+    /// Exporters a new configuration replaced, until their queue and calls are done.
+    draining: RefCell<Vec<Rc<Exporter>>>,
+}
+
+impl TraceStage {
+    /// Exporters for `config`, keeping the current ones whose policy and export are unchanged.
+    fn exporters_for(&self, config: &FilterConfig<TraceSpec>) -> Vec<Option<Rc<Exporter>>> {
+        let current = self.exporters.borrow();
+        config
+            .policies
+            .iter()
+            .map(|p| {
+                let spec = p.spec.export.as_ref()?;
+                let name = p.name.as_str();
+                let kept = current.iter().flatten().find(|e| e.serves(name, spec));
+                Some(
+                    kept.cloned()
+                        .unwrap_or_else(|| Rc::new(Exporter::new(name, spec))),
+                )
+            })
+            .collect()
+    }
+
+    /// The current exporters, then the draining ones.
+    fn all_exporters(&self) -> Vec<Rc<Exporter>> {
+        let current = self.exporters.borrow();
+        let draining = self.draining.borrow();
+        current
+            .iter()
+            .flatten()
+            .chain(draining.iter())
+            .cloned()
+            .collect()
+    }
 }
 
 impl Stage for TraceStage {
@@ -32,6 +78,15 @@ impl Stage for TraceStage {
         Ok(Box::new(move || {
             let counters = Outcome::ALL.map(|o| (o.as_str(), MetricKind::Counter));
             METRICS.define_all(config.policies.iter().map(|p| p.name.as_str()), &counters);
+            let exporting = config.policies.iter().filter(|p| p.spec.export.is_some());
+            METRICS.define_all(exporting.map(|p| p.name.as_str()), &COUNTERS);
+            let exporters = Rc::new(self.exporters_for(&config));
+            let old = std::mem::replace(&mut *self.exporters.borrow_mut(), exporters.clone());
+            let replaced = old
+                .iter()
+                .flatten()
+                .filter(|e| !exporters.iter().flatten().any(|c| Rc::ptr_eq(c, e)));
+            self.draining.borrow_mut().extend(replaced.cloned());
             *self.config.borrow_mut() = Rc::new(config);
         }))
     }
@@ -47,15 +102,46 @@ impl Stage for TraceStage {
         }
         Some(Box::new(TraceStream {
             config: config.clone(),
+            exporters: self.exporters.borrow().clone(),
             echo: None,
+            span: None,
         }))
+    }
+
+    fn tick_every(&self) -> Option<Duration> {
+        self.all_exporters()
+            .iter()
+            .map(|e| e.tick().min(EXPORT_TICK))
+            .min()
+    }
+
+    fn on_tick(&self) {
+        for e in self.all_exporters() {
+            e.flush();
+        }
+        self.draining.borrow_mut().retain(|e| {
+            let busy = !e.is_idle();
+            if !busy {
+                e.detach();
+            }
+            busy
+        });
+    }
+
+    fn on_call_response(&self, token: u32, headers: usize, _body: usize) -> bool {
+        self.all_exporters()
+            .iter()
+            .any(|e| e.answered(token, headers))
     }
 }
 
 struct TraceStream {
     config: Rc<FilterConfig<TraceSpec>>,
+    exporters: Rc<Vec<Option<Rc<Exporter>>>>,
     /// Response header and trace id to set, from the request's plan.
     echo: Option<(HeaderName, String)>,
+    /// The proxy's span of this request, when it is sampled and exported.
+    span: Option<OpenSpan>,
 }
 
 impl StreamStage for TraceStream {
@@ -77,14 +163,37 @@ impl StreamStage for TraceStream {
             plan.outcome.as_str(),
             plan.trace_id
         );
+        if plan.sampled && policy.spec.export.is_some() {
+            let index = self
+                .config
+                .policies
+                .iter()
+                .position(|p| std::ptr::eq(p, policy));
+            let exporter = index.and_then(|i| self.exporters.get(i).cloned().flatten());
+            if let Some(exporter) = exporter {
+                self.span = Some(OpenSpan::start(&plan, s.headers, exporter));
+            }
+        }
         self.echo = plan.echo;
         Flow::Continue
     }
 
     fn response_headers(&mut self, _: &mut Stream<'_>) -> Flow {
+        if let Some(span) = &mut self.span {
+            span.responded();
+        }
         if let Some((name, trace_id)) = self.echo.take() {
             headers::set_response_header(name.as_str(), trace_id.as_bytes());
         }
         Flow::Continue
     }
+
+    fn done(&mut self) {
+        if let Some(span) = self.span.take() {
+            span.finish();
+        }
+    }
 }
+
+#[cfg(test)]
+mod tests;

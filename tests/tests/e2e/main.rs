@@ -24,4 +24,5 @@ mod recovery;
 mod replicas;
 mod security;
 mod soak;
+mod spans;
 mod support;

@@ -13,6 +13,7 @@
 //! check this encoding against prost's.
 
 use super::global::Entry;
+use crate::proto::{put_len, put_varint};
 
 /// gRPC service name.
 pub const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -288,20 +289,6 @@ impl<'a> Reader<'a> {
         };
         Ok(Some((tag >> 3, value)))
     }
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn put_len(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
-    put_varint(out, (field << 3) | 2);
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
 }
 
 #[cfg(test)]

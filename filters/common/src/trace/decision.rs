@@ -63,6 +63,9 @@ pub struct TracePlan {
     pub trace_id: TraceId,
     /// The span id sent upstream (W3C parent-id, B3 span id).
     pub span_id: SpanId,
+    /// The incoming context's span id, when this hop writes a new one (`newSpan` mode
+    /// continuing a trace): the parent of the proxy's own span.
+    pub parent: Option<SpanId>,
     pub sampled: bool,
     pub outcome: Outcome,
     /// Response header to set to the trace id (from `responseHeader`), and its value.
@@ -79,6 +82,8 @@ struct Context {
     sampling: Sampling,
     /// B3 parent span id, only when passing an incoming B3 context through unchanged.
     b3_parent: Option<SpanId>,
+    /// The incoming span id when `span_id` is a new one.
+    parent: Option<SpanId>,
     /// Continued from an incoming context rather than started here.
     adopted: bool,
     /// The incoming `traceparent` was valid (so its `tracestate` may be kept).
@@ -151,6 +156,7 @@ pub fn decide(headers: &RequestHeaders, spec: &TraceSpec, random: &mut impl Rand
         ops,
         trace_id: ctx.trace_id,
         span_id: ctx.span_id,
+        parent: ctx.parent,
         sampled: ctx.flags & FLAG_SAMPLED != 0,
         outcome,
         echo: spec
@@ -175,6 +181,7 @@ fn from_traceparent(tp: &TraceParent, mode: SpanMode, random: &mut impl Random) 
             Sampling::Deny
         },
         b3_parent: None,
+        parent: (mode == SpanMode::NewSpan).then_some(tp.parent_id),
         adopted: true,
         from_w3c: true,
     }
@@ -201,6 +208,7 @@ fn from_b3(
         flags: sampled_flag(sampling),
         sampling,
         b3_parent: parent.filter(|_| propagate),
+        parent: (!propagate).then_some(span_id),
         adopted: true,
         from_w3c: false,
     }
@@ -221,6 +229,7 @@ fn start(hint: Sampling, spec: &TraceSpec, random: &mut impl Random) -> Context 
         flags: FLAG_RANDOM | sampled_flag(sampling),
         sampling,
         b3_parent: None,
+        parent: None,
         adopted: false,
         from_w3c: false,
     }

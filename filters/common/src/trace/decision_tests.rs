@@ -478,3 +478,25 @@ fn random_header_bytes_never_panic() {
         assert!(TraceParent::parse(tp.as_bytes()).is_ok(), "{tp}");
     }
 }
+
+#[test]
+fn a_new_span_records_the_incoming_one_as_its_parent() {
+    let tp = format!("00-{TID}-{PID}-01");
+    let w3c = spec(&[TraceFormat::W3c]);
+    let plan = run(&[("traceparent", &tp)], &w3c);
+    assert_eq!(plan.parent.map(|p| p.to_hex()).as_deref(), Some(PID));
+    assert_ne!(plan.span_id.to_hex(), PID);
+
+    let b3 = format!("{TID}-{PID}-1");
+    let plan = run(&[("b3", &b3)], &w3c);
+    assert_eq!(plan.parent.map(|p| p.to_hex()).as_deref(), Some(PID));
+
+    let propagate = TraceSpec {
+        mode: SpanMode::Propagate,
+        ..w3c.clone()
+    };
+    assert_eq!(run(&[("traceparent", &tp)], &propagate).parent, None);
+    let started = run(&[], &w3c);
+    assert_eq!(started.parent, None, "a trace started here has no parent");
+    assert_eq!(started.span_id.to_hex(), NEW_SID);
+}

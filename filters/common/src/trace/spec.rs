@@ -1,5 +1,6 @@
 //! `TracePolicy.spec`.
 
+use super::export::ExportSpec;
 use crate::error::ValidationError;
 use crate::names::HeaderName;
 use crate::percentage::Percentage;
@@ -47,6 +48,10 @@ pub struct TraceSpec {
     /// If set, the response carries the trace id in this header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_header: Option<HeaderName>,
+    /// If set, the proxy's own span of each sampled request (`newSpan` mode only) is sent
+    /// to a collector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<ExportSpec>,
 }
 
 fn default_formats() -> Vec<TraceFormat> {
@@ -60,6 +65,7 @@ impl Default for TraceSpec {
             mode: SpanMode::default(),
             sampling_percentage: Percentage::default(),
             response_header: None,
+            export: None,
         }
     }
 }
@@ -79,6 +85,15 @@ impl KindSpec for TraceSpec {
                     format!("{f:?} is listed twice"),
                 ));
             }
+        }
+        if let Some(export) = &self.export {
+            if self.mode == SpanMode::Propagate {
+                return Err(ValidationError::new(
+                    "export",
+                    "needs mode newSpan: in propagate mode the proxy adds no span of its own",
+                ));
+            }
+            export.validate().map_err(|e| e.within("export"))?;
         }
         Ok(())
     }

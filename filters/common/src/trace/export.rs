@@ -1,0 +1,238 @@
+//! `TracePolicy.spec.export`: where and how the trace filter sends the spans of the proxy
+//! hop (one per sampled request in `newSpan` mode), batched from the root context.
+
+use crate::duration::DurationSpec;
+use crate::error::ValidationError;
+use serde::{Deserialize, Serialize};
+
+/// Longest cluster name, path or authority accepted.
+const MAX_NAME_LEN: usize = 255;
+/// Most spans in one call-out.
+pub const MAX_BATCH: u32 = 512;
+/// Most spans waiting per policy and worker.
+pub const MAX_QUEUE: u32 = 8192;
+/// Bounds of `flushInterval` and `timeout`.
+const MIN_INTERVAL: DurationSpec = DurationSpec::from_millis(10);
+const MAX_INTERVAL: DurationSpec = DurationSpec::from_millis(60_000);
+
+/// The wire format of exported spans.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ExportFormat {
+    /// OTLP/HTTP protobuf: `POST /v1/traces`, `application/x-protobuf`,
+    /// `ExportTraceServiceRequest`.
+    #[default]
+    Otlp,
+    /// Zipkin v2 JSON: `POST /api/v2/spans`, `application/json`.
+    Zipkin,
+}
+
+impl ExportFormat {
+    /// The name policies use (`otlp`, `zipkin`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Otlp => "otlp",
+            Self::Zipkin => "zipkin",
+        }
+    }
+
+    /// The collector's usual path for this format.
+    pub fn default_path(self) -> &'static str {
+        match self {
+            Self::Otlp => "/v1/traces",
+            Self::Zipkin => "/api/v2/spans",
+        }
+    }
+
+    /// The request's `content-type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Otlp => "application/x-protobuf",
+            Self::Zipkin => "application/json",
+        }
+    }
+}
+
+/// `spec.export` of a `TracePolicy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExportSpec {
+    /// The Envoy cluster of the collector (it must exist on the proxy: a bootstrap cluster
+    /// or, in Istio, `outbound|4318||otel-collector.NAMESPACE.svc.cluster.local`).
+    pub cluster: String,
+    /// `otlp` (default) or `zipkin`.
+    #[serde(default)]
+    pub format: ExportFormat,
+    /// Request path; default `/v1/traces` (OTLP) or `/api/v2/spans` (Zipkin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `:authority` of the call-out; default the cluster name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    /// Most spans per call-out (1 to 512, default 64): a full batch is sent at the next
+    /// tick of the root context.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: u32,
+    /// Longest wait of a partial batch (10ms to 60s, default 1s).
+    #[serde(default = "default_flush_interval")]
+    pub flush_interval: DurationSpec,
+    /// Most spans waiting per worker (`maxBatch` to 8192, default 1024); more are dropped
+    /// and counted in `meshwarden_trace_spans_dropped_total`.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: u32,
+    /// Call-out timeout (10ms to 60s, default 2s).
+    #[serde(default = "default_timeout")]
+    pub timeout: DurationSpec,
+}
+
+fn default_max_batch() -> u32 {
+    64
+}
+
+fn default_flush_interval() -> DurationSpec {
+    DurationSpec::from_millis(1000)
+}
+
+fn default_max_queue() -> u32 {
+    1024
+}
+
+fn default_timeout() -> DurationSpec {
+    DurationSpec::from_millis(2000)
+}
+
+impl ExportSpec {
+    /// An export to `cluster` in `format` with every default.
+    pub fn new(cluster: impl Into<String>, format: ExportFormat) -> Self {
+        Self {
+            cluster: cluster.into(),
+            format,
+            path: None,
+            authority: None,
+            max_batch: default_max_batch(),
+            flush_interval: default_flush_interval(),
+            max_queue: default_max_queue(),
+            timeout: default_timeout(),
+        }
+    }
+
+    /// The request path.
+    pub fn path(&self) -> &str {
+        self.path
+            .as_deref()
+            .unwrap_or_else(|| self.format.default_path())
+    }
+
+    /// The request `:authority`.
+    pub fn authority(&self) -> &str {
+        self.authority.as_deref().unwrap_or(&self.cluster)
+    }
+
+    /// Checks every field; errors name the field relative to `export`.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        check_text("cluster", &self.cluster, |_| true)?;
+        if let Some(path) = &self.path {
+            check_text("path", path, |p| p.starts_with('/')).map_err(|e| {
+                ValidationError::new(
+                    e.field,
+                    "must start with / and have no spaces or control characters (e.g. /v1/traces)",
+                )
+            })?;
+        }
+        if let Some(authority) = &self.authority {
+            check_text("authority", authority, |_| true)?;
+        }
+        if !(1..=MAX_BATCH).contains(&self.max_batch) {
+            return Err(ValidationError::new(
+                "maxBatch",
+                format!("must be from 1 to {MAX_BATCH}, got {}", self.max_batch),
+            ));
+        }
+        if !(self.max_batch..=MAX_QUEUE).contains(&self.max_queue) {
+            return Err(ValidationError::new(
+                "maxQueue",
+                format!(
+                    "must be from maxBatch ({}) to {MAX_QUEUE}, got {}",
+                    self.max_batch, self.max_queue
+                ),
+            ));
+        }
+        for (field, d) in [
+            ("flushInterval", self.flush_interval),
+            ("timeout", self.timeout),
+        ] {
+            if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&d) {
+                return Err(ValidationError::new(
+                    field,
+                    format!("must be from {MIN_INTERVAL} to {MAX_INTERVAL}, got {d}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A non-empty, bounded value of printable ASCII without spaces that `ok` accepts.
+fn check_text(field: &str, v: &str, ok: impl Fn(&str) -> bool) -> Result<(), ValidationError> {
+    let printable = v.bytes().all(|b| b.is_ascii_graphic());
+    if v.is_empty() || v.len() > MAX_NAME_LEN || !printable || !ok(v) {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "must be 1 to {MAX_NAME_LEN} printable ASCII characters without spaces, got {v:?}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: serde_json::Value) -> Result<ExportSpec, String> {
+        let s: ExportSpec = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        s.validate().map_err(|e| e.to_string())?;
+        Ok(s)
+    }
+
+    #[test]
+    fn defaults_follow_the_format() {
+        let s = parse(json!({"cluster": "otel"})).unwrap();
+        assert_eq!(s, ExportSpec::new("otel", ExportFormat::Otlp));
+        assert_eq!(s.path(), "/v1/traces");
+        assert_eq!(s.authority(), "otel");
+        let z = parse(
+            json!({"cluster": "zipkin", "format": "zipkin", "authority": "zipkin:9411",
+            "maxBatch": 10, "maxQueue": 10, "flushInterval": "250ms", "timeout": "1s"}),
+        )
+        .unwrap();
+        assert_eq!(z.path(), "/api/v2/spans");
+        assert_eq!(z.format.as_str(), "zipkin");
+        assert_eq!(z.format.content_type(), "application/json");
+        assert_eq!(z.authority(), "zipkin:9411");
+        assert_eq!(z.flush_interval.as_millis(), 250);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = |v| parse(v).unwrap_err();
+        assert!(err(json!({})).contains("cluster"));
+        assert!(err(json!({"cluster": ""})).starts_with("cluster:"));
+        assert!(err(json!({"cluster": "a b"})).starts_with("cluster:"));
+        assert!(err(json!({"cluster": "c", "path": "v1"})).starts_with("path:"));
+        assert!(err(json!({"cluster": "c", "authority": "a\n"})).starts_with("authority:"));
+        assert!(err(json!({"cluster": "c", "maxBatch": 0})).starts_with("maxBatch:"));
+        assert!(err(json!({"cluster": "c", "maxBatch": 513})).starts_with("maxBatch:"));
+        assert!(
+            err(json!({"cluster": "c", "maxBatch": 100, "maxQueue": 99})).starts_with("maxQueue:")
+        );
+        assert!(err(json!({"cluster": "c", "maxQueue": 9000})).starts_with("maxQueue:"));
+        assert!(err(json!({"cluster": "c", "flushInterval": "5ms"})).starts_with("flushInterval:"));
+        assert!(err(json!({"cluster": "c", "timeout": "2m"})).starts_with("timeout:"));
+        assert!(err(json!({"cluster": "c", "flushInterval": "soon"})).contains("duration"));
+        assert!(err(json!({"cluster": "c", "format": "jaeger"})).contains("unknown variant"));
+        assert!(err(json!({"cluster": "c", "endpoint": "x"})).contains("unknown field"));
+    }
+}
