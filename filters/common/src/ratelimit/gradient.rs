@@ -19,6 +19,9 @@
 //!   that lets a queue form and be measured); latency well above it shrinks it (at most
 //!   halving per window). For an upstream whose latency rises with concurrency the limit
 //!   settles where the two balance (see the tests).
+//! - **No growth while unused** (from Netflix's concurrency-limits): a window whose peak
+//!   in-flight count stayed below half the limit does not grow it, so a quiet period (or
+//!   the tail of a burst) does not inflate the limit far beyond what was ever tested.
 //!
 //! The mean (not a percentile) keeps the record fixed-size and each completion one
 //! compare-and-swap. Windows close lazily, on the first completion after their end: an idle
@@ -47,7 +50,7 @@ pub struct GradientParams {
 }
 
 /// Words in the shared record.
-const WORDS: usize = 7;
+const WORDS: usize = 8;
 /// Fixed point of the stored limit (thousandths of a request, so √ growth accumulates).
 const MILLI: f64 = 1000.0;
 
@@ -68,6 +71,8 @@ pub struct GradientState {
     probing: u64,
     /// When the next probe starts, ns.
     next_probe_ns: u64,
+    /// Most requests in flight seen by a completion in the current window.
+    peak: u64,
 }
 
 impl GradientState {
@@ -89,6 +94,7 @@ impl GradientState {
             count: w[4],
             probing: u64::from(w[5] != 0),
             next_probe_ns: w[6],
+            peak: w[7],
         }
     }
 
@@ -102,6 +108,7 @@ impl GradientState {
             self.count,
             self.probing,
             self.next_probe_ns,
+            self.peak,
         ]
         .iter()
         .flat_map(|w| w.to_le_bytes())
@@ -134,9 +141,10 @@ impl GradientState {
         self.probing != 0
     }
 
-    /// Records a request admitted at `admitted_ns` that completed at `now_ns`; closes the
-    /// probe or window it completes and starts the next probe when due.
-    pub fn complete(&mut self, p: &GradientParams, admitted_ns: u64, now_ns: u64) {
+    /// Records a request admitted at `admitted_ns` that completed at `now_ns` with
+    /// `in_flight` requests in flight (itself included); closes the probe or window it
+    /// completes and starts the next probe when due.
+    pub fn complete(&mut self, p: &GradientParams, admitted_ns: u64, now_ns: u64, in_flight: u64) {
         let latency = now_ns.saturating_sub(admitted_ns);
         if self.probing != 0 {
             // Requests admitted before the probe ran under the old, higher limit.
@@ -152,15 +160,20 @@ impl GradientState {
             return;
         }
         self.add(latency);
+        self.peak = self.peak.max(in_flight);
         if now_ns.saturating_sub(self.since_ns) < p.window_ns {
             return;
         }
         let sample = (self.sum_ns / self.count.max(1)).max(1) as f64;
         let target = self.min_rtt_ns as f64 * (1.0 + p.buffer_ppm as f64 / 1e6);
         let gradient = (target / sample).clamp(0.5, 2.0);
-        let scaled = self.stored_limit(p) * gradient;
-        let next = (scaled + scaled.sqrt()).clamp(p.min_limit as f64, p.max_limit as f64);
-        self.limit_milli = ((next * MILLI) as u64).max(1);
+        let current = self.stored_limit(p);
+        let unused = (self.peak as f64) * 2.0 < current;
+        if !(unused && gradient >= 1.0) {
+            let scaled = current * gradient;
+            let next = (scaled + scaled.sqrt()).clamp(p.min_limit as f64, p.max_limit as f64);
+            self.limit_milli = ((next * MILLI) as u64).max(1);
+        }
         self.restart(now_ns);
         if now_ns >= self.next_probe_ns {
             self.probing = 1;
@@ -176,6 +189,7 @@ impl GradientState {
         self.since_ns = now_ns;
         self.sum_ns = 0;
         self.count = 0;
+        self.peak = 0;
     }
 }
 
@@ -189,12 +203,12 @@ pub fn complete<S: SharedStore + ?Sized>(
     store: &S,
     key: &str,
     p: &GradientParams,
-    admitted_ns: u64,
-    now_ns: u64,
+    (admitted_ns, now_ns): (u64, u64),
+    in_flight: u64,
 ) -> Result<GradientState, Contended> {
     update(store, key, |bytes| {
         let mut s = GradientState::decode(bytes);
-        s.complete(p, admitted_ns, now_ns);
+        s.complete(p, admitted_ns, now_ns, in_flight);
         Update::Write(s.encode(), s)
     })
 }
@@ -235,8 +249,8 @@ mod tests {
             let latency = (base_ms + k_ms * n) * MS;
             let admitted = now;
             now += latency;
-            for _ in 0..n {
-                s.complete(p, admitted, now);
+            for i in 0..n {
+                s.complete(p, admitted, now, n - i);
             }
             seen.push(s.limit(p));
         }
@@ -250,7 +264,7 @@ mod tests {
         assert!(s.is_probing());
         assert_eq!(s.limit(&p), 3);
         for _ in 0..10 {
-            s.complete(&p, 0, 35 * MS);
+            s.complete(&p, 0, 35 * MS, 20);
         }
         assert!(!s.is_probing());
         assert_eq!(s.min_rtt_ns(), Some(35 * MS));
@@ -290,6 +304,25 @@ mod tests {
     }
 
     #[test]
+    fn an_unused_limit_does_not_grow() {
+        let p = params();
+        let mut s = GradientState::default();
+        s.probing = 1;
+        for _ in 0..10 {
+            s.complete(&p, 0, 30 * MS, 2);
+        }
+        assert_eq!(s.limit(&p), 20);
+        // Fast answers, but never more than 9 in flight: below half of 20, no growth.
+        for w in 1..=50 {
+            s.complete(&p, w * 100 * MS, w * 100 * MS + 30 * MS, 9);
+        }
+        assert_eq!(s.limit(&p), 20);
+        // 10 in flight (half the limit): it grows.
+        s.complete(&p, 6_070 * MS, 6_100 * MS, 10);
+        assert!(s.limit(&p) > 20);
+    }
+
+    #[test]
     fn probes_again_after_the_interval_and_ignores_older_requests() {
         let mut p = params();
         p.min_rtt_interval_ns = 1_000 * MS;
@@ -299,14 +332,14 @@ mod tests {
         assert!(!s.is_probing());
         // Completions past the interval start a new probe when their window closes.
         let t = 10_000 * MS;
-        s.complete(&p, t - 50 * MS, t);
+        s.complete(&p, t - 50 * MS, t, 20);
         assert!(s.is_probing());
         assert_eq!(s.limit(&p), 3);
         // A request admitted before the probe does not count.
-        s.complete(&p, t - 500 * MS, t + 10 * MS);
+        s.complete(&p, t - 500 * MS, t + 10 * MS, 20);
         assert_eq!(s.count, 0);
         for i in 0..10 {
-            s.complete(&p, t + i, t + 100 * MS);
+            s.complete(&p, t + i, t + 100 * MS, 20);
         }
         assert!(!s.is_probing());
         assert_eq!(
@@ -319,15 +352,15 @@ mod tests {
     #[test]
     fn odd_bytes_are_the_initial_state() {
         let p = params();
-        for bytes in [&[][..], &[1, 2, 3][..], &[0xff; 57][..]] {
+        for bytes in [&[][..], &[1, 2, 3][..], &[0xff; 65][..]] {
             let s = GradientState::decode(bytes);
             assert!(s.is_probing());
             assert_eq!(s.limit(&p), 3);
         }
-        let mut s = GradientState::decode(&[0xff; 56]);
+        let mut s = GradientState::decode(&[0xff; 64]);
         assert_eq!(s.limit(&p), 3, "probing flag set");
-        s.complete(&p, u64::MAX, 0);
-        s.complete(&p, 0, u64::MAX);
+        s.complete(&p, u64::MAX, 0, 20);
+        s.complete(&p, 0, u64::MAX, 20);
     }
 
     #[test]
@@ -337,7 +370,7 @@ mod tests {
         ensure_exists(&store, "g");
         assert!(read(&store, "g").is_probing());
         for _ in 0..10 {
-            complete(&store, "g", &p, 0, 40 * MS).unwrap();
+            complete(&store, "g", &p, (0, 40 * MS), 1).unwrap();
         }
         let s = read(&store, "g");
         assert_eq!(s.min_rtt_ns(), Some(40 * MS));

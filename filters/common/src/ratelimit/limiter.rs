@@ -784,13 +784,12 @@ pub fn release_all<S: SharedStore + ?Sized>(
 ) -> Vec<(String, bool)> {
     held.iter()
         .map(|h| {
+            let released = concurrency::release(store, &h.key);
             if let Some((key, params, admitted_ns)) = &h.sample {
-                let _ = gradient::complete(store, key, params, *admitted_ns, now_ns);
+                let in_flight = released.map_or(0, |left| left.saturating_add(1));
+                let _ = gradient::complete(store, key, params, (*admitted_ns, now_ns), in_flight);
             }
-            (
-                h.policy.clone(),
-                concurrency::release(store, &h.key).is_ok(),
-            )
+            (h.policy.clone(), released.is_ok())
         })
         .collect()
 }

@@ -401,6 +401,24 @@ impl Shedding {
         self.classes.len()
     }
 
+    /// What the policy does with a request of these headers, in words (`explain`):
+    /// `503 (Retry-After 1 s) once class critical has 100% of the adaptive limit (3 to
+    /// 1000, found from latency) in flight`.
+    pub fn explain(&self, headers: &RequestHeaders) -> String {
+        let class = self.classify(headers);
+        let limit = match self.source {
+            LimitSource::Fixed(n) => format!("the limit of {n}"),
+            LimitSource::Adaptive(p) => format!(
+                "the adaptive limit ({} to {}, found from latency)",
+                p.min_limit, p.max_limit
+            ),
+        };
+        format!(
+            "{} (Retry-After {} s) once class {} has {}% of {limit} in flight",
+            self.status, self.retry_after_seconds, class.name, class.share
+        )
+    }
+
     /// The class of a request.
     pub fn classify(&self, headers: &RequestHeaders) -> Class<'_> {
         self.classes
@@ -486,6 +504,10 @@ mod tests {
         );
         assert_eq!(class(&[(":path", "/x")]), ("default".into(), 4));
         assert_eq!(class(&[(":path", "/x")]).1, 4);
+        assert_eq!(
+            c.explain(&RequestHeaders::from_text(&[(":path", "/x")])),
+            "503 (Retry-After 1 s) once class default has 50% of the limit of 8 in flight"
+        );
         let tiny = Class {
             name: "t",
             index: None,
