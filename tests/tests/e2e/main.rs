@@ -23,5 +23,6 @@ mod ratelimit_service;
 mod recovery;
 mod replicas;
 mod security;
+mod shedding;
 mod soak;
 mod support;
