@@ -275,8 +275,7 @@ mod tests {
     #[test]
     fn converges_under_latency_that_rises_with_concurrency() {
         let p = params();
-        let mut s = GradientState::default();
-        s.probing = 1;
+        let mut s = GradientState::decode(&[]);
         let seen = drive(&p, &mut s, 20, 5, 400);
         // min RTT at the floor: 20 + 5×3 = 35 ms; the balance point is about 8.5.
         let tail = &seen[300..];
@@ -297,8 +296,7 @@ mod tests {
     fn grows_to_the_ceiling_when_latency_does_not_rise() {
         let mut p = params();
         p.max_limit = 200;
-        let mut s = GradientState::default();
-        s.probing = 1;
+        let mut s = GradientState::decode(&[]);
         let seen = drive(&p, &mut s, 30, 0, 60);
         assert_eq!(*seen.last().unwrap(), 200);
     }
@@ -306,8 +304,7 @@ mod tests {
     #[test]
     fn an_unused_limit_does_not_grow() {
         let p = params();
-        let mut s = GradientState::default();
-        s.probing = 1;
+        let mut s = GradientState::decode(&[]);
         for _ in 0..10 {
             s.complete(&p, 0, 30 * MS, 2);
         }
@@ -326,8 +323,7 @@ mod tests {
     fn probes_again_after_the_interval_and_ignores_older_requests() {
         let mut p = params();
         p.min_rtt_interval_ns = 1_000 * MS;
-        let mut s = GradientState::default();
-        s.probing = 1;
+        let mut s = GradientState::decode(&[]);
         drive(&p, &mut s, 20, 5, 5);
         assert!(!s.is_probing());
         // Completions past the interval start a new probe when their window closes.
