@@ -67,6 +67,8 @@ pub struct CompiledLimit {
     legacy_headers: bool,
     failure_mode: FailureMode,
     space: Keyspace,
+    /// `shedding.adaptive`: the shared key of the limit's state (built once).
+    adaptive_key: String,
     /// `scope: global`: the bucket is in the rate limit service.
     global: bool,
     /// `scope: global`: the call-out timeout (ms).
@@ -103,6 +105,7 @@ impl CompiledLimit {
             response_headers: spec.response_headers,
             legacy_headers: spec.legacy_headers,
             failure_mode: spec.failure_mode,
+            adaptive_key: format!("{}/adaptive", space.in_flight()),
             space,
             global: spec.is_global(),
             timeout_ms: spec.global_timeout().as_millis(),
@@ -170,56 +173,48 @@ impl CompiledLimit {
         self.max_concurrent.is_some() || self.shedding.is_some()
     }
 
-    /// The shared key of the adaptive limit's state.
-    fn adaptive_key(&self) -> String {
-        format!("{}/adaptive", self.space.in_flight())
-    }
-
     /// The in-flight cap that applies to a request: `maxConcurrent`, or the request's
     /// class's share of the shedding limit (the adaptive one read from shared data).
-    fn cap<S: SharedStore + ?Sized>(&self, store: &S, req: &Request<'_>) -> Option<Cap> {
+    fn cap<S: SharedStore + ?Sized>(&self, store: &S, req: &Request<'_>) -> Option<Cap<'_>> {
         if let Some(max) = self.max_concurrent {
             return Some(Cap {
                 max,
                 limit: max,
                 class: None,
-                class_name: String::new(),
+                class_name: "",
                 adaptive: None,
             });
         }
         let shedding = self.shedding.as_ref()?;
         let (limit, adaptive) = match shedding.source {
             LimitSource::Fixed(limit) => (limit, None),
-            LimitSource::Adaptive(params) => {
-                let key = self.adaptive_key();
-                (
-                    gradient::read(store, &key).limit(&params),
-                    Some((key, params)),
-                )
-            }
+            LimitSource::Adaptive(params) => (
+                gradient::read(store, &self.adaptive_key).limit(&params),
+                Some((self.adaptive_key.as_str(), params)),
+            ),
         };
         let class = shedding.classify(req.headers);
         Some(Cap {
             max: class.cap(limit),
             limit,
             class: class.index,
-            class_name: class.name.to_string(),
+            class_name: class.name,
             adaptive,
         })
     }
 }
 
 /// The in-flight cap of one policy for one request.
-struct Cap {
+struct Cap<'a> {
     /// Requests the request's class may have in flight.
     max: u64,
     /// The policy's whole limit.
     limit: u64,
     /// The request's shedding class (`None`: the default class, or `maxConcurrent`).
     class: Option<usize>,
-    class_name: String,
+    class_name: &'a str,
     /// The adaptive limit's key and parameters.
-    adaptive: Option<(String, GradientParams)>,
+    adaptive: Option<(&'a str, GradientParams)>,
 }
 
 /// A request as the limiter needs it.
@@ -426,7 +421,7 @@ impl Limiter {
                 p.shedding.as_ref().map(|s| s.source),
                 Some(LimitSource::Adaptive(_))
             ) {
-                ensure_exists(store, &p.adaptive_key());
+                ensure_exists(store, &p.adaptive_key);
             }
         }
     }
@@ -527,10 +522,10 @@ impl Limiter {
         // 2. Concurrency limits.
         let mut held = Vec::new();
         let mut conc_items = Vec::new();
-        let mut busy: Option<(usize, Cap)> = None;
+        let mut busy: Option<(usize, Cap<'_>)> = None;
         for (e, &i) in events.iter_mut().zip(matched) {
             let p = &self.policies[i];
-            let Some(mut cap) = p.cap(store, req) else {
+            let Some(cap) = p.cap(store, req) else {
                 continue;
             };
             let max = cap.max;
@@ -545,7 +540,9 @@ impl Limiter {
                         held.push(Held {
                             policy: p.name.to_string(),
                             key,
-                            sample: cap.adaptive.take().map(|(k, params)| (k, params, now_ns)),
+                            sample: cap
+                                .adaptive
+                                .map(|(k, params)| (k.to_string(), params, now_ns)),
                         });
                     }
                     if a.over_limit && p.dry_run {
@@ -704,7 +701,7 @@ impl Limiter {
         }
     }
 
-    fn busy_rejection(&self, i: usize, cap: &Cap) -> Rejection {
+    fn busy_rejection(&self, i: usize, cap: &Cap<'_>) -> Rejection {
         let p = &self.policies[i];
         let max = cap.max;
         let item = concurrency_item(p, max, max);
