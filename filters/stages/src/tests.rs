@@ -695,3 +695,30 @@ fn adaptive_shedding_measures_the_min_rtt_at_the_floor_then_admits_the_initial_l
     }
     assert_eq!(host.metric("meshwarden_ratelimit_in_flight.policy.shed"), 0);
 }
+
+#[test]
+fn a_shed_grpc_call_gets_the_grpc_status_of_the_configured_answer() {
+    let (p, host) = configured(json!({
+        "ratelimit": [{"name": "shed", "spec": {"shedding": {
+            "utilization": {"capacity": 1}, "status": 429, "retryAfter": "2s"
+        }}}],
+    }));
+    let grpc = [
+        (":method", "POST"),
+        (":path", "/shop.Cart/Add"),
+        (":authority", "shop"),
+        ("content-type", "application/grpc"),
+    ];
+    let (first, flow) = send(&p, host, 1, &grpc);
+    assert_eq!(flow, Flow::Continue);
+    let (_, flow) = send(&p, host, 2, &grpc);
+    assert_eq!(flow, Flow::Pause);
+    let sent = host.sent.borrow().last().cloned().unwrap();
+    assert_eq!((sent.status, sent.grpc_status), (200, Some(8)));
+    assert!(sent
+        .headers
+        .iter()
+        .any(|(k, v)| k == "retry-after" && v == "2"));
+    first.borrow_mut().on_done(&p);
+    assert_eq!(send(&p, host, 3, &grpc).1, Flow::Continue);
+}
