@@ -15,7 +15,7 @@ use crate::xds::extension_configs::wire_config;
 use meshwarden_common::circuitbreaker::{CircuitBreakerSpec, SlidingWindow};
 use meshwarden_common::fault::{AbortStatus, FaultPlan, FaultSpec, Random};
 use meshwarden_common::mirror::{MirrorSpec, SkipReason};
-use meshwarden_common::ratelimit::RateLimitSpec;
+use meshwarden_common::ratelimit::{shedding::Shedding, RateLimitSpec};
 use meshwarden_common::trace::{decide, HeaderOp, TraceSpec};
 use meshwarden_common::{
     CompiledPolicy, FilterConfig, Kind, KindSpec, NodeInfo, Peer, RequestHeaders, ValidationError,
@@ -153,6 +153,9 @@ pub enum Effect {
         #[serde(skip_serializing_if = "Option::is_none")]
         override_index: Option<usize>,
         max_concurrent: Option<u64>,
+        /// A concurrency limit (`maxConcurrent` or `shedding`) may answer the request.
+        #[serde(skip)]
+        sheds: bool,
         dry_run: bool,
         /// What happens when the limit is reached.
         when_limited: String,
@@ -305,9 +308,9 @@ fn answers_locally(filter: &FilterExplanation) -> Reach {
             Effect::RateLimit {
                 dry_run: false,
                 limit,
-                max_concurrent,
+                sheds,
                 ..
-            } if limit.is_some() || max_concurrent.is_some() => Reach::Maybe,
+            } if limit.is_some() || *sheds => Reach::Maybe,
             Effect::CircuitBreaker { dry_run: false, .. } => Reach::Maybe,
             Effect::Fault {
                 abort: Some(d),
@@ -516,13 +519,17 @@ fn ratelimit(
         )),
         None => spec.limit(),
     };
-    let when_limited = match (limit.is_some(), spec.max_concurrent, spec.dry_run) {
+    let concurrency = match (&spec.shedding, spec.max_concurrent) {
+        (Some(s), _) => Some(Shedding::new(s).explain(headers)),
+        (None, Some(n)) => Some(format!("503 above {n} in flight")),
+        (None, None) => None,
+    };
+    let sheds = concurrency.is_some();
+    let when_limited = match (limit.is_some(), concurrency, spec.dry_run) {
         (_, _, true) => "dry run: never rejected; counted as shadow_limited".to_string(),
-        (true, Some(n), false) => {
-            format!("429 when the bucket has no whole token; 503 above {n} in flight")
-        }
+        (true, Some(c), false) => format!("429 when the bucket has no whole token; {c}"),
         (true, None, false) => "429 when the bucket has no whole token".to_string(),
-        (false, Some(n), false) => format!("503 above {n} in flight"),
+        (false, Some(c), false) => c,
         (false, None, false) => "never".to_string(),
     };
     let when_limited = if spec.is_global() {
@@ -542,6 +549,7 @@ fn ratelimit(
         bucket: values,
         override_index,
         max_concurrent: spec.max_concurrent,
+        sheds,
         dry_run: spec.dry_run,
         when_limited,
         remaining_tokens: TOKENS_UNKNOWN,
@@ -810,6 +818,27 @@ mod tests {
         assert_eq!(*override_index, Some(0));
         assert_eq!(*remaining_tokens, TOKENS_UNKNOWN);
         // A rate limit may answer: the later filters are reached only maybe.
+        assert_eq!(filter(&e, Kind::FaultPolicy).reached, Reach::Maybe);
+    }
+
+    #[test]
+    fn shedding_says_which_class_and_limit_apply() {
+        let s = set(vec![stored(
+            "RateLimitPolicy",
+            "shed",
+            json!({"shedding": {"adaptive": {"minLimit": 2},
+                   "classes": [{"name": "critical", "match": {"headers": [{"name": "x-priority", "exact": "critical"}]}}],
+                   "defaultShare": {"value": 80}, "status": 429}}),
+        )]);
+        let e = explain(&s, &node("eu"), &get("/", &[("x-priority", "critical")]), 0).unwrap();
+        let r = filter(&e, Kind::RateLimitPolicy);
+        let Some(Effect::RateLimit { when_limited, .. }) = &policy(r, "shed").effect else {
+            panic!("rate limit effect")
+        };
+        assert_eq!(
+            when_limited,
+            "429 (Retry-After 1 s) once class critical has 100% of the adaptive limit (2 to 1000, found from latency) in flight"
+        );
         assert_eq!(filter(&e, Kind::FaultPolicy).reached, Reach::Maybe);
     }
 

@@ -1,7 +1,10 @@
 //! An echo upstream that records every request it receives.
 //!
 //! It answers `200` with a JSON echo of the request. A request may steer the answer:
-//! `x-echo-status: 503` sets the status, `x-echo-delay-ms: 250` delays it.
+//! `x-echo-status: 503` sets the status, `x-echo-delay-ms: 250` delays it, and
+//! `x-echo-delay-per-inflight-ms: 5` adds 5 ms per request in flight at the upstream
+//! (itself included) — an upstream whose latency rises with concurrency. The upstream
+//! counts requests in flight and remembers the peak.
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
@@ -9,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,24 +45,32 @@ impl RecordedRequest {
     }
 }
 
+/// What the handler shares with the test.
+#[derive(Default)]
+struct Shared {
+    seen: Mutex<Vec<RecordedRequest>>,
+    in_flight: AtomicU64,
+    peak: AtomicU64,
+}
+
 /// A running echo upstream; stops when dropped.
 pub struct EchoUpstream {
     pub addr: SocketAddr,
-    seen: Arc<Mutex<Vec<RecordedRequest>>>,
+    shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl EchoUpstream {
     /// Starts on `addr` (use port 0 for any free port).
     pub async fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let app = Router::new().fallback(echo).with_state(seen.clone());
+        let shared = Arc::new(Shared::default());
+        let app = Router::new().fallback(echo).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { addr, seen, task })
+        Ok(Self { addr, shared, task })
     }
 
     /// Starts on a free loopback port.
@@ -68,7 +80,25 @@ impl EchoUpstream {
 
     /// The requests seen so far.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.seen.lock().expect("upstream lock").clone()
+        self.shared.seen.lock().expect("upstream lock").clone()
+    }
+
+    /// Most requests in flight at once since the start (or [`EchoUpstream::reset_peak`]).
+    pub fn peak_in_flight(&self) -> u64 {
+        self.shared.peak.load(Ordering::SeqCst)
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u64 {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Starts measuring the peak anew.
+    pub fn reset_peak(&self) {
+        self.shared.peak.store(
+            self.shared.in_flight.load(Ordering::SeqCst),
+            Ordering::SeqCst,
+        );
     }
 
     /// The most recent request whose path is `path`.
@@ -78,7 +108,8 @@ impl EchoUpstream {
 
     /// How many requests with path `path` were seen.
     pub fn requests_with_path(&self, path: &str) -> usize {
-        self.seen
+        self.shared
+            .seen
             .lock()
             .expect("upstream lock")
             .iter()
@@ -88,7 +119,7 @@ impl EchoUpstream {
 
     /// Forgets the requests seen so far.
     pub fn clear(&self) {
-        self.seen.lock().expect("upstream lock").clear();
+        self.shared.seen.lock().expect("upstream lock").clear();
     }
 }
 
@@ -102,7 +133,19 @@ fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
-async fn echo(State(seen): State<Arc<Mutex<Vec<RecordedRequest>>>>, req: Request) -> Response {
+/// Counts a request in flight until dropped (also when the client goes away mid-way).
+struct InFlight<'a>(&'a Shared);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn echo(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.peak.fetch_max(now, Ordering::SeqCst);
+    let _guard = InFlight(&shared);
     let (parts, body) = req.into_parts();
     let body = to_bytes(body, MAX_BODY).await.unwrap_or_default().to_vec();
     let recorded = RecordedRequest {
@@ -127,8 +170,11 @@ async fn echo(State(seen): State<Arc<Mutex<Vec<RecordedRequest>>>>, req: Request
             .collect::<Vec<_>>(),
         "bodyBytes": recorded.body.len(),
     });
-    seen.lock().expect("upstream lock").push(recorded);
-    if let Some(ms) = header_number(&parts.headers, "x-echo-delay-ms") {
+    shared.seen.lock().expect("upstream lock").push(recorded);
+    let base = header_number(&parts.headers, "x-echo-delay-ms").unwrap_or(0);
+    let per_request = header_number(&parts.headers, "x-echo-delay-per-inflight-ms").unwrap_or(0);
+    let ms = base.saturating_add(per_request.saturating_mul(now));
+    if ms > 0 {
         tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
     }
     let status = header_number(&parts.headers, "x-echo-status")

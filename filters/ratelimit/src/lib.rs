@@ -305,7 +305,7 @@ impl StreamStage for RateLimitStream {
             return;
         }
         let held = std::mem::take(&mut self.held);
-        for (policy, released) in release_all(&HostShared, &held) {
+        for (policy, released) in release_all(&HostShared, &held, host().now_ns()) {
             metrics::left(&policy, released);
         }
     }

@@ -8,7 +8,11 @@
 //! | `shadow_limited_total` | counter | dry run: requests the policy would have rejected |
 //! | `overflow_total` | counter | requests whose key found no bucket of its own (`maxKeys`) |
 //! | `failures_total` | counter | shared data stayed contended; `failureMode` decided |
-//! | `in_flight` | gauge | requests in flight under the policy's `maxConcurrent` |
+//! | `in_flight` | gauge | requests in flight under the policy's `maxConcurrent` or `shedding` |
+//! | `concurrency_limit` | gauge | `shedding`: the policy's current limit (the adaptive one as last seen by a request) |
+//! | `shed_total` | counter | `shedding`: requests shed (answered 503 or 429), every class |
+//! | `shed_default_total` | counter | `shedding`: shed requests in no class |
+//! | `shed_class<i>_total` | counter | `shedding`: shed requests of `classes[i]` (0 to 15) |
 //! | `global_checks_total` | counter | `scope: global`: requests the rate limit service decided |
 //! | `global_failures_total` | counter | `scope: global`: no usable answer (error, timeout, malformed); `failureMode` decided (also in `failures_total`) |
 //! | `global_call_duration_us` | histogram | `scope: global`: time from the call to its answer, µs |
@@ -28,6 +32,32 @@ const ALL: [(&str, MetricKind); 7] = [
     ("overflow", MetricKind::Counter),
     ("failures", MetricKind::Counter),
     ("in_flight", MetricKind::Gauge),
+];
+
+/// `shed_class<i>` counter names, one per possible class.
+const SHED_CLASS: [&str; meshwarden_common::ratelimit::shedding::MAX_CLASSES] = [
+    "shed_class0",
+    "shed_class1",
+    "shed_class2",
+    "shed_class3",
+    "shed_class4",
+    "shed_class5",
+    "shed_class6",
+    "shed_class7",
+    "shed_class8",
+    "shed_class9",
+    "shed_class10",
+    "shed_class11",
+    "shed_class12",
+    "shed_class13",
+    "shed_class14",
+    "shed_class15",
+];
+
+const SHEDDING: [(&str, MetricKind); 3] = [
+    ("concurrency_limit", MetricKind::Gauge),
+    ("shed", MetricKind::Counter),
+    ("shed_default", MetricKind::Counter),
 ];
 
 const GLOBAL: [(&str, MetricKind); 3] = [
@@ -61,6 +91,14 @@ pub fn define(limiter: &Limiter) {
             .map(|p| p.name.as_str()),
         &LEASE,
     );
+    for p in limiter.policies() {
+        let classes = p.shed_classes();
+        if let Some(n) = classes {
+            METRICS.define_all([p.name.as_str()], &SHEDDING);
+            let names = SHED_CLASS.iter().take(n).map(|m| (*m, MetricKind::Counter));
+            METRICS.define_all([p.name.as_str()], &names.collect::<Vec<_>>());
+        }
+    }
 }
 
 fn count_each(limiter: &Limiter, metric: &'static str, policies: impl Iterator<Item = usize>) {
@@ -123,6 +161,16 @@ pub fn record(events: &[PolicyEvents]) {
         }
         if e.entered {
             METRICS.gauge_add("in_flight", p, 1);
+        }
+        if let Some(limit) = e.shed_limit {
+            METRICS.gauge_set("concurrency_limit", p, limit);
+        }
+        if let Some(class) = e.shed_class {
+            METRICS.increment("shed", p);
+            let by_class = class.map_or(Some("shed_default"), |i| SHED_CLASS.get(i).copied());
+            if let Some(metric) = by_class {
+                METRICS.increment(metric, p);
+            }
         }
     }
 }

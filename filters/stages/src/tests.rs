@@ -785,3 +785,83 @@ fn grpc_failures_in_trailers_open_the_breaker_and_grpc_callers_get_a_grpc_fallba
     assert_eq!((sent.status, sent.grpc_status), (200, Some(8)));
     assert_eq!(sent.body, b"circuit breaker open");
 }
+
+#[test]
+fn adaptive_shedding_measures_the_min_rtt_at_the_floor_then_admits_the_initial_limit() {
+    let (p, host) = configured(json!({
+        "ratelimit": [{"name": "shed", "spec": {"shedding": {"adaptive": {
+            "minLimit": 2, "initialLimit": 4, "minRttRequests": 2
+        }}}}],
+    }));
+    let shed_answer = |id| {
+        let (_, flow) = send(&p, host, id, &GET);
+        assert_eq!(flow, Flow::Pause);
+        let sent = host.sent.borrow().last().cloned().unwrap();
+        assert_eq!(sent.status, 503);
+        assert!(sent
+            .headers
+            .iter()
+            .any(|(k, v)| k == "retry-after" && v == "1"));
+    };
+    // The min-RTT probe: 2 in flight at most.
+    let probe: Vec<_> = (1..=2).map(|id| send(&p, host, id, &GET)).collect();
+    assert!(probe.iter().all(|(_, f)| *f == Flow::Continue));
+    shed_answer(3);
+    assert_eq!(
+        host.metric("meshwarden_ratelimit_concurrency_limit.policy.shed"),
+        2
+    );
+    host.advance(Duration::from_millis(30));
+    for (r, _) in &probe {
+        respond(&p, host, r, "200");
+        r.borrow_mut().on_done(&p);
+    }
+    // Measured: now the initial limit.
+    let admitted: Vec<_> = (4..=7).map(|id| send(&p, host, id, &GET)).collect();
+    assert!(admitted.iter().all(|(_, f)| *f == Flow::Continue));
+    assert_eq!(host.metric("meshwarden_ratelimit_in_flight.policy.shed"), 4);
+    shed_answer(8);
+    assert_eq!(
+        host.metric("meshwarden_ratelimit_concurrency_limit.policy.shed"),
+        4
+    );
+    assert_eq!(
+        host.metric("meshwarden_ratelimit_shed_total.policy.shed"),
+        2
+    );
+    assert_eq!(
+        host.metric("meshwarden_ratelimit_shed_default_total.policy.shed"),
+        2
+    );
+    for (r, _) in &admitted {
+        r.borrow_mut().on_done(&p);
+    }
+    assert_eq!(host.metric("meshwarden_ratelimit_in_flight.policy.shed"), 0);
+}
+
+#[test]
+fn a_shed_grpc_call_gets_the_grpc_status_of_the_configured_answer() {
+    let (p, host) = configured(json!({
+        "ratelimit": [{"name": "shed", "spec": {"shedding": {
+            "utilization": {"capacity": 1}, "status": 429, "retryAfter": "2s"
+        }}}],
+    }));
+    let grpc = [
+        (":method", "POST"),
+        (":path", "/shop.Cart/Add"),
+        (":authority", "shop"),
+        ("content-type", "application/grpc"),
+    ];
+    let (first, flow) = send(&p, host, 1, &grpc);
+    assert_eq!(flow, Flow::Continue);
+    let (_, flow) = send(&p, host, 2, &grpc);
+    assert_eq!(flow, Flow::Pause);
+    let sent = host.sent.borrow().last().cloned().unwrap();
+    assert_eq!((sent.status, sent.grpc_status), (200, Some(8)));
+    assert!(sent
+        .headers
+        .iter()
+        .any(|(k, v)| k == "retry-after" && v == "2"));
+    first.borrow_mut().on_done(&p);
+    assert_eq!(send(&p, host, 3, &grpc).1, Flow::Continue);
+}

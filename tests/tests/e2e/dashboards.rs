@@ -130,6 +130,11 @@ async fn every_dashboard_panel_has_data_from_a_real_prometheus() -> anyhow::Resu
             "match: {path: {prefix: /breaker}}\nslidingWindow: {count: 2}\nwaitDurationInOpenState: 1s\npermittedNumberOfCallsInHalfOpenState: 1",
         ),
         policy(
+            "RateLimitPolicy",
+            "shedder",
+            "match: {path: {prefix: /shed}}\nshedding: {adaptive: {minRttRequests: 5}}",
+        ),
+        policy(
             "MirrorPolicy",
             "candidate",
             &format!(
@@ -178,7 +183,7 @@ async fn every_dashboard_panel_has_data_from_a_real_prometheus() -> anyhow::Resu
 
     // Traffic of every kind: traces started, propagated and repaired; rate limits admitting
     // and limiting; faults; a breaker opening on failures; mirror copies compared (and
-    // differing: the copy's host differs).
+    // differing: the copy's host differs); an adaptive shedding limit measuring latency.
     let headers: [&[(&str, &str)]; 3] = [
         &[],
         &[(
@@ -188,7 +193,7 @@ async fn every_dashboard_panel_has_data_from_a_real_prometheus() -> anyhow::Resu
         &[("traceparent", "00-bad")],
     ];
     for round in 0..40 {
-        for path in ["/limited", "/fault", "/mirror"] {
+        for path in ["/limited", "/fault", "/mirror", "/shed"] {
             envoy.get(path, headers[round % 3]).await?;
         }
         // A failing upstream behind a breaker: it opens, short-circuits, half-opens.

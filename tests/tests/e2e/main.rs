@@ -23,6 +23,7 @@ mod ratelimit_service;
 mod recovery;
 mod replicas;
 mod security;
+mod shedding;
 mod soak;
 mod spans;
 mod support;

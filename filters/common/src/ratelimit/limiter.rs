@@ -30,6 +30,7 @@ use super::bucket::Take;
 use super::concurrency;
 use super::descriptor::Descriptor;
 use super::global;
+use super::gradient::{self, GradientParams};
 use super::key::BucketKey;
 use super::lease::{self, Claim, Grant, LeaseSpace};
 use super::rate::Limit;
@@ -39,6 +40,7 @@ use super::response::{
     REDUCED_CAPACITY_TITLE, TEMPORARY_REDUCED_CAPACITY,
 };
 use super::rls::{self, Code, DescriptorStatus};
+use super::shedding::{LimitSource, Shedding};
 use super::slots::{take_at, take_keyed, KeyedTake, Keyspace};
 use super::spec::{FailureMode, RateLimitSpec};
 use super::store::{ensure_exists, Contended, SharedStore};
@@ -66,11 +68,14 @@ pub struct CompiledLimit {
     descriptors: Vec<Descriptor>,
     overrides: Vec<CompiledOverride>,
     max_concurrent: Option<u64>,
+    shedding: Option<Shedding>,
     dry_run: bool,
     response_headers: bool,
     legacy_headers: bool,
     failure_mode: FailureMode,
     space: Keyspace,
+    /// `shedding.adaptive`: the shared key of the limit's state (built once).
+    adaptive_key: String,
     /// `scope: global`: the bucket is in the rate limit service.
     global: bool,
     /// `scope: global`: the call-out timeout (ms).
@@ -130,10 +135,12 @@ impl CompiledLimit {
             descriptors: spec.descriptors.clone(),
             overrides,
             max_concurrent: spec.max_concurrent,
+            shedding: spec.shedding.as_ref().map(Shedding::new),
             dry_run: spec.dry_run,
             response_headers: spec.response_headers,
             legacy_headers: spec.legacy_headers,
             failure_mode: spec.failure_mode,
+            adaptive_key: format!("{}/adaptive", space.in_flight()),
             space,
             global: spec.is_global(),
             timeout_ms: spec.global_timeout().as_millis(),
@@ -196,6 +203,59 @@ impl CompiledLimit {
     fn concurrent_name(&self) -> String {
         format!("{}{CONCURRENT_SUFFIX}", self.name)
     }
+
+    /// `shedding`: the number of classes (`None`: the policy does not shed).
+    pub fn shed_classes(&self) -> Option<usize> {
+        self.shedding.as_ref().map(Shedding::classes)
+    }
+
+    /// Whether the policy counts requests in flight.
+    fn counts_in_flight(&self) -> bool {
+        self.max_concurrent.is_some() || self.shedding.is_some()
+    }
+
+    /// The in-flight cap that applies to a request: `maxConcurrent`, or the request's
+    /// class's share of the shedding limit (the adaptive one read from shared data).
+    fn cap<S: SharedStore + ?Sized>(&self, store: &S, req: &Request<'_>) -> Option<Cap<'_>> {
+        if let Some(max) = self.max_concurrent {
+            return Some(Cap {
+                max,
+                limit: max,
+                class: None,
+                class_name: "",
+                adaptive: None,
+            });
+        }
+        let shedding = self.shedding.as_ref()?;
+        let (limit, adaptive) = match shedding.source {
+            LimitSource::Fixed(limit) => (limit, None),
+            LimitSource::Adaptive(params) => (
+                gradient::read(store, &self.adaptive_key).limit(&params),
+                Some((self.adaptive_key.as_str(), params)),
+            ),
+        };
+        let class = shedding.classify(req.headers);
+        Some(Cap {
+            max: class.cap(limit),
+            limit,
+            class: class.index,
+            class_name: class.name,
+            adaptive,
+        })
+    }
+}
+
+/// The in-flight cap of one policy for one request.
+struct Cap<'a> {
+    /// Requests the request's class may have in flight.
+    max: u64,
+    /// The policy's whole limit.
+    limit: u64,
+    /// The request's shedding class (`None`: the default class, or `maxConcurrent`).
+    class: Option<usize>,
+    class_name: &'a str,
+    /// The adaptive limit's key and parameters.
+    adaptive: Option<(&'a str, GradientParams)>,
 }
 
 /// A request as the limiter needs it.
@@ -225,6 +285,10 @@ pub struct PolicyEvents {
     pub failure: bool,
     /// The request was counted in flight (and stays counted until released).
     pub entered: bool,
+    /// `shedding`: the policy's concurrency limit when the request arrived.
+    pub shed_limit: Option<u64>,
+    /// `shedding`: the request was shed; its class (`Some(None)`: the default class).
+    pub shed_class: Option<Option<usize>>,
     /// `scope: global`: the rate limit service decided for this policy.
     pub global_checked: bool,
     /// `scope: global`: the rate limit service did not answer (in time, or sensibly).
@@ -336,6 +400,9 @@ impl GlobalAnswer {
 pub struct Held {
     pub policy: String,
     key: String,
+    /// An adaptive limit's key, parameters and when the request was admitted: the
+    /// release records the request's latency.
+    sample: Option<(String, GradientParams, u64)>,
 }
 
 /// A local answer instead of forwarding the request.
@@ -443,13 +510,19 @@ impl Limiter {
                     ensure_exists(store, &key);
                 }
             }
-            if p.max_concurrent.is_some() {
+            if p.counts_in_flight() {
                 ensure_exists(store, &p.space.in_flight());
             }
             if let Some(lease) = &p.lease {
                 for key in lease.space.keys() {
                     ensure_exists(store, &key);
                 }
+            }
+            if matches!(
+                p.shedding.as_ref().map(|s| s.source),
+                Some(LimitSource::Adaptive(_))
+            ) {
+                ensure_exists(store, &p.adaptive_key);
             }
         }
     }
@@ -655,12 +728,16 @@ impl Limiter {
         // 2. Concurrency limits.
         let mut held = Vec::new();
         let mut conc_items = Vec::new();
-        let mut busy: Option<usize> = None;
+        let mut busy: Option<(usize, Cap<'_>)> = None;
         for (e, &i) in events.iter_mut().zip(matched) {
             let p = &self.policies[i];
-            let Some(max) = p.max_concurrent else {
+            let Some(cap) = p.cap(store, req) else {
                 continue;
             };
+            let max = cap.max;
+            if p.shedding.is_some() {
+                e.shed_limit = Some(cap.limit);
+            }
             let key = p.space.in_flight();
             match concurrency::acquire(store, &key, max, !p.dry_run) {
                 Ok(a) => {
@@ -669,6 +746,9 @@ impl Limiter {
                         held.push(Held {
                             policy: p.name.to_string(),
                             key,
+                            sample: cap
+                                .adaptive
+                                .map(|(k, params)| (k.to_string(), params, now_ns)),
                         });
                     }
                     if a.over_limit && p.dry_run {
@@ -676,7 +756,10 @@ impl Limiter {
                     }
                     if !a.entered {
                         e.concurrency_limited = true;
-                        busy = Some(i);
+                        if p.shedding.is_some() {
+                            e.shed_class = Some(cap.class);
+                        }
+                        busy = Some((i, cap));
                         break;
                     }
                     if p.shows_headers() {
@@ -687,19 +770,19 @@ impl Limiter {
                     e.failure = true;
                     if p.failure_mode == FailureMode::Deny && !p.dry_run {
                         e.concurrency_limited = true;
-                        busy = Some(i);
+                        busy = Some((i, cap));
                         break;
                     }
                 }
             }
         }
-        if let Some(i) = busy {
-            self.release(store, &held);
+        if let Some((i, cap)) = busy {
+            self.release_unsampled(store, &held);
             for e in &mut events {
                 e.entered = false;
             }
             return Verdict {
-                decision: Decision::Reject(self.busy_rejection(i)),
+                decision: Decision::Reject(self.busy_rejection(i, &cap)),
                 events,
                 held: Vec::new(),
             };
@@ -718,14 +801,23 @@ impl Limiter {
         }
     }
 
-    /// Counts a finished request out of the in-flight counts it held. Returns, per held
-    /// count, the policy and whether the release went through.
+    /// Counts a finished request out of the in-flight counts it held at `now_ns` (an
+    /// adaptive limit records its latency). Returns, per held count, the policy and
+    /// whether the release went through.
     pub fn release<S: SharedStore + ?Sized>(
         &self,
         store: &S,
         held: &[Held],
+        now_ns: u64,
     ) -> Vec<(String, bool)> {
-        release_all(store, held)
+        release_all(store, held, now_ns)
+    }
+
+    /// Counts a request that never went upstream out again (no latency to record).
+    fn release_unsampled<S: SharedStore + ?Sized>(&self, store: &S, held: &[Held]) {
+        for h in held {
+            let _ = concurrency::release(store, &h.key);
+        }
     }
 
     fn rate_phase<S: SharedStore + ?Sized>(
@@ -815,30 +907,45 @@ impl Limiter {
         }
     }
 
-    fn busy_rejection(&self, i: usize) -> Rejection {
+    fn busy_rejection(&self, i: usize, cap: &Cap<'_>) -> Rejection {
         let p = &self.policies[i];
-        let max = p.max_concurrent.unwrap_or_default();
+        let max = cap.max;
         let item = concurrency_item(p, max, max);
-        let mut headers = vec![(
-            "retry-after".to_string(),
-            BUSY_RETRY_AFTER_SECONDS.to_string(),
-        )];
+        let (status, retry_after) = p
+            .shedding
+            .as_ref()
+            .map_or((503, BUSY_RETRY_AFTER_SECONDS), |s| {
+                (s.status, s.retry_after_seconds)
+            });
+        let detail = if p.shedding.is_some() {
+            format!(
+                "Too many requests in flight for policy {}: class {} may have {max} of the current limit of {} at once; retry after {retry_after} s.",
+                p.name, cap.class_name, cap.limit
+            )
+        } else {
+            format!(
+                "Too many requests in flight for policy {}: the limit is {max} at once; retry after {retry_after} s.",
+                p.name
+            )
+        };
+        let mut headers = vec![("retry-after".to_string(), retry_after.to_string())];
         headers.extend(ratelimit_fields(std::slice::from_ref(&item)));
         if p.legacy_headers {
             headers.extend(legacy_fields(&item));
         }
         Rejection {
-            status: 503,
-            grpc_status: GRPC_UNAVAILABLE,
+            status,
+            grpc_status: if status == 429 {
+                GRPC_RESOURCE_EXHAUSTED
+            } else {
+                GRPC_UNAVAILABLE
+            },
             headers,
             problem: Problem {
                 problem_type: TEMPORARY_REDUCED_CAPACITY,
                 title: REDUCED_CAPACITY_TITLE,
-                status: 503,
-                detail: format!(
-                    "Too many requests in flight for policy {}: the limit is {max} at once; retry after {BUSY_RETRY_AFTER_SECONDS} s.",
-                    p.name
-                ),
+                status,
+                detail,
                 policy: p.name.to_string(),
                 violated_policies: vec![p.concurrent_name()],
             },
@@ -870,15 +977,22 @@ impl Limiter {
     }
 }
 
-/// Releases held in-flight counts (see [`Limiter::release`]); usable after the limiter
-/// that admitted the request was replaced by a new configuration.
-pub fn release_all<S: SharedStore + ?Sized>(store: &S, held: &[Held]) -> Vec<(String, bool)> {
+/// Releases held in-flight counts at `now_ns` (see [`Limiter::release`]); usable after
+/// the limiter that admitted the request was replaced by a new configuration. An adaptive
+/// limit's latency sample is dropped if its state stays contended (the count is not).
+pub fn release_all<S: SharedStore + ?Sized>(
+    store: &S,
+    held: &[Held],
+    now_ns: u64,
+) -> Vec<(String, bool)> {
     held.iter()
         .map(|h| {
-            (
-                h.policy.clone(),
-                concurrency::release(store, &h.key).is_ok(),
-            )
+            let released = concurrency::release(store, &h.key);
+            if let Some((key, params, admitted_ns)) = &h.sample {
+                let in_flight = released.map_or(0, |left| left.saturating_add(1));
+                let _ = gradient::complete(store, key, params, (*admitted_ns, now_ns), in_flight);
+            }
+            (h.policy.clone(), released.is_ok())
         })
         .collect()
 }

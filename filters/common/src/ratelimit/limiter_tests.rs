@@ -246,7 +246,7 @@ fn concurrency_limit_rejects_above_the_limit_and_recovers() {
     assert!(verdicts[4].events[0].concurrency_limited);
     // Requests finish: room again.
     for v in &verdicts[..3] {
-        assert!(l.release(&s, &v.held).iter().all(|(_, ok)| *ok));
+        assert!(l.release(&s, &v.held, 0).iter().all(|(_, ok)| *ok));
     }
     assert!(allowed(&check(&l, &s, &h, T0)));
 }
@@ -262,7 +262,7 @@ fn a_rejection_by_one_policy_releases_what_others_took() {
     let second = check(&l, &s, &headers(&[]), T0);
     assert!(!allowed(&second));
     assert!(second.held.is_empty());
-    l.release(&s, &first.held);
+    l.release(&s, &first.held, 0);
     // Nothing leaked: "wide" is back to 0 in flight, so 100 fit again alongside.
     let again = check(&l, &s, &headers(&[]), T0);
     let Decision::Allow { .. } = again.decision else {

@@ -2,6 +2,7 @@
 
 use super::descriptor::Descriptor;
 use super::rate::{Limit, Rate, MAX_REQUESTS};
+use super::shedding::SheddingSpec;
 use crate::duration::DurationSpec;
 use crate::error::ValidationError;
 use crate::spec::KindSpec;
@@ -110,7 +111,7 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
 }
 
 /// `spec` of a `RateLimitPolicy` (besides `selector` and `match`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimitSpec {
     /// Token refill rate; each request takes one token.
@@ -132,6 +133,11 @@ pub struct RateLimitSpec {
     /// Most requests in flight at once for this policy, across all workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u64>,
+    /// A concurrency limit found from latency (`adaptive`) or derived from a declared
+    /// capacity (`utilization`), with request classes shed in priority order; instead of
+    /// `maxConcurrent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shedding: Option<SheddingSpec>,
     /// Count and add headers, never reject.
     #[serde(default, skip_serializing_if = "is_false")]
     pub dry_run: bool,
@@ -202,11 +208,20 @@ fn check_rate(field: &str, rate: &Rate) -> Result<(), ValidationError> {
 
 impl KindSpec for RateLimitSpec {
     fn validate(&self) -> Result<(), ValidationError> {
-        if self.rate.is_none() && self.max_concurrent.is_none() {
+        if self.rate.is_none() && self.max_concurrent.is_none() && self.shedding.is_none() {
             return Err(ValidationError::new(
                 "",
-                "set `rate` (a token bucket), `maxConcurrent` (a concurrency limit), or both",
+                "set `rate` (a token bucket), `maxConcurrent` or `shedding` (a concurrency limit), or both",
             ));
+        }
+        if let Some(shedding) = &self.shedding {
+            if self.max_concurrent.is_some() {
+                return Err(ValidationError::new(
+                    "shedding",
+                    "set either `maxConcurrent` (a fixed limit) or `shedding`, not both",
+                ));
+            }
+            shedding.validate().map_err(|e| e.within("shedding"))?;
         }
         if let Some(rate) = &self.rate {
             check_rate("rate", rate)?;
@@ -271,6 +286,7 @@ impl RateLimitSpec {
         }
         let per_proxy = [
             ("maxConcurrent", self.max_concurrent.is_some()),
+            ("shedding", self.shedding.is_some()),
             ("maxKeys", self.max_keys.is_some()),
         ];
         for (field, set) in per_proxy {
@@ -529,7 +545,7 @@ mod tests {
     fn errors_name_the_field() {
         assert_eq!(
             err(json!({})),
-            "spec: set `rate` (a token bucket), `maxConcurrent` (a concurrency limit), or both"
+            "spec: set `rate` (a token bucket), `maxConcurrent` or `shedding` (a concurrency limit), or both"
         );
         assert_eq!(
             err(json!({"rate": {"requests": 0, "unit": "second"}})),
