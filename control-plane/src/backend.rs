@@ -91,6 +91,27 @@ pub struct Revision {
     pub rollback_of: Option<u64>,
 }
 
+impl Revision {
+    /// The history entry `commit` writes for `change` at `revision` (the same in every
+    /// store).
+    pub(crate) fn of(commit: &Commit<'_>, change: &PolicyChange<'_>, revision: u64) -> Self {
+        let (version, document) = match change.policy {
+            Some(p) => (p.version.clone(), Some(p.doc.to_value())),
+            None => (change.deleted_version.to_string(), None),
+        };
+        Revision {
+            revision,
+            change: change.change,
+            actor: commit.actor.to_string(),
+            at_unix_ms: commit.at_unix_ms,
+            generation: commit.generation,
+            version,
+            document,
+            rollback_of: change.rollback_of,
+        }
+    }
+}
+
 /// One policy change inside a [`Commit`].
 #[derive(Debug, Clone)]
 pub struct PolicyChange<'a> {

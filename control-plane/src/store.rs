@@ -512,29 +512,18 @@ impl Store {
                     }
                 }
                 let revision = last_revision(&table, &history, &key)? + 1;
-                let (version, document) = match change.policy {
+                match change.policy {
                     Some(p) => {
                         let (_, json) = encode(p, revision)?;
                         table
                             .insert(key.as_str(), json.as_str())
                             .map_err(redb::Error::from)?;
-                        (p.version.clone(), Some(p.doc.to_value()))
                     }
                     None => {
                         table.remove(key.as_str()).map_err(redb::Error::from)?;
-                        (change.deleted_version.to_string(), None)
                     }
-                };
-                let entry = Revision {
-                    revision,
-                    change: change.change,
-                    actor: commit.actor.to_string(),
-                    at_unix_ms: commit.at_unix_ms,
-                    generation: commit.generation,
-                    version,
-                    document,
-                    rollback_of: change.rollback_of,
-                };
+                }
+                let entry = Revision::of(commit, change, revision);
                 let json = records::encode_revision(&key, &entry)?;
                 history
                     .insert(history_key(&key, revision).as_str(), json.as_str())

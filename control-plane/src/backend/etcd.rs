@@ -343,27 +343,14 @@ impl EtcdStore {
                 .and_then(|r| r.parse::<u64>().ok())
                 .unwrap_or(0);
             let revision = newest.max(found) + 1;
-            let (version, document) = match change.policy {
+            match change.policy {
                 Some(p) => {
                     let (_, json) = encode(p, revision)?;
                     ops.push(TxnOp::put(self.policy_key(key), json, None));
-                    (p.version.clone(), Some(p.doc.to_value()))
                 }
-                None => {
-                    ops.push(TxnOp::delete(self.policy_key(key), None));
-                    (change.deleted_version.to_string(), None)
-                }
-            };
-            let entry = Revision {
-                revision,
-                change: change.change,
-                actor: commit.actor.to_string(),
-                at_unix_ms: commit.at_unix_ms,
-                generation: commit.generation,
-                version,
-                document,
-                rollback_of: change.rollback_of,
-            };
+                None => ops.push(TxnOp::delete(self.policy_key(key), None)),
+            }
+            let entry = Revision::of(commit, change, revision);
             ops.push(TxnOp::put(
                 format!("{prefix}{revision:020}"),
                 records::encode_revision(key, &entry)?,
