@@ -7,43 +7,28 @@
 //! The echo upstream fails or slows down on request (`x-echo-status`, `x-echo-delay-ms`)
 //! and counts what reaches it.
 
-use crate::support::{accepted_version, policy, wait_accepted_change, FILTER};
+use crate::support::{policy, WorkersStack};
 use meshwarden_e2e::paths::{repo_root, wasm_dir};
 use meshwarden_e2e::ports::free_port;
 use meshwarden_e2e::static_envoy::StaticEnvoy;
-use meshwarden_e2e::{wait_until, ControlPlane, EchoUpstream, Envoy, EnvoyOptions};
+use meshwarden_e2e::{wait_until, EchoUpstream, Envoy};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-struct Stack {
-    upstream: EchoUpstream,
-    cp: ControlPlane,
-    envoy: Envoy,
-    node_id: String,
-    /// No connection reuse: each request picks a worker anew.
-    fresh: reqwest::Client,
+/// The shared stack, with this file's helpers.
+struct Stack(WorkersStack);
+
+impl std::ops::Deref for Stack {
+    type Target = WorkersStack;
+    fn deref(&self) -> &WorkersStack {
+        &self.0
+    }
 }
 
 async fn stack(node_id: &str) -> anyhow::Result<Stack> {
-    let cp = ControlPlane::start().await?;
-    let upstream = EchoUpstream::start().await?;
-    let opts = EnvoyOptions {
-        node_id: node_id.into(),
-        concurrency: 2,
-        ..Default::default()
-    };
-    let envoy = Envoy::start(&cp, upstream.addr.port(), opts).await?;
-    let fresh = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    Ok(Stack {
-        upstream,
-        cp,
-        envoy,
-        node_id: node_id.into(),
-        fresh,
-    })
+    Ok(Stack(
+        WorkersStack::start(node_id, Duration::from_secs(10)).await?,
+    ))
 }
 
 struct Reply {
@@ -53,25 +38,9 @@ struct Reply {
 }
 
 impl Stack {
-    /// Applies `yaml` and waits until Envoy took the new configuration.
-    async fn apply(&self, yaml: &str) -> anyhow::Result<()> {
-        let cli = self.cp.cli();
-        let before = accepted_version(&cli, &self.node_id, FILTER);
-        let out = cli.apply_yaml(yaml);
-        anyhow::ensure!(out.success, "apply failed: {}", out.stderr);
-        wait_accepted_change(&cli, &self.node_id, FILTER, &before).await?;
-        // The ACK precedes the workers' switch to the new configuration by a moment.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        Ok(())
-    }
-
     /// GET `path` with `headers` on a new connection.
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
-        let mut req = self.fresh.get(self.envoy.url(path));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let r = req.send().await?;
+        let r = self.send(path, headers).await?;
         let status = r.status().as_u16();
         let fallback_header = r
             .headers()

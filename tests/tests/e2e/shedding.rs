@@ -5,19 +5,20 @@
 //! while normal requests are shed. Assertions are on counts, gauges and the upstream's
 //! in-flight peak, never on timing.
 
-use crate::support::{accepted_version, policy, wait_accepted_change, FILTER};
-use meshwarden_e2e::{wait_until, ControlPlane, EchoUpstream, Envoy, EnvoyOptions};
+use crate::support::{policy, WorkersStack};
+use meshwarden_e2e::wait_until;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-struct Stack {
-    upstream: EchoUpstream,
-    cp: ControlPlane,
-    envoy: Envoy,
-    node_id: String,
-    /// No connection reuse: each request picks a worker anew.
-    fresh: reqwest::Client,
+/// The shared stack, with this file's helpers.
+struct Stack(WorkersStack);
+
+impl std::ops::Deref for Stack {
+    type Target = WorkersStack;
+    fn deref(&self) -> &WorkersStack {
+        &self.0
+    }
 }
 
 /// One answer: status and `Retry-After`.
@@ -28,47 +29,20 @@ struct Reply {
 }
 
 async fn stack(node_id: &str) -> anyhow::Result<Arc<Stack>> {
-    let cp = ControlPlane::start().await?;
-    let upstream = EchoUpstream::start().await?;
-    let opts = EnvoyOptions {
-        node_id: node_id.into(),
-        concurrency: 2,
-        ..Default::default()
-    };
-    let envoy = Envoy::start(&cp, upstream.addr.port(), opts).await?;
-    let fresh = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(20))
-        .build()?;
-    Ok(Arc::new(Stack {
-        upstream,
-        cp,
-        envoy,
-        node_id: node_id.into(),
-        fresh,
-    }))
+    Ok(Arc::new(Stack(
+        WorkersStack::start(node_id, Duration::from_secs(20)).await?,
+    )))
 }
 
 impl Stack {
     /// Applies a RateLimitPolicy and waits until Envoy took it.
     async fn apply(&self, name: &str, spec: &str) -> anyhow::Result<()> {
-        let cli = self.cp.cli();
-        let before = accepted_version(&cli, &self.node_id, FILTER);
-        let out = cli.apply_yaml(&policy("RateLimitPolicy", name, spec));
-        anyhow::ensure!(out.success, "apply failed: {}", out.stderr);
-        wait_accepted_change(&cli, &self.node_id, FILTER, &before).await?;
-        // The ACK precedes the workers' switch to the new configuration by a moment.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        Ok(())
+        self.0.apply(&policy("RateLimitPolicy", name, spec)).await
     }
 
     /// GET `/work` with `headers` on a new connection.
     async fn get(&self, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
-        let mut req = self.fresh.get(self.envoy.url("/work"));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let r = req.send().await?;
+        let r = self.send("/work", headers).await?;
         Ok(Reply {
             status: r.status().as_u16(),
             retry_after: r

@@ -290,3 +290,65 @@ pub async fn overload(
         window: last_sent.duration_since(start).as_secs_f64(),
     })
 }
+
+/// A control plane, an echo upstream and an Envoy with two workers, with a client that
+/// opens a new connection per request so that requests land on both workers (what tests of
+/// state shared by the workers need).
+pub struct WorkersStack {
+    pub upstream: meshwarden_e2e::EchoUpstream,
+    pub cp: meshwarden_e2e::ControlPlane,
+    pub envoy: meshwarden_e2e::Envoy,
+    pub node_id: String,
+    /// No connection reuse: each request picks a worker anew.
+    pub fresh: reqwest::Client,
+}
+
+impl WorkersStack {
+    /// Starts the three, Envoy as `node_id`; each request times out after `timeout`.
+    pub async fn start(node_id: &str, timeout: std::time::Duration) -> anyhow::Result<Self> {
+        let cp = meshwarden_e2e::ControlPlane::start().await?;
+        let upstream = meshwarden_e2e::EchoUpstream::start().await?;
+        let opts = meshwarden_e2e::EnvoyOptions {
+            node_id: node_id.into(),
+            concurrency: 2,
+            ..Default::default()
+        };
+        let envoy = meshwarden_e2e::Envoy::start(&cp, upstream.addr.port(), opts).await?;
+        let fresh = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(timeout)
+            .build()?;
+        Ok(Self {
+            upstream,
+            cp,
+            envoy,
+            node_id: node_id.into(),
+            fresh,
+        })
+    }
+
+    /// Applies `yaml` and waits until Envoy took the new configuration.
+    pub async fn apply(&self, yaml: &str) -> anyhow::Result<()> {
+        let cli = self.cp.cli();
+        let before = accepted_version(&cli, &self.node_id, FILTER);
+        let out = cli.apply_yaml(yaml);
+        anyhow::ensure!(out.success, "apply failed: {}", out.stderr);
+        wait_accepted_change(&cli, &self.node_id, FILTER, &before).await?;
+        // The ACK precedes the workers' switch to the new configuration by a moment.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        Ok(())
+    }
+
+    /// GET `path` with `headers` on a new connection.
+    pub async fn send(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut req = self.fresh.get(self.envoy.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Ok(req.send().await?)
+    }
+}
