@@ -3,6 +3,7 @@
 //! plane) and to `wasm32-wasip1` (filters), so a policy the API accepts is one the filter
 //! accepts.
 
+pub mod batch;
 pub mod circuitbreaker;
 pub mod document;
 pub mod duration;
