@@ -4,6 +4,7 @@
 //! accepts.
 
 pub mod batch;
+pub mod capture;
 pub mod circuitbreaker;
 pub mod document;
 pub mod duration;

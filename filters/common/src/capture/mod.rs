@@ -1,0 +1,59 @@
+//! Live request capture: the `CapturePolicy` spec and what a proxy does with it — sample
+//! matching requests, summarise them (never a body; credentials redacted), cap the
+//! summaries per second and proxy, and batch them to the control plane's
+//! `CaptureService.Report` from the root context.
+//!
+//! - [`spec`]: fields, defaults, validation.
+//! - [`redact`]: the allow-listed headers of a summary, credentials as `[redacted]`.
+//! - [`cap`]: `maxPerSecond`, one allowance per proxy in shared data.
+//! - [`record`]: a summary and the protobuf `ReportRequest` carrying a batch.
+//!
+//! Batching is [`crate::batch::Batcher`], as for exported spans.
+
+pub mod cap;
+pub mod record;
+pub mod redact;
+pub mod spec;
+
+pub use cap::RateCap;
+pub use record::{encode_report, CaptureRecord, REPORT_METHOD, SERVICE};
+pub use redact::{select_headers, CapturedHeader, REDACTED};
+pub use spec::{CaptureSpec, ReportSpec, ALWAYS_REDACTED, DEFAULT_CLUSTER};
+
+use crate::batch::Batcher;
+
+/// Summaries waiting to be reported by one worker.
+pub type RecordBatcher = Batcher<CaptureRecord>;
+
+impl CaptureSpec {
+    /// Whether a request with uniformly distributed `draw` is summarised.
+    pub fn samples(&self, draw: u64) -> bool {
+        self.sampling_percentage.selects(draw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::SpanStatus;
+
+    #[test]
+    fn sampling_extremes_take_all_or_nothing() {
+        let mut s = CaptureSpec::default();
+        assert!((0..1000u64).all(|d| s.samples(crate::random::mix64(d))));
+        s.sampling_percentage = crate::Percentage::NONE;
+        assert!(!(0..1000u64).any(|d| s.samples(crate::random::mix64(d))));
+    }
+
+    #[test]
+    fn summaries_batch_with_the_report_limits() {
+        let mut s = CaptureSpec::default();
+        s.report.max_batch = 2;
+        s.report.max_queue = 2;
+        let mut b = RecordBatcher::with_limits(s.report.limits(), 0);
+        let r = record::tests::record(SpanStatus::Http(200));
+        assert!(b.push(r.clone()) && b.push(r.clone()));
+        assert!(!b.push(r), "full: dropped, the caller counts it");
+        assert_eq!(b.take_due(1).map(|v| v.len()), Some(2));
+    }
+}
