@@ -54,7 +54,7 @@ where
 }
 
 /// `s` with control characters replaced by `?` (a summary is printed on terminals).
-fn printable(s: String) -> String {
+pub(crate) fn printable(s: String) -> String {
     if s.chars().any(char::is_control) {
         s.chars()
             .map(|c| if c.is_control() { '?' } else { c })
