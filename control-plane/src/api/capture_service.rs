@@ -38,6 +38,10 @@ impl CaptureService for CaptureApi {
     ) -> Result<Response<pb::CaptureReportResponse>, Status> {
         let req = request.into_inner();
         if req.node_id.is_empty() {
+            tracing::debug!(
+                records = req.records.len(),
+                "capture report without a node id refused"
+            );
             return Err(Status::invalid_argument("node_id must not be empty"));
         }
         let accepted = self.hub.report(&req.node_id, req.records, req.dropped);

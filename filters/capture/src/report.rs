@@ -6,7 +6,8 @@
 //!
 //! Metrics per policy: `meshwarden_capture_{captured,dropped,failed}_total`.
 
-use meshwarden_common::capture::{encode_report, CaptureRecord, RecordBatcher, ReportSpec};
+use meshwarden_common::capture::ReportSpec;
+use meshwarden_common::capture::{encode_report, grpc_service, CaptureRecord, RecordBatcher};
 use meshwarden_common::capture::{REPORT_METHOD, SERVICE};
 use meshwarden_common::mirror::rate::LogLimiter;
 use meshwarden_filter_runtime::host::{host, now_ms};
@@ -36,8 +37,9 @@ pub(crate) const COUNTERS: [(&str, MetricKind); 3] = [
 const MAX_IN_FLIGHT: usize = 4;
 /// A call unanswered this long after its timeout is given up as failed.
 const LOST_AFTER_MS: u64 = 5_000;
-/// Envoy attribute: the proxy's node id.
-const NODE_ID: [&str; 2] = ["node", "id"];
+/// Envoy attributes naming the proxy's node id: `xds.node` (Envoy's attribute), then the
+/// Wasm-only `node`.
+const NODE_ID: [&[&str]; 2] = [&["xds", "node", "id"], &["node", "id"]];
 
 /// A report sent and not answered yet.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +53,8 @@ struct Sent {
 pub struct Reporter {
     policy: String,
     spec: ReportSpec,
+    /// The cluster as the gRPC call names it ([`grpc_service`]).
+    service: String,
     batcher: RefCell<RecordBatcher>,
     in_flight: RefCell<HashMap<u32, Sent>>,
     /// Dropped since the last report (the control plane counts them too).
@@ -66,6 +70,7 @@ impl Reporter {
         Self {
             policy: policy.to_string(),
             spec: spec.clone(),
+            service: grpc_service(&spec.cluster),
             batcher: RefCell::new(RecordBatcher::with_limits(spec.limits(), now_ms())),
             in_flight: RefCell::default(),
             dropped: Cell::new(0),
@@ -126,14 +131,15 @@ impl Reporter {
     }
 
     fn send(&self, batch: &[CaptureRecord], now: u64) {
-        let node = host()
-            .property(&NODE_ID)
+        let node = NODE_ID
+            .iter()
+            .find_map(|path| host().property(path).filter(|v| !v.is_empty()))
             .map(|v| String::from_utf8_lossy(&v).into_owned())
             .unwrap_or_default();
         let message = encode_report(&node, batch, self.dropped.replace(0));
         let records = batch.len() as u64;
         match host().grpc_call(
-            &self.spec.cluster,
+            &self.service,
             SERVICE,
             REPORT_METHOD,
             &message,

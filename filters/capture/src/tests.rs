@@ -13,7 +13,7 @@ fn configured(spec: Value) -> (Pipeline, &'static FakeHost) {
     let host = FakeHost::install();
     host.properties
         .borrow_mut()
-        .insert("node.id".into(), b"node-1".to_vec());
+        .insert("xds.node.id".into(), b"node-1".to_vec());
     let p = Pipeline::single(Box::new(CaptureStage::default()));
     let config = json!({"policies": [{"name": "cap", "spec": spec, "match": {}}]});
     p.configure(config.to_string().as_bytes())
@@ -71,7 +71,8 @@ fn summaries_are_reported_from_the_tick_with_credentials_redacted() {
     let calls = host.grpc_calls.borrow().clone();
     assert_eq!(calls.len(), 1);
     let call = &calls[0];
-    assert_eq!(call.cluster, "meshwarden_xds");
+    let service = meshwarden_common::capture::grpc_service("meshwarden_xds");
+    assert_eq!(call.cluster, service, "the xDS cluster by default");
     assert_eq!(call.service, "meshwarden.v1alpha1.CaptureService");
     assert_eq!(call.method, "Report");
     let m = &call.message;

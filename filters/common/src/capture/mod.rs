@@ -16,7 +16,7 @@ pub mod redact;
 pub mod spec;
 
 pub use cap::RateCap;
-pub use record::{encode_report, CaptureRecord, REPORT_METHOD, SERVICE};
+pub use record::{encode_report, grpc_service, CaptureRecord, REPORT_METHOD, SERVICE};
 pub use redact::{select_headers, CapturedHeader, REDACTED};
 pub use spec::{CaptureSpec, ReportSpec, ALWAYS_REDACTED, DEFAULT_CLUSTER};
 

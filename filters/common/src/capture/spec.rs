@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CLUSTER: &str = "meshwarden_xds";
 /// Most headers in the allow-list (and in `redact`).
 pub const MAX_HEADERS: usize = 32;
+/// Longest `report.cluster`: the call names it inside a serialized `GrpcService` (see
+/// [`super::record::grpc_service`]) whose one-byte lengths keep it ASCII.
+pub const MAX_CLUSTER_LEN: usize = 120;
 /// Largest `maxPerSecond`.
 pub const MAX_PER_SECOND: u32 = 10_000;
 
@@ -178,7 +181,12 @@ impl Default for ReportSpec {
 impl ReportSpec {
     /// Checks every field; errors name the field relative to `report`.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        check_text("cluster", &self.cluster, |_| true)?;
+        check_text("cluster", &self.cluster, |c| c.len() <= MAX_CLUSTER_LEN).map_err(|e| {
+            ValidationError::new(
+                e.field,
+                format!("must be 1 to {MAX_CLUSTER_LEN} printable ASCII characters without spaces"),
+            )
+        })?;
         self.limits().validate()
     }
 
@@ -246,6 +254,8 @@ mod tests {
         assert!(err(json!({"maxPerSecond": 0})).starts_with("maxPerSecond:"));
         assert!(err(json!({"maxPerSecond": 10001})).starts_with("maxPerSecond:"));
         assert!(err(json!({"report": {"cluster": ""}})).starts_with("report.cluster:"));
+        let long = "c".repeat(MAX_CLUSTER_LEN + 1);
+        assert!(err(json!({"report": {"cluster": long}})).starts_with("report.cluster:"));
         assert!(err(json!({"report": {"maxBatch": 0}})).starts_with("report.maxBatch:"));
         assert!(err(json!({"report": {"maxQueue": 1}})).starts_with("report.maxQueue:"));
         assert!(
