@@ -7,7 +7,7 @@ SHELL := /bin/bash
 ENVOY_VERSION := 1.40.0
 VENV := .venv
 ENVOY := $(VENV)/bin/envoy
-FILTERS := trace fault mirror ratelimit circuitbreaker
+FILTERS := trace fault mirror ratelimit circuitbreaker capture
 # The combined module (meshwarden.wasm: every stage, what the control plane serves) and the
 # single-purpose ones (meshwarden_<filter>.wasm), built from the same stage crates.
 MODULES := meshwarden $(FILTERS)

@@ -255,8 +255,8 @@ HCM = "envoy.filters.network.http_connection_manager"
 ROUTER = "envoy.filters.http.router"
 
 # meshwarden
-MESHWARDEN_FILTERS = ["meshwarden.trace", "meshwarden.ratelimit", "meshwarden.circuitbreaker", "meshwarden.fault",
-                      "meshwarden.mirror"]
+MESHWARDEN_FILTERS = ["meshwarden.trace", "meshwarden.capture", "meshwarden.ratelimit", "meshwarden.circuitbreaker",
+                      "meshwarden.fault", "meshwarden.mirror"]
 MESHWARDEN_CONTEXTS = ["SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY"]
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 # envoy.config.core.v3 / envoy.config.listener.v3 field names (data-plane-api).
@@ -817,7 +817,7 @@ def check_wire_match(rep: Reporter, path: str, match: Any) -> None:
 
 def check_wasmplugin_order(plugins: list[tuple[Reporter, dict]]) -> None:
     """WasmPlugins of meshwarden that select the same workloads in the same phase must run
-    trace -> ratelimit -> circuitbreaker -> fault -> mirror: a higher priority runs first."""
+    trace -> capture -> ratelimit -> circuitbreaker -> fault -> mirror: a higher priority runs first."""
     groups: dict[str, list[tuple[Reporter, dict]]] = {}
     for rep, doc in plugins:
         spec = doc.get("spec")

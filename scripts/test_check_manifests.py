@@ -167,18 +167,19 @@ class EnvoyFilterRules(Base):
     def test_wrong_filter_order(self):
         ef = envoyfilter()
         patches = ef["spec"]["configPatches"]
-        patches[5], patches[8] = patches[8], patches[5]  # SIDECAR_OUTBOUND: fault before trace
-        self.assertReported(check(ef), "spec.configPatches[5]",
+        patches[6], patches[10] = patches[10], patches[6]  # SIDECAR_OUTBOUND: fault before trace
+        self.assertReported(check(ef), "spec.configPatches[6]",
                             "context SIDECAR_OUTBOUND: filters in the order meshwarden.fault -> "
-                            "meshwarden.ratelimit -> meshwarden.circuitbreaker -> meshwarden.trace")
+                            "meshwarden.capture -> meshwarden.ratelimit -> meshwarden.circuitbreaker -> "
+                            "meshwarden.trace")
 
     def test_missing_and_duplicate_filters(self):
         ef = envoyfilter()
         patches = ef["spec"]["configPatches"]
-        patches[14] = copy.deepcopy(patches[13])  # GATEWAY: fault twice, no mirror
+        patches[17] = copy.deepcopy(patches[16])  # GATEWAY: fault twice, no mirror
         problems = check(ef)
-        self.assertReported(problems, "spec.configPatches[10]", "context GATEWAY: missing meshwarden.mirror")
-        self.assertReported(problems, "spec.configPatches[10]", "meshwarden.fault inserted more than once")
+        self.assertReported(problems, "spec.configPatches[12]", "context GATEWAY: missing meshwarden.mirror")
+        self.assertReported(problems, "spec.configPatches[12]", "meshwarden.fault inserted more than once")
 
     def test_missing_context(self):
         ef = envoyfilter()
@@ -215,8 +216,8 @@ class EnvoyFilterRules(Base):
 
     def test_one_definition_per_filter_name(self):
         ef = envoyfilter()
-        api_source(ef, 10)["grpc_services"][0]["google_grpc"]["target_uri"] = "meshwarden.other.svc:18000"
-        self.assertReported(check(ef), "configPatches[10].patch.value.config_discovery",
+        api_source(ef, 12)["grpc_services"][0]["google_grpc"]["target_uri"] = "meshwarden.other.svc:18000"
+        self.assertReported(check(ef), "configPatches[12].patch.value.config_discovery",
                             "differs from the config_discovery of meshwarden.trace")
 
     def test_target_uri_must_be_host_port_of_the_grpc_port(self):
@@ -288,7 +289,7 @@ class WasmPluginRules(Base):
     def test_priority_order(self):
         docs, wp = self.plugin("meshwarden.mirror")
         wp["spec"]["priority"] = 35  # mirror would run before ratelimit
-        self.assertReported(check(*docs), "spec.priority", "the order must be meshwarden.trace -> meshwarden.ratelimit")
+        self.assertReported(check(*docs), "spec.priority", "the order must be meshwarden.trace -> meshwarden.capture -> meshwarden.ratelimit")
         del wp["spec"]["priority"]
         self.assertReported(check(*docs), "spec.priority", "set it explicitly")
 

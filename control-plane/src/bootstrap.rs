@@ -61,7 +61,7 @@ impl Layout {
 }
 
 /// Filter-chain order of separate filters ([`Kind::CHAIN`]).
-pub const FILTER_ORDER: [Kind; 5] = Kind::CHAIN;
+pub const FILTER_ORDER: [Kind; 6] = Kind::CHAIN;
 
 /// Renders the bootstrap YAML.
 pub fn render(p: &BootstrapParams) -> String {
@@ -303,6 +303,7 @@ mod tests {
             Layout::Separate.filter_names(),
             [
                 "meshwarden.trace",
+                "meshwarden.capture",
                 "meshwarden.ratelimit",
                 "meshwarden.circuitbreaker",
                 "meshwarden.fault",

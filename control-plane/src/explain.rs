@@ -12,6 +12,7 @@
 use crate::policy_set::{PolicySet, StoredPolicy};
 use crate::xds::cache::selection;
 use crate::xds::extension_configs::wire_config;
+use meshwarden_common::capture::CaptureSpec;
 use meshwarden_common::circuitbreaker::{CircuitBreakerSpec, SlidingWindow};
 use meshwarden_common::fault::{AbortStatus, FaultPlan, FaultSpec, Random};
 use meshwarden_common::mirror::{MirrorSpec, SkipReason};
@@ -188,6 +189,17 @@ pub enum Effect {
         /// The breaker's state lives in the proxy.
         state: &'static str,
     },
+    #[serde(rename_all = "camelCase")]
+    Capture {
+        /// Whether the request is summarised; `None` when it is drawn at random.
+        sampled: Option<bool>,
+        sampling_percentage: f64,
+        max_per_second: u32,
+        /// Headers that go with the summary; those redacted are marked `(redacted)`.
+        headers: Vec<String>,
+        /// Where summaries are reported (`cluster meshwarden_xds`).
+        report: String,
+    },
 }
 
 /// One fault of a policy.
@@ -264,6 +276,7 @@ pub fn explain(
             .unwrap_or_default();
         let mut filter = match kind {
             Kind::TracePolicy => evaluate::<TraceSpec>(kind, &on_proxy, &headers, trace)?,
+            Kind::CapturePolicy => evaluate::<CaptureSpec>(kind, &on_proxy, &headers, capture)?,
             Kind::RateLimitPolicy => {
                 evaluate::<RateLimitSpec>(kind, &on_proxy, &headers, ratelimit)?
             }
@@ -443,6 +456,26 @@ fn trace(p: &CompiledPolicy<TraceSpec>, headers: &RequestHeaders) -> Result<Effe
             .as_ref()
             .filter(|_| random || plan.sampled)
             .map(|e| format!("{} to cluster {}", e.format.as_str(), e.cluster)),
+    })
+}
+
+fn capture(p: &CompiledPolicy<CaptureSpec>, _: &RequestHeaders) -> Result<Effect, String> {
+    let pct = p.spec.sampling_percentage.value();
+    let headers = p
+        .spec
+        .headers
+        .iter()
+        .map(|h| match p.spec.is_redacted(h.as_str()) {
+            true => format!("{h} (redacted)"),
+            false => h.to_string(),
+        })
+        .collect();
+    Ok(Effect::Capture {
+        sampled: (pct == 0.0 || pct == 100.0).then_some(pct == 100.0),
+        sampling_percentage: pct,
+        max_per_second: p.spec.max_per_second,
+        headers,
+        report: format!("cluster {}", p.spec.report.cluster),
     })
 }
 

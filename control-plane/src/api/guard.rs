@@ -29,6 +29,10 @@ use tonic::Status;
 /// The gRPC package this layer guards.
 const GUARDED: [&str; 1] = ["/meshwarden.v1alpha1."];
 
+/// Proxies' capture reports pass like xDS does (proxies hold no API token); the service
+/// bounds what one report can add.
+const CAPTURE_REPORT: &str = "/meshwarden.v1alpha1.CaptureService/Report";
+
 /// What a method needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {
@@ -59,7 +63,7 @@ enum Op {
 
 /// The access `path` (`/package.Service/Method`) needs; `None` if it is not guarded.
 fn access(path: &str) -> Option<Access> {
-    if !GUARDED.iter().any(|p| path.starts_with(p)) {
+    if !GUARDED.iter().any(|p| path.starts_with(p)) || path == CAPTURE_REPORT {
         return None;
     }
     let (service, method) = path.trim_start_matches('/').rsplit_once('/')?;
@@ -72,7 +76,8 @@ fn access(path: &str) -> Option<Access> {
         ("PolicyService", "Resume") => Access::Operate(Op::Resume),
         ("PolicyService", "Get" | "List" | "Watch" | "Diff" | "ListHalts" | "History")
         | ("ProxyStatusService", _)
-        | ("AuditService", _) => Access::Read,
+        | ("AuditService", _)
+        | ("CaptureService", "Watch") => Access::Read,
         _ => Access::Admin,
     })
 }
@@ -691,6 +696,8 @@ mod tests {
         assert_eq!(p("PolicyService/Halt"), Some(Access::Operate(Op::Halt)));
         assert_eq!(p("PolicyService/Resume"), Some(Access::Operate(Op::Resume)));
         assert_eq!(p("PolicyService/SomethingNew"), Some(Access::Admin));
+        assert_eq!(p("CaptureService/Watch"), Some(Access::Read));
+        assert_eq!(p("CaptureService/Report"), None, "proxies report like xDS");
         assert_eq!(
             access(
                 "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"

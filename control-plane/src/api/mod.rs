@@ -4,6 +4,7 @@
 
 mod audit_service;
 pub mod auth;
+mod capture_service;
 mod codec;
 mod convert;
 mod diff;
@@ -15,6 +16,7 @@ pub(crate) mod status;
 pub mod targets;
 
 pub use audit_service::AuditApi;
+pub use capture_service::CaptureApi;
 pub use guard::ApiGuardLayer;
 pub use policy::PolicyApi;
 pub use status::ProxyStatusApi;

@@ -1,6 +1,7 @@
 //! gRPC clients for the CLI commands.
 
 use crate::api::pb::audit_service_client::AuditServiceClient;
+use crate::api::pb::capture_service_client::CaptureServiceClient;
 use crate::api::pb::policy_service_client::PolicyServiceClient;
 use crate::api::pb::proxy_status_service_client::ProxyStatusServiceClient;
 use anyhow::Context;
@@ -149,6 +150,14 @@ pub async fn audit(server: &str) -> anyhow::Result<AuditServiceClient<AuthChanne
         AuditServiceClient::with_interceptor(channel(server).await?, bearer()?)
             .max_decoding_message_size(usize::MAX),
     )
+}
+
+/// A CaptureService client.
+pub async fn capture(server: &str) -> anyhow::Result<CaptureServiceClient<AuthChannel>> {
+    Ok(CaptureServiceClient::with_interceptor(
+        channel(server).await?,
+        bearer()?,
+    ))
 }
 
 /// A ProxyStatusService client.

@@ -266,6 +266,25 @@ fn effect_words(effect: &Effect) -> String {
             })
             .collect::<Vec<_>>()
             .join("; "),
+        Effect::Capture {
+            sampled,
+            sampling_percentage,
+            max_per_second,
+            headers,
+            report,
+        } => {
+            let sampling = match sampled {
+                Some(true) => "captured".to_string(),
+                Some(false) => "not captured (0%)".to_string(),
+                None => format!("captured at random ({sampling_percentage}%)"),
+            };
+            let mut parts = vec![sampling, format!("at most {max_per_second}/s per proxy")];
+            if !headers.is_empty() {
+                parts.push(format!("headers {}", headers.join(", ")));
+            }
+            parts.push(format!("reported to {report}"));
+            parts.join("; ")
+        }
         Effect::CircuitBreaker {
             breaker,
             opens_when,

@@ -4,6 +4,7 @@
 mod apply;
 mod audit;
 mod bootstrap;
+mod capture;
 mod client;
 mod diff;
 pub mod documents;
@@ -61,6 +62,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Print an Envoy bootstrap for a proxy managed by this control plane.
     Bootstrap(bootstrap::BootstrapArgs),
+    /// Stream the requests proxies capture under CapturePolicies, as they happen (the
+    /// summaries the control plane still holds first), like `kubectl logs -f`.
+    Capture(capture::CaptureArgs),
     /// Show the audit trail: every apply, delete, halt and resume, accepted or refused, with who and when.
     Audit(audit::AuditArgs),
     /// Show what an apply would change (per policy, and which connected proxies would get
@@ -229,6 +233,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(&cli.server, args).await,
         Command::Bootstrap(args) => bootstrap::run(args),
         Command::Audit(args) => audit::run(&cli.server, args).await,
+        Command::Capture(args) => capture::run(&cli.server, args).await,
         Command::Diff(args) => diff::run(&cli.server, args).await,
         Command::Halt(args) => halt::halt(&cli.server, args).await,
         Command::Resume(args) => halt::resume(&cli.server, args).await,

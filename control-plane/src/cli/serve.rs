@@ -5,7 +5,7 @@
 //! API and the xDS services (ADS, and the standalone ECDS and CDS for proxies whose ADS
 //! belongs to another control plane, such as istiod). SIGTERM or SIGINT stop accepting, end open streams and exit.
 
-use crate::api::{ApiGuardLayer, AuditApi, PolicyApi, ProxyStatusApi, TargetGuard};
+use crate::api::{ApiGuardLayer, AuditApi, CaptureApi, PolicyApi, ProxyStatusApi, TargetGuard};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::registry::PolicyRegistry;
@@ -198,6 +198,9 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
         xds.stats(),
         xds.proxies(),
     )));
+    // Live request capture: in memory only (the last summaries, for late watchers).
+    let capture = crate::capture::CaptureHub::default();
+    metrics.register(Box::new(capture.clone()));
     let _ = state.metrics.set(metrics);
     let _ = state.snapshots.set(xds.snapshots());
     let _ = state.module_cache.set(args.data_dir.join(MODULE_CACHE_DIR));
@@ -255,6 +258,7 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
         )
         .add_service(status_api.into_server())
         .add_service(AuditApi::new(audit).into_server())
+        .add_service(CaptureApi::new(capture).into_server())
         .add_service(reflection()?)
         .add_service(xds.ads_service())
         .add_service(xds.ecds_service())

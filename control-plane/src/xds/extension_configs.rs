@@ -541,7 +541,14 @@ mod tests {
         let sections: Vec<&String> = json.as_object().unwrap().keys().collect();
         assert_eq!(
             sections,
-            ["circuitbreaker", "fault", "mirror", "ratelimit", "trace"]
+            [
+                "capture",
+                "circuitbreaker",
+                "fault",
+                "mirror",
+                "ratelimit",
+                "trace"
+            ]
         );
         assert_eq!(json["trace"]["policies"][0]["name"], "t1");
         assert_eq!(json["fault"]["policies"], json!([]));

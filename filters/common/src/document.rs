@@ -5,7 +5,7 @@ use crate::matcher::RequestMatch;
 use crate::names::PolicyName;
 use crate::selector::Selector;
 use crate::spec::{from_value, KindSpec};
-use crate::{circuitbreaker, fault, mirror, ratelimit, trace};
+use crate::{capture, circuitbreaker, fault, mirror, ratelimit, trace};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -22,26 +22,30 @@ pub enum Kind {
     MirrorPolicy,
     RateLimitPolicy,
     CircuitBreakerPolicy,
+    CapturePolicy,
 }
 
 impl Kind {
     /// Every kind, in declaration order (listings, storage).
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::TracePolicy,
         Kind::FaultPolicy,
         Kind::MirrorPolicy,
         Kind::RateLimitPolicy,
         Kind::CircuitBreakerPolicy,
+        Kind::CapturePolicy,
     ];
 
     /// Every kind, in the order a request meets them — the single source of the filter
     /// chain's order, for the combined module and the separate filters alike: trace first
-    /// (every request gets an id, local answers too), then rate limiting (shed load before
+    /// (every request gets an id, local answers too), capture (it sees that id and every
+    /// request, local answers of later stages too), then rate limiting (shed load before
     /// doing anything else), the circuit breaker (a request refused by the rate limit is
     /// not an upstream call; an injected fault after it counts as one), faults, and the
     /// mirror last (only requests that really go upstream are copied).
-    pub const CHAIN: [Kind; 5] = [
+    pub const CHAIN: [Kind; 6] = [
         Kind::TracePolicy,
+        Kind::CapturePolicy,
         Kind::RateLimitPolicy,
         Kind::CircuitBreakerPolicy,
         Kind::FaultPolicy,
@@ -56,6 +60,7 @@ impl Kind {
             Kind::MirrorPolicy => "MirrorPolicy",
             Kind::RateLimitPolicy => "RateLimitPolicy",
             Kind::CircuitBreakerPolicy => "CircuitBreakerPolicy",
+            Kind::CapturePolicy => "CapturePolicy",
         }
     }
 
@@ -68,6 +73,7 @@ impl Kind {
             Kind::MirrorPolicy => "mirror",
             Kind::RateLimitPolicy => "ratelimit",
             Kind::CircuitBreakerPolicy => "circuitbreaker",
+            Kind::CapturePolicy => "capture",
         }
     }
 
@@ -109,6 +115,7 @@ pub enum KindBody {
     Mirror(mirror::MirrorSpec),
     RateLimit(ratelimit::RateLimitSpec),
     CircuitBreaker(circuitbreaker::CircuitBreakerSpec),
+    Capture(capture::CaptureSpec),
 }
 
 /// A validated policy document. Only constructible through [`PolicyDocument::from_value`],
@@ -173,6 +180,7 @@ impl PolicyDocument {
             Kind::MirrorPolicy => KindBody::Mirror(parse_body(&rest)?),
             Kind::RateLimitPolicy => KindBody::RateLimit(parse_body(&rest)?),
             Kind::CircuitBreakerPolicy => KindBody::CircuitBreaker(parse_body(&rest)?),
+            Kind::CapturePolicy => KindBody::Capture(parse_body(&rest)?),
         };
         Ok(Self {
             metadata,
@@ -190,6 +198,7 @@ impl PolicyDocument {
             KindBody::Mirror(_) => Kind::MirrorPolicy,
             KindBody::RateLimit(_) => Kind::RateLimitPolicy,
             KindBody::CircuitBreaker(_) => Kind::CircuitBreakerPolicy,
+            KindBody::Capture(_) => Kind::CapturePolicy,
         }
     }
 
@@ -206,6 +215,7 @@ impl PolicyDocument {
             KindBody::Mirror(s) => serde_json::to_value(s),
             KindBody::RateLimit(s) => serde_json::to_value(s),
             KindBody::CircuitBreaker(s) => serde_json::to_value(s),
+            KindBody::Capture(s) => serde_json::to_value(s),
         };
         let mut v = v.expect("policy specs always serialize");
         normalize_negative_zero(&mut v);
@@ -352,6 +362,7 @@ mod tests {
             Kind::parse("circuitbreaker"),
             Some(Kind::CircuitBreakerPolicy)
         );
+        assert_eq!(Kind::parse("capture"), Some(Kind::CapturePolicy));
         assert_eq!(
             Kind::parse("CircuitBreakerPolicies"),
             Some(Kind::CircuitBreakerPolicy)

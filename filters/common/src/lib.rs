@@ -3,6 +3,8 @@
 //! plane) and to `wasm32-wasip1` (filters), so a policy the API accepts is one the filter
 //! accepts.
 
+pub mod batch;
+pub mod capture;
 pub mod circuitbreaker;
 pub mod document;
 pub mod duration;

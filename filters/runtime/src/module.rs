@@ -44,6 +44,12 @@ impl Context for Root {
             p.on_call_response(token, headers, body);
         }
     }
+
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, _size: usize) {
+        if let Some(p) = &self.pipeline {
+            p.on_grpc_call_response(token, status);
+        }
+    }
 }
 
 impl RootContext for Root {

@@ -50,6 +50,11 @@ pub trait Stage {
     fn on_call_response(&self, _token: u32, _headers: usize, _body: usize) -> bool {
         false
     }
+    /// The answer to a gRPC call this stage made from the root context (`status` is the
+    /// gRPC status, 0 for OK); `false` if the token is not its own.
+    fn on_grpc_call_response(&self, _token: u32, _status: u32) -> bool {
+        false
+    }
 }
 
 /// The per-request part of a stage. Callbacks default to doing nothing.
@@ -280,6 +285,15 @@ impl Pipeline {
     pub fn on_call_response(&self, token: u32, headers: usize, body: usize) {
         for stage in &self.stages {
             if stage.on_call_response(token, headers, body) {
+                return;
+            }
+        }
+    }
+
+    /// Hands the answer to a root context's gRPC call to the stage that made it.
+    pub fn on_grpc_call_response(&self, token: u32, status: u32) {
+        for stage in &self.stages {
+            if stage.on_grpc_call_response(token, status) {
                 return;
             }
         }

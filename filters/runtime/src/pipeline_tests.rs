@@ -36,6 +36,16 @@ impl Stage for Probe {
         0
     }
 
+    fn on_grpc_call_response(&self, token: u32, status: u32) -> bool {
+        let mine = token == u32::from(self.name.as_bytes()[0]);
+        if mine {
+            self.log
+                .borrow_mut()
+                .push(format!("{} grpc {token} {status}", self.name));
+        }
+        mine
+    }
+
     fn stream(&self, _: u32) -> Option<Box<dyn StreamStage>> {
         Some(Box::new(ProbeStream {
             name: self.name,
@@ -79,6 +89,18 @@ fn pipeline(pause: &str) -> (Pipeline, Log) {
         })
         .collect();
     (Pipeline::combined(stages), log)
+}
+
+#[test]
+fn root_grpc_answers_reach_the_stage_that_called() {
+    let (p, log) = pipeline("");
+    p.on_grpc_call_response(u32::from(b'b'), 14);
+    p.on_grpc_call_response(7, 0);
+    assert_eq!(
+        *log.borrow(),
+        ["b grpc 98 14"],
+        "one stage, the caller; unknown tokens ignored"
+    );
 }
 
 #[test]

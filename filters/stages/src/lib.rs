@@ -2,6 +2,7 @@
 //! pipeline a plugin runs for its root id. Natively, the combined pipeline runs on the
 //! runtime's fake host in the tests below.
 
+use meshwarden_capture::CaptureStage;
 use meshwarden_circuitbreaker::CircuitBreakerStage;
 use meshwarden_common::Kind;
 use meshwarden_fault::FaultStage;
@@ -14,6 +15,7 @@ use meshwarden_trace::TraceStage;
 pub fn stage(kind: Kind) -> Box<dyn Stage> {
     match kind {
         Kind::TracePolicy => Box::<TraceStage>::default(),
+        Kind::CapturePolicy => Box::<CaptureStage>::default(),
         Kind::RateLimitPolicy => Box::<RateLimitStage>::default(),
         Kind::CircuitBreakerPolicy => Box::<CircuitBreakerStage>::default(),
         Kind::FaultPolicy => Box::<FaultStage>::default(),
@@ -26,7 +28,7 @@ pub fn combined() -> Pipeline {
     Pipeline::combined(Kind::CHAIN.into_iter().map(stage).collect())
 }
 
-/// The pipeline for a plugin's root id: one stage for `trace`, `ratelimit`,
+/// The pipeline for a plugin's root id: one stage for `trace`, `capture`, `ratelimit`,
 /// `circuitbreaker`, `fault` or `mirror` (optionally prefixed `meshwarden.`), every stage otherwise.
 pub fn pipeline_for_root_id(root_id: &str) -> Pipeline {
     let short = root_id.strip_prefix("meshwarden.").unwrap_or(root_id);

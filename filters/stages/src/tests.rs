@@ -62,7 +62,14 @@ fn stage_order_is_the_filter_chain_order() {
     let names: Vec<&str> = combined().stages().iter().map(|s| s.name()).collect();
     assert_eq!(
         names,
-        ["trace", "ratelimit", "circuitbreaker", "fault", "mirror"]
+        [
+            "trace",
+            "capture",
+            "ratelimit",
+            "circuitbreaker",
+            "fault",
+            "mirror"
+        ]
     );
     for (kind, name) in Kind::CHAIN.iter().zip(names) {
         assert_eq!(
@@ -73,7 +80,10 @@ fn stage_order_is_the_filter_chain_order() {
         );
         assert_eq!(pipeline_for_root_id(name).stages()[0].name(), kind.filter());
     }
-    assert_eq!(pipeline_for_root_id("meshwarden").stages().len(), 5);
+    assert_eq!(
+        pipeline_for_root_id("meshwarden").stages().len(),
+        Kind::CHAIN.len()
+    );
 }
 
 #[test]

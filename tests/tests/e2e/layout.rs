@@ -32,6 +32,7 @@ fn every_kind(mirror_port: u16) -> String {
             "cb",
             "match: {path: {prefix: /breaker}}\nslidingWindow: {count: 1}\nwaitDurationInOpenState: 1m",
         ),
+        policy("CapturePolicy", "cap", "match: {path: {prefix: /captured}}"),
     ]
     .join("---\n")
 }
@@ -64,6 +65,19 @@ async fn enforces_every_kind(envoy: &Envoy, up: &EchoUpstream, tag: &str) -> any
     wait_until(Duration::from_secs(5), "the breaker's fallback", || async {
         let r = envoy.get(&breaker, &[]).await.ok()?;
         (r.status() == 503 && r.text().await.ok()? == "circuit breaker open").then_some(())
+    })
+    .await?;
+    // The summary reaches the control plane (counted when it accepted the report).
+    assert_eq!(
+        envoy.get(&format!("/captured/{tag}"), &[]).await?.status(),
+        200
+    );
+    wait_until(Duration::from_secs(5), "the captured summary", || async {
+        let n = envoy
+            .policy_stat("meshwarden_capture_captured_total", "cap")
+            .await
+            .ok()?;
+        (n >= 1).then_some(())
     })
     .await?;
     let path = format!("/copied/{tag}");
@@ -100,7 +114,7 @@ async fn combined_and_separate_filters_enforce_the_same_policies_in_one_vm() -> 
     // Status: one row for the combined filter, one per kind for separate ones.
     let status = cp.cli().status_json();
     let row = filter_status(&status, "combined", FILTER).expect("combined row");
-    assert_eq!(row["acceptedPolicies"].as_array().map(Vec::len), Some(5));
+    assert_eq!(row["acceptedPolicies"].as_array().map(Vec::len), Some(6));
     for name in Layout::Separate.filter_names() {
         let row = filter_status(&status, "separate", &name).expect("separate row");
         assert_eq!(

@@ -1,6 +1,7 @@
 //! End-to-end tests: the control plane and the filters inside a real Envoy.
 //! Each test starts its own processes on free loopback ports, so tests run in parallel.
 
+mod capture;
 mod circuit_breaker;
 mod dashboards;
 mod diff;

@@ -1,19 +1,13 @@
 //! `TracePolicy.spec.export`: where and how the trace filter sends the spans of the proxy
 //! hop (one per sampled request in `newSpan` mode), batched from the root context.
 
+use crate::batch::BatchLimits;
 use crate::duration::DurationSpec;
 use crate::error::ValidationError;
 use serde::{Deserialize, Serialize};
 
 /// Longest cluster name, path or authority accepted.
 const MAX_NAME_LEN: usize = 255;
-/// Most spans in one call-out.
-pub const MAX_BATCH: u32 = 512;
-/// Most spans waiting per policy and worker.
-pub const MAX_QUEUE: u32 = 8192;
-/// Bounds of `flushInterval` and `timeout`.
-const MIN_INTERVAL: DurationSpec = DurationSpec::from_millis(10);
-const MAX_INTERVAL: DurationSpec = DurationSpec::from_millis(60_000);
 
 /// The wire format of exported spans.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,38 +136,26 @@ impl ExportSpec {
         if let Some(authority) = &self.authority {
             check_text("authority", authority, |_| true)?;
         }
-        if !(1..=MAX_BATCH).contains(&self.max_batch) {
-            return Err(ValidationError::new(
-                "maxBatch",
-                format!("must be from 1 to {MAX_BATCH}, got {}", self.max_batch),
-            ));
+        self.limits().validate()
+    }
+
+    /// The batching fields.
+    pub fn limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_batch: self.max_batch,
+            max_queue: self.max_queue,
+            flush_interval: self.flush_interval,
+            timeout: self.timeout,
         }
-        if !(self.max_batch..=MAX_QUEUE).contains(&self.max_queue) {
-            return Err(ValidationError::new(
-                "maxQueue",
-                format!(
-                    "must be from maxBatch ({}) to {MAX_QUEUE}, got {}",
-                    self.max_batch, self.max_queue
-                ),
-            ));
-        }
-        for (field, d) in [
-            ("flushInterval", self.flush_interval),
-            ("timeout", self.timeout),
-        ] {
-            if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&d) {
-                return Err(ValidationError::new(
-                    field,
-                    format!("must be from {MIN_INTERVAL} to {MAX_INTERVAL}, got {d}"),
-                ));
-            }
-        }
-        Ok(())
     }
 }
 
 /// A non-empty, bounded value of printable ASCII without spaces that `ok` accepts.
-fn check_text(field: &str, v: &str, ok: impl Fn(&str) -> bool) -> Result<(), ValidationError> {
+pub(crate) fn check_text(
+    field: &str,
+    v: &str,
+    ok: impl Fn(&str) -> bool,
+) -> Result<(), ValidationError> {
     let printable = v.bytes().all(|b| b.is_ascii_graphic());
     if v.is_empty() || v.len() > MAX_NAME_LEN || !printable || !ok(v) {
         return Err(ValidationError::new(
