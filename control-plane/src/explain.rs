@@ -479,13 +479,13 @@ fn capture(p: &CompiledPolicy<CaptureSpec>, _: &RequestHeaders) -> Result<Effect
     })
 }
 
-fn circuit_breaker(
-    p: &CompiledPolicy<CircuitBreakerSpec>,
+/// Each descriptor's name and the value the request gives it (as the filter reads it,
+/// without a peer address), shown as text.
+fn descriptor_values(
+    descriptors: &[meshwarden_common::ratelimit::Descriptor],
     headers: &RequestHeaders,
-) -> Result<Effect, String> {
-    let spec = &p.spec;
-    let breaker = spec
-        .descriptors
+) -> Vec<(String, String)> {
+    descriptors
         .iter()
         .map(|d| {
             let v = d.value(headers, None);
@@ -494,7 +494,15 @@ fn circuit_breaker(
                 String::from_utf8_lossy(v).into_owned(),
             )
         })
-        .collect();
+        .collect()
+}
+
+fn circuit_breaker(
+    p: &CompiledPolicy<CircuitBreakerSpec>,
+    headers: &RequestHeaders,
+) -> Result<Effect, String> {
+    let spec = &p.spec;
+    let breaker = descriptor_values(&spec.descriptors, headers);
     let window = match spec.window() {
         SlidingWindow::Count(n) => format!("the last {n} calls"),
         SlidingWindow::Duration(d) => format!("the calls of the last {d}"),
@@ -528,17 +536,7 @@ fn ratelimit(
     headers: &RequestHeaders,
 ) -> Result<Effect, String> {
     let spec = &p.spec;
-    let values: Vec<(String, String)> = spec
-        .descriptors
-        .iter()
-        .map(|d| {
-            let v = d.value(headers, None);
-            (
-                d.name().to_string(),
-                String::from_utf8_lossy(v).into_owned(),
-            )
-        })
-        .collect();
+    let values = descriptor_values(&spec.descriptors, headers);
     // The filter's rule: the first override whose entries all equal the descriptor values.
     let override_index = spec.overrides.iter().position(|o| {
         o.descriptor_match
