@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let policy = "../proto/meshwarden/v1alpha1/policy.proto";
     let audit = "../proto/meshwarden/v1alpha1/audit.proto";
     let capture = "../proto/meshwarden/v1alpha1/capture.proto";
+    let breakers = "../proto/meshwarden/v1alpha1/breakers.proto";
     println!("cargo:rerun-if-changed={root}");
     // The descriptors also feed gRPC server reflection (`grpcurl` against the API).
     let descriptors =
@@ -22,6 +23,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // Undecodable requests (e.g. non-UTF-8 strings) are INVALID_ARGUMENT, not INTERNAL.
         .codec_path("crate::api::codec::Codec")
-        .compile_protos(&[policy, audit, capture], &[root])?;
+        .compile_protos(&[policy, audit, capture, breakers], &[root])?;
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod api;
 pub mod audit;
 pub mod backend;
 pub mod bootstrap;
+pub mod breakers;
 pub mod capture;
 pub mod cli;
 pub mod explain;

@@ -6,9 +6,12 @@
 //! - [`publish_status`] writes this replica's connected proxies every [`PUBLISH_EVERY`]
 //!   to an ephemeral record (`status/<replica id>`) held by the replica's etcd lease: a
 //!   replica that dies stops renewing it and its rows disappear after the lease's TTL.
-//! - [`ReplicaStatus`] reads the other replicas' rows for the status API.
+//!   With them it publishes the breaker reports it received (`breakers/<replica id>`):
+//!   a proxy's reports reach whichever replica its cluster picks.
+//! - [`ReplicaStatus`] reads the other replicas' rows and reports for the status API.
 
 use crate::api::pb;
+use crate::breakers::BreakerBoard;
 use crate::registry::PolicyRegistry;
 use crate::xds::ProxyRegistry;
 use prost::Message;
@@ -27,6 +30,10 @@ const MAX_PUBLISHED: usize = 2_000;
 
 /// Ephemeral record prefix of replica status.
 const STATUS_PREFIX: &str = "status/";
+/// Ephemeral record prefix of the breaker reports replicas hold.
+const BREAKERS_PREFIX: &str = "breakers/";
+/// Breaker reports one replica publishes at most.
+const MAX_PUBLISHED_REPORTS: usize = 5_000;
 
 /// A replica id: `$HOSTNAME` (the pod name in Kubernetes) or the host name, with the
 /// process id so two replicas on one host differ.
@@ -72,6 +79,7 @@ pub async fn follow_store(registry: Arc<PolicyRegistry>, mut shutdown: watch::Re
 pub async fn publish_status(
     status: ReplicaStatus,
     proxies: ProxyRegistry,
+    breakers: BreakerBoard,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(PUBLISH_EVERY);
@@ -99,10 +107,17 @@ pub async fn publish_status(
             row.replica = status.replica_id.clone();
         }
         let value = pb::ListProxiesResponse { proxies: rows }.encode_to_vec();
+        let mut reports = breakers.held();
+        reports.truncate(MAX_PUBLISHED_REPORTS);
+        let reports = pb::HeldBreakerReports { reports }.encode_to_vec();
         let status = status.clone();
         let key = format!("{STATUS_PREFIX}{}", status.replica_id);
-        let written =
-            tokio::task::spawn_blocking(move || status.registry.put_ephemeral(&key, value)).await;
+        let reports_key = format!("{BREAKERS_PREFIX}{}", status.replica_id);
+        let written = tokio::task::spawn_blocking(move || {
+            status.registry.put_ephemeral(&key, value)?;
+            status.registry.put_ephemeral(&reports_key, reports)
+        })
+        .await;
         if let Ok(Err(e)) = written {
             tracing::warn!(error = %e, "cannot publish proxy status to the other replicas");
         }
@@ -132,15 +147,29 @@ impl ReplicaStatus {
 
     /// The proxies every other live replica published (blocking: reads the store).
     pub fn others(&self) -> Result<Vec<pb::ProxyStatus>, crate::store::StoreError> {
-        let own = format!("{STATUS_PREFIX}{}", self.replica_id);
+        self.published(STATUS_PREFIX, |l: pb::ListProxiesResponse| l.proxies)
+    }
+
+    /// The breaker reports every other live replica holds (blocking: reads the store).
+    pub fn other_breakers(&self) -> Result<Vec<pb::HeldBreakerReport>, crate::store::StoreError> {
+        self.published(BREAKERS_PREFIX, |l: pb::HeldBreakerReports| l.reports)
+    }
+
+    /// The records under `prefix` of every other replica, decoded and flattened.
+    fn published<M: Message + Default, T>(
+        &self,
+        prefix: &str,
+        items: impl Fn(M) -> Vec<T>,
+    ) -> Result<Vec<T>, crate::store::StoreError> {
+        let own = format!("{prefix}{}", self.replica_id);
         let mut out = Vec::new();
-        for (key, value) in self.registry.ephemeral_records(STATUS_PREFIX)? {
+        for (key, value) in self.registry.ephemeral_records(prefix)? {
             if key == own {
                 continue;
             }
-            match pb::ListProxiesResponse::decode(value.as_slice()) {
-                Ok(list) => out.extend(list.proxies),
-                Err(e) => tracing::warn!(key, error = %e, "unreadable replica status record"),
+            match M::decode(value.as_slice()) {
+                Ok(m) => out.extend(items(m)),
+                Err(e) => tracing::warn!(key, error = %e, "unreadable replica record"),
             }
         }
         Ok(out)

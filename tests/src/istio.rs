@@ -105,6 +105,35 @@ pub fn envoyfilter_http_filters(grpc_port: u16, delta: bool) -> anyhow::Result<V
     Ok(filters)
 }
 
+/// The clusters the shipped EnvoyFilter adds (`applyTo: CLUSTER`, `operation: ADD`), as
+/// istiod would send them over CDS, with the control plane's address put in for the
+/// Service's.
+pub fn envoyfilter_clusters(grpc_port: u16) -> anyhow::Result<Vec<Value>> {
+    let path = repo_root().join("deploy/istio/envoyfilter/envoyfilter.yaml");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let doc: Value = serde_yaml::from_str(&text)?;
+    let mut clusters = Vec::new();
+    for patch in doc["spec"]["configPatches"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["applyTo"] == "CLUSTER" && p["patch"]["operation"] == "ADD")
+    {
+        let mut cluster = patch["patch"]["value"].clone();
+        cluster["@type"] = json!("type.googleapis.com/envoy.config.cluster.v3.Cluster");
+        let endpoints = cluster["load_assignment"]["endpoints"].as_array_mut();
+        for endpoint in endpoints.into_iter().flatten() {
+            for lb in endpoint["lb_endpoints"].as_array_mut().into_iter().flatten() {
+                lb["endpoint"]["address"]["socket_address"] =
+                    json!({"address": "127.0.0.1", "port_value": grpc_port});
+            }
+        }
+        clusters.push(cluster);
+    }
+    Ok(clusters)
+}
+
 /// The `custom_bootstrap.json` of the shipped bootstrap-override ConfigMap
 /// (`deploy/istio/telemetry/`), as istio-agent passes it to Envoy with `--config-yaml`.
 pub fn bootstrap_override() -> anyhow::Result<String> {
@@ -170,11 +199,13 @@ impl Sidecar {
                 }
             }]}]
         });
-        let clusters = json!({"resources": [
+        let mut clusters = vec![
             static_cluster(&inbound_cluster, app_port),
             static_cluster(&format!("outbound|{SERVICE_PORT}||{SHADOW_SERVICE}"), shadow_port),
             static_cluster(MODULE_CLUSTER, cp.http_port),
-        ]});
+        ];
+        clusters.extend(envoyfilter_clusters(cp.grpc_port)?);
+        let clusters = json!({ "resources": clusters });
         let lds = dir.path().join("lds.json");
         let cds = dir.path().join("cds.json");
         std::fs::write(&lds, json!({"resources": [listener]}).to_string())?;

@@ -29,9 +29,12 @@ use tonic::Status;
 /// The gRPC package this layer guards.
 const GUARDED: [&str; 1] = ["/meshwarden.v1alpha1."];
 
-/// Proxies' capture reports pass like xDS does (proxies hold no API token); the service
-/// bounds what one report can add.
-const CAPTURE_REPORT: &str = "/meshwarden.v1alpha1.CaptureService/Report";
+/// Proxies' reports (capture summaries, open breakers) pass like xDS does (proxies hold no
+/// API token); each service bounds what one report can add.
+const PROXY_REPORTS: [&str; 2] = [
+    "/meshwarden.v1alpha1.CaptureService/Report",
+    "/meshwarden.v1alpha1.BreakerStatusService/Report",
+];
 
 /// What a method needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +66,7 @@ enum Op {
 
 /// The access `path` (`/package.Service/Method`) needs; `None` if it is not guarded.
 fn access(path: &str) -> Option<Access> {
-    if !GUARDED.iter().any(|p| path.starts_with(p)) || path == CAPTURE_REPORT {
+    if !GUARDED.iter().any(|p| path.starts_with(p)) || PROXY_REPORTS.contains(&path) {
         return None;
     }
     let (service, method) = path.trim_start_matches('/').rsplit_once('/')?;
@@ -698,6 +701,7 @@ mod tests {
         assert_eq!(p("PolicyService/SomethingNew"), Some(Access::Admin));
         assert_eq!(p("CaptureService/Watch"), Some(Access::Read));
         assert_eq!(p("CaptureService/Report"), None, "proxies report like xDS");
+        assert_eq!(p("BreakerStatusService/Report"), None);
         assert_eq!(
             access(
                 "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"

@@ -4,6 +4,7 @@
 
 mod audit_service;
 pub mod auth;
+mod breaker_service;
 mod capture_service;
 mod codec;
 mod convert;
@@ -16,6 +17,7 @@ pub(crate) mod status;
 pub mod targets;
 
 pub use audit_service::AuditApi;
+pub use breaker_service::BreakerStatusApi;
 pub use capture_service::CaptureApi;
 pub use guard::ApiGuardLayer;
 pub use policy::PolicyApi;

@@ -2,6 +2,7 @@
 
 use super::pb;
 use super::pb::proxy_status_service_server::ProxyStatusService;
+use crate::breakers::{attach, BreakerBoard};
 use crate::replicas::ReplicaStatus;
 use crate::xds::{ProxyRegistry, ProxyStatus, ResourceStatus};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,6 +14,7 @@ use tonic::{Request, Response, Status};
 pub struct ProxyStatusApi {
     proxies: ProxyRegistry,
     replicas: Option<ReplicaStatus>,
+    breakers: BreakerBoard,
 }
 
 impl ProxyStatusApi {
@@ -21,7 +23,14 @@ impl ProxyStatusApi {
         Self {
             proxies,
             replicas: None,
+            breakers: BreakerBoard::default(),
         }
+    }
+
+    /// Shows the open breakers proxies reported into `board`.
+    pub fn with_breakers(mut self, board: BreakerBoard) -> Self {
+        self.breakers = board;
+        self
     }
 
     /// Also reports the proxies of every other replica sharing the store.
@@ -43,19 +52,26 @@ impl ProxyStatusService for ProxyStatusApi {
         _request: Request<pb::ListProxiesRequest>,
     ) -> Result<Response<pb::ListProxiesResponse>, Status> {
         let mut proxies: Vec<pb::ProxyStatus> = self.proxies.list().iter().map(proxy).collect();
+        let mut reports = self.breakers.held();
         if let Some(replicas) = self.replicas.clone() {
             for p in &mut proxies {
                 p.replica = replicas.replica_id().to_string();
             }
-            let others = tokio::task::spawn_blocking(move || replicas.others())
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
+            let others = tokio::task::spawn_blocking(move || {
+                replicas.others().and_then(|o| Ok((o, replicas.other_breakers()?)))
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
             match others {
-                Ok(others) => proxies.extend(others),
+                Ok((others, their_reports)) => {
+                    proxies.extend(others);
+                    reports.extend(their_reports);
+                }
                 // This replica's own proxies are still worth showing.
                 Err(e) => tracing::warn!(error = %e, "cannot read the other replicas' status"),
             }
         }
+        attach(&mut proxies, reports);
         Ok(Response::new(pb::ListProxiesResponse { proxies }))
     }
 }
@@ -77,6 +93,8 @@ pub fn proxy(p: &ProxyStatus) -> pb::ProxyStatus {
         filters: p.resources.iter().map(filter).collect(),
         disconnected_at_unix_ms: unix_ms(p.disconnected_at),
         replica: String::new(),
+        open_breakers: Vec::new(),
+        open_breaker_count: 0,
     }
 }
 

@@ -5,7 +5,9 @@
 //! API and the xDS services (ADS, and the standalone ECDS and CDS for proxies whose ADS
 //! belongs to another control plane, such as istiod). SIGTERM or SIGINT stop accepting, end open streams and exit.
 
-use crate::api::{ApiGuardLayer, AuditApi, CaptureApi, PolicyApi, ProxyStatusApi, TargetGuard};
+use crate::api::{
+    ApiGuardLayer, AuditApi, BreakerStatusApi, CaptureApi, PolicyApi, ProxyStatusApi, TargetGuard,
+};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::registry::PolicyRegistry;
@@ -201,6 +203,9 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
     // Live request capture: in memory only (the last summaries, for late watchers).
     let capture = crate::capture::CaptureHub::default();
     metrics.register(Box::new(capture.clone()));
+    // Open circuit breakers as proxies report them (for `status`): in memory only.
+    let breakers = crate::breakers::BreakerBoard::default();
+    metrics.register(Box::new(breakers.clone()));
     let _ = state.metrics.set(metrics);
     let _ = state.snapshots.set(xds.snapshots());
     let _ = state.module_cache.set(args.data_dir.join(MODULE_CACHE_DIR));
@@ -224,13 +229,14 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
     );
     state.readiness.set_grpc_listening();
 
-    let mut status_api = ProxyStatusApi::new(xds.proxies());
+    let mut status_api = ProxyStatusApi::new(xds.proxies()).with_breakers(breakers.clone());
     if let Some(id) = replica_id {
         tracing::info!(replica = %id, store = ?args.store, "serving as a replica of a shared store");
         let replicas = crate::replicas::ReplicaStatus::new(id, registry.clone());
         tokio::spawn(crate::replicas::publish_status(
             replicas.clone(),
             xds.proxies(),
+            breakers.clone(),
             shutdown.clone(),
         ));
         status_api = status_api.with_replicas(replicas);
@@ -259,6 +265,7 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
         .add_service(status_api.into_server())
         .add_service(AuditApi::new(audit).into_server())
         .add_service(CaptureApi::new(capture).into_server())
+        .add_service(BreakerStatusApi::new(breakers).into_server())
         .add_service(reflection()?)
         .add_service(xds.ads_service())
         .add_service(xds.ecds_service())

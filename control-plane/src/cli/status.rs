@@ -1,5 +1,5 @@
 //! `meshwarden status`: connected proxies and, per filter, the accepted version and the
-//! last NACK.
+//! last NACK; then each proxy's circuit breakers that are not closed.
 
 use super::{client, output, table, Output, StatusArgs};
 use crate::api::pb;
@@ -36,6 +36,20 @@ struct ProxyView {
     connected_at_unix_ms: i64,
     disconnected_at_unix_ms: i64,
     filters: Vec<FilterView>,
+    /// Breakers not closed, as the proxy last reported them.
+    open_breakers: Vec<BreakerView>,
+    /// How many, including any the proxy left out of its report.
+    open_breaker_count: u32,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BreakerView {
+    policy: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    descriptor: String,
+    state: String,
+    since_unix_ms: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -88,8 +102,55 @@ impl From<pb::ProxyStatus> for ProxyView {
                     accepted_policies: f.accepted_policies,
                 })
                 .collect(),
+            open_breakers: p
+                .open_breakers
+                .into_iter()
+                .map(|b| BreakerView {
+                    policy: b.policy,
+                    descriptor: b.descriptor,
+                    state: b.state,
+                    since_unix_ms: b.since_unix_ms,
+                })
+                .collect(),
+            open_breaker_count: p.open_breaker_count,
         }
     }
+}
+
+/// One line per breaker not closed: `BREAKER <node> <policy>[<descriptor>] open (12s)`.
+fn breaker_lines(view: &StatusView) -> String {
+    let mut out = String::new();
+    for p in &view.proxies {
+        for b in &p.open_breakers {
+            let descriptor = if b.descriptor.is_empty() {
+                String::new()
+            } else {
+                format!("[{}]", b.descriptor)
+            };
+            let since = i64::try_from(b.since_unix_ms).unwrap_or(0);
+            let age = if since > 0 {
+                format!(" ({})", table::age(since))
+            } else {
+                String::new()
+            };
+            // Node, policy and descriptor come from the proxy: shown escaped.
+            out.push_str(&format!(
+                "BREAKER {} {}{} {}{age}\n",
+                output::terminal_safe(&p.node_id),
+                output::terminal_safe(&b.policy),
+                output::terminal_safe(&descriptor),
+                output::terminal_safe(&b.state),
+            ));
+        }
+        let more = (p.open_breaker_count as usize).saturating_sub(p.open_breakers.len());
+        if more > 0 {
+            out.push_str(&format!(
+                "BREAKER {} ... and {more} more not closed\n",
+                output::terminal_safe(&p.node_id)
+            ));
+        }
+    }
+    out
 }
 
 /// Prints the status of every proxy the control plane knows.
@@ -213,6 +274,11 @@ fn render(view: &StatusView) -> String {
         out.push('\n');
         out.push_str(&nacks);
     }
+    let breakers = breaker_lines(view);
+    if !breakers.is_empty() {
+        out.push('\n');
+        out.push_str(&breakers);
+    }
     out
 }
 
@@ -248,8 +314,41 @@ mod tests {
                 filter("meshwarden.fault", "v3", "", ""),
             ],
             disconnected_at_unix_ms: 0,
-            replica: String::new(),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn open_breakers_are_listed_after_the_table() {
+        let mut p = proxy();
+        assert!(!render(&StatusView {
+            proxies: vec![p.clone().into()]
+        })
+        .contains("BREAKER"));
+        let breaker = |descriptor: &str, state: &str| pb::OpenBreaker {
+            policy: "checkout".into(),
+            descriptor: descriptor.into(),
+            state: state.into(),
+            since_unix_ms: 1,
+        };
+        p.open_breakers = vec![breaker("", "open"), breaker("tenant-\u{1b}a", "half_open")];
+        p.open_breaker_count = 5;
+        let view = StatusView {
+            proxies: vec![p.into()],
+        };
+        let out = render(&view);
+        let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("BREAKER")).collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].starts_with("BREAKER edge-1 checkout open ("), "{out}");
+        assert!(
+            lines[1].starts_with(r"BREAKER edge-1 checkout[tenant-\u{1b}a] half_open ("),
+            "{out}"
+        );
+        assert_eq!(lines[2], "BREAKER edge-1 ... and 3 more not closed");
+        let v = serde_json::to_value(&view).unwrap();
+        assert_eq!(v["proxies"][0]["openBreakers"][0]["policy"], "checkout");
+        assert_eq!(v["proxies"][0]["openBreakers"][1]["state"], "half_open");
+        assert_eq!(v["proxies"][0]["openBreakerCount"], 5);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! when the stream ends (the log phase), and counts.
 
 mod metrics;
+mod status;
 
+use meshwarden_common::circuitbreaker::report as status_report;
 use meshwarden_common::circuitbreaker::{
     parse_grpc_status, Admitted, BreakerSet, CircuitBreakerSpec, Guarded, Response, Transition,
 };
@@ -18,8 +20,10 @@ use meshwarden_filter_runtime::host::Map;
 use meshwarden_filter_runtime::shared::HostShared;
 use meshwarden_filter_runtime::{host, parse_config, Commit, Flow, LocalResponse};
 use meshwarden_filter_runtime::{Stage, Stream, StreamStage, ValidationError};
+use status::{Reported, StatusReports};
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
 /// Response code details of a fallback answer (`%RESPONSE_CODE_DETAILS%`).
 const DETAILS: &str = "meshwarden_circuit_open";
@@ -53,6 +57,8 @@ struct Policy {
     compiled: CompiledPolicy<CircuitBreakerSpec>,
     breakers: BreakerSet,
     fallback: Fallback,
+    /// Where its open breakers are reported, if anywhere.
+    report_cluster: Option<String>,
 }
 
 /// The policies of one configuration.
@@ -71,6 +77,7 @@ impl Breakers {
             .map(|p| Policy {
                 breakers: BreakerSet::new(p.name.as_str(), &p.spec),
                 fallback: Fallback::of(&p.spec),
+                report_cluster: p.spec.status_report().map(|c| c.as_str().to_string()),
                 compiled: p,
             })
             .collect();
@@ -94,6 +101,7 @@ impl Breakers {
 #[derive(Default)]
 pub struct CircuitBreakerStage {
     breakers: RefCell<Rc<Breakers>>,
+    reports: StatusReports,
 }
 
 impl Stage for CircuitBreakerStage {
@@ -107,6 +115,7 @@ impl Stage for CircuitBreakerStage {
             let breakers = Breakers::new(config);
             for p in &breakers.policies {
                 p.breakers.prepare(&HostShared);
+                status_report::prepare(&HostShared, &p.breakers);
             }
             metrics::define(breakers.policies.iter().map(|p| p.compiled.name.as_str()));
             *self.breakers.borrow_mut() = Rc::new(breakers);
@@ -115,6 +124,25 @@ impl Stage for CircuitBreakerStage {
 
     fn policies(&self) -> usize {
         self.breakers.borrow().policies.len()
+    }
+
+    fn tick_every(&self) -> Option<Duration> {
+        let breakers = self.breakers.borrow();
+        let reporting = breakers.policies.iter().any(|p| p.report_cluster.is_some());
+        (reporting || self.reports.busy()).then_some(status::TICK)
+    }
+
+    fn on_tick(&self) {
+        let breakers = self.breakers.borrow().clone();
+        self.reports.tick(breakers.policies.iter().map(|p| Reported {
+            name: p.compiled.name.as_str(),
+            breakers: &p.breakers,
+            cluster: p.report_cluster.as_deref(),
+        }));
+    }
+
+    fn on_grpc_call_response(&self, token: u32, status: u32) -> bool {
+        self.reports.answered(token, status)
     }
 
     fn stream(&self, _: u32) -> Option<Box<dyn StreamStage>> {

@@ -14,13 +14,15 @@
 //! | `slow_calls_total` | counter | recorded calls at or over the slow-call threshold |
 //! | `overflow_total` | counter | requests whose descriptor key found no breaker slot (`maxKeys`), let through unguarded |
 //! | `contended_total` | counter | shared data stayed contended; the request went through unguarded or its outcome was lost |
+//! | `status_reports_total` | counter | reports of the open breakers sent to the control plane (for `meshwarden status`) |
+//! | `status_reports_failed_total` | counter | such reports refused, unanswered or answered with an error |
 
 use meshwarden_common::circuitbreaker::{Outcome, State, Transition};
 use meshwarden_filter_runtime::{MetricKind, PolicyMetrics};
 
 const METRICS: PolicyMetrics = PolicyMetrics::new("circuitbreaker");
 
-const ALL: [(&str, MetricKind); 12] = [
+const ALL: [(&str, MetricKind); 14] = [
     ("state", MetricKind::Gauge),
     ("open_breakers", MetricKind::Gauge),
     ("opened", MetricKind::Counter),
@@ -33,6 +35,8 @@ const ALL: [(&str, MetricKind); 12] = [
     ("slow_calls", MetricKind::Counter),
     ("overflow", MetricKind::Counter),
     ("contended", MetricKind::Counter),
+    ("status_reports", MetricKind::Counter),
+    ("status_reports_failed", MetricKind::Counter),
 ];
 
 /// Defines every metric of every policy, so they show (as 0) before traffic.

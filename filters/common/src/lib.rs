@@ -5,7 +5,9 @@
 
 pub mod batch;
 pub mod capture;
+
 pub mod circuitbreaker;
+pub mod cluster;
 pub mod document;
 pub mod duration;
 pub mod error;

@@ -143,3 +143,16 @@ pub fn now_us() -> u64 {
 pub fn now_ms() -> u64 {
     host().now_ns() / 1_000_000
 }
+
+/// Proxy attributes holding the node id: `xds.node.id` (Envoy's attribute), then the
+/// Wasm-only `node.id`.
+const NODE_ID: [&[&str]; 2] = [&["xds", "node", "id"], &["node", "id"]];
+
+/// The proxy's node id (as its xDS stream names it); empty if the proxy does not say.
+pub fn node_id() -> String {
+    NODE_ID
+        .iter()
+        .find_map(|path| host().property(path).filter(|v| !v.is_empty()))
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .unwrap_or_default()
+}

@@ -875,3 +875,70 @@ fn a_shed_grpc_call_gets_the_grpc_status_of_the_configured_answer() {
     first.borrow_mut().on_done(&p);
     assert_eq!(send(&p, host, 3, &grpc).1, Flow::Continue);
 }
+
+#[test]
+fn open_breakers_are_reported_once_per_change_from_the_tick() {
+    let (p, host) = configured(json!({
+        "circuitbreaker": [{"name": "cb", "spec": {
+            "slidingWindow": {"count": 2}, "minimumNumberOfCalls": 2,
+            "waitDurationInOpenState": "1s"
+        }}],
+    }));
+    host.properties
+        .borrow_mut()
+        .insert("xds.node.id".into(), b"node-1".to_vec());
+    let reports = || {
+        host.grpc_calls
+            .borrow()
+            .iter()
+            .filter(|c| c.service == "meshwarden.v1alpha1.BreakerStatusService")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let answer = |n: usize, status: u32| {
+        let call = reports()[n].clone();
+        assert_eq!(call.method, "Report");
+        p.on_grpc_call_response(call.token, status);
+        call
+    };
+    // The first look reports the empty set, then nothing until a breaker changes.
+    p.on_tick();
+    answer(0, 0);
+    host.advance(Duration::from_millis(500));
+    p.on_tick();
+    assert_eq!(reports().len(), 1);
+    for id in 1..=2 {
+        exchange(&p, host, id, "503");
+    }
+    host.advance(Duration::from_millis(500));
+    p.on_tick();
+    let open = answer(1, 0);
+    let text = String::from_utf8_lossy(&open.message);
+    assert!(text.contains("node-1") && text.contains("cb") && text.contains("open"));
+    // After the wait the next request half-opens the breaker: a change. A failed report
+    // is counted and retried later, not at once.
+    host.advance(Duration::from_millis(1000));
+    p.on_tick();
+    assert_eq!(reports().len(), 2, "the wait alone changes nothing");
+    let (trial, _) = send(&p, host, 3, &GET);
+    host.advance(Duration::from_millis(500));
+    p.on_tick();
+    assert_eq!(reports().len(), 3);
+    assert!(String::from_utf8_lossy(&reports()[2].message).contains("half_open"));
+    answer(2, 14);
+    assert_eq!(
+        host.metric("meshwarden_circuitbreaker_status_reports_failed_total.policy.cb"),
+        1
+    );
+    host.advance(Duration::from_millis(500));
+    p.on_tick();
+    assert_eq!(reports().len(), 3);
+    host.advance(Duration::from_millis(5000));
+    p.on_tick();
+    assert_eq!(reports().len(), 4);
+    assert_eq!(
+        host.metric("meshwarden_circuitbreaker_status_reports_total.policy.cb"),
+        4
+    );
+    trial.borrow_mut().on_done(&p);
+}

@@ -4,6 +4,8 @@
 //! Every request goes on a fresh connection, so requests land on both workers: the
 //! breaker only opens (and stays open for every request) because its state is shared.
 //!
+//! `meshwarden status` lists the breakers that are not closed, as the proxy reports them.
+//!
 //! The echo upstream fails or slows down on request (`x-echo-status`, `x-echo-delay-ms`)
 //! and counts what reaches it.
 
@@ -79,6 +81,42 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// The breakers `status -o json` lists for this proxy: (policy, descriptor, state).
+    fn open_breakers(&self) -> Vec<(String, String, String)> {
+        let status = self.cp.cli().status_json();
+        let Some(proxy) = status["proxies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["nodeId"] == self.node_id.as_str())
+        else {
+            return Vec::new();
+        };
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        proxy["openBreakers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|b| (text(&b["policy"]), text(&b["descriptor"]), text(&b["state"])))
+            .collect()
+    }
+
+    /// Waits (bounded: the proxy looks every 500 ms) until `status` lists exactly `want`.
+    async fn wait_status_breakers(&self, want: &[(&str, &str, &str)]) -> anyhow::Result<()> {
+        let want: Vec<(String, String, String)> = want
+            .iter()
+            .map(|(p, d, s)| (p.to_string(), d.to_string(), s.to_string()))
+            .collect();
+        wait_until(
+            Duration::from_secs(5),
+            &format!("status lists the breakers {want:?}"),
+            || async { (self.open_breakers() == want).then_some(()) },
+        )
+        .await
+    }
+}
+
 const FALLBACK_BODY: &str = r#"{"items":[],"fallback":true}"#;
 
 fn breaker_policy(name: &str, spec: &str) -> String {
@@ -114,6 +152,15 @@ async fn failures_open_the_breaker_the_fallback_spares_the_upstream_then_trials_
     s.wait_stat("opened", "orders", 1).await?;
     assert_eq!(s.stat("state", "orders").await?, 2);
     assert_eq!(s.stat("failures", "orders").await?, 4);
+    // `meshwarden status` shows the open breaker of this proxy.
+    s.wait_status_breakers(&[("orders", "", "open")]).await?;
+    let table = s.cp.cli().run(&["status"]).stdout;
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("BREAKER cb-failures orders open (")),
+        "{table}"
+    );
     assert!(
         s.envoy.log().contains("breaker") && s.envoy.log().contains("closed -> open"),
         "the transition is logged"
@@ -148,6 +195,7 @@ async fn failures_open_the_breaker_the_fallback_spares_the_upstream_then_trials_
     s.wait_stat("closed", "orders", 1).await?;
     assert_eq!(s.stat("state", "orders").await?, 0);
     assert_eq!(s.stat("open_breakers", "orders").await?, 0);
+    s.wait_status_breakers(&[]).await?;
 
     // Closed again: requests go upstream.
     for _ in 0..4 {
@@ -225,6 +273,7 @@ async fn each_descriptor_value_has_its_own_breaker() -> anyhow::Result<()> {
     assert_eq!(s.get("/t", &[("x-tenant", "b")]).await?.status, 200);
     assert_eq!(s.upstream.requests_with_path("/t"), seen + 1);
     assert_eq!(s.stat("open_breakers", "tenants").await?, 1);
+    s.wait_status_breakers(&[("tenants", "a", "open")]).await?;
     Ok(())
 }
 

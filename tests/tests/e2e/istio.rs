@@ -368,3 +368,76 @@ fn hex_sha256(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(bytes))
 }
+
+#[tokio::test]
+async fn sidecar_reports_captures_and_open_breakers_through_the_shipped_cluster(
+) -> anyhow::Result<()> {
+    // Neither policy names a report cluster: the shipped EnvoyFilter's `meshwarden_xds`
+    // cluster carries both kinds of report to the control plane.
+    let m = mesh(reviews(true)).await?;
+    m.apply(
+        &[
+            policy(
+                "CapturePolicy",
+                "reviews-capture",
+                &format!("{REVIEWS}\nmatch: {{path: {{prefix: /seen}}}}"),
+            ),
+            policy(
+                "CircuitBreakerPolicy",
+                "reviews-breaker",
+                &format!(
+                    "{REVIEWS}\nmatch: {{path: {{prefix: /fragile}}}}\n\
+                     slidingWindow: {{count: 2}}\nminimumNumberOfCalls: 2\n\
+                     waitDurationInOpenState: 1m"
+                ),
+            ),
+        ]
+        .join("---\n"),
+    );
+    m.wait_accepted(&[
+        ("meshwarden.capture", "reviews-capture"),
+        ("meshwarden.circuitbreaker", "reviews-breaker"),
+    ])
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for _ in 0..3 {
+        assert_eq!(m.status("/seen").await, 200);
+    }
+    let envoy = &m.sidecar.envoy;
+    let captured = wait_until(Duration::from_secs(10), "captures accepted", || async {
+        let n = envoy
+            .policy_stat("meshwarden_capture_captured_total", "reviews-capture")
+            .await
+            .ok()?;
+        (n >= 3).then_some(())
+    })
+    .await;
+    if let Err(e) = captured {
+        anyhow::bail!("{e}\n--- envoy log ---\n{}", envoy.log());
+    }
+
+    for _ in 0..2 {
+        let r = envoy.get("/fragile", &[("x-echo-status", "503")]).await?;
+        assert_eq!(r.status().as_u16(), 503);
+    }
+    let listed = wait_until(Duration::from_secs(10), "open breaker in status", || async {
+        m.proxy_rows().iter().find_map(|p| {
+            let b = p["openBreakers"].as_array()?.first()?.clone();
+            (b["policy"] == "reviews-breaker" && b["state"] == "open").then_some(())
+        })
+    })
+    .await;
+    if let Err(e) = listed {
+        anyhow::bail!(
+            "{e}\n--- status ---\n{:#}\n--- envoy log ---\n{}",
+            m.cp.cli().status_json(),
+            envoy.log()
+        );
+    }
+    // One BREAKER line, though the sidecar has one status row per ECDS stream.
+    let table = m.cp.cli().run(&["status"]).stdout;
+    let lines = table.lines().filter(|l| l.starts_with("BREAKER ")).count();
+    assert_eq!(lines, 1, "{table}");
+    Ok(())
+}

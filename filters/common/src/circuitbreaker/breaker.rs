@@ -208,6 +208,14 @@ impl Breaker {
         }
     }
 
+    /// When the breaker entered its state (ms); `None` while closed.
+    pub fn since_ms(&self) -> Option<u64> {
+        match self.phase {
+            Phase::Closed => None,
+            Phase::Open { since_ms } | Phase::HalfOpen { since_ms, .. } => Some(since_ms),
+        }
+    }
+
     /// The owning descriptor key.
     pub fn owner(&self) -> &[u8] {
         &self.owner

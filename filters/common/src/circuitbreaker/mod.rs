@@ -8,12 +8,15 @@
 //! - [`shared`]: a policy's breakers (one, or one per descriptor key in bounded slots) in
 //!   the proxy's shared data, updated with compare-and-swap so every worker sees one state.
 //! - [`outcome`]: whether a finished call failed or was slow.
+//! - [`report`]: the breakers that are not closed, reported to the control plane once
+//!   per change for `meshwarden status`.
 //!
 //! Nothing here touches the proxy: the filter supplies the clock, the response and a
 //! [`crate::ratelimit::SharedStore`].
 
 pub mod breaker;
 pub mod outcome;
+pub mod report;
 pub mod shared;
 pub mod spec;
 pub mod status;

@@ -83,6 +83,11 @@ impl BreakerSet {
         &self.rules
     }
 
+    /// Prefix of every key of the policy.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Whether breakers are per descriptor key.
     pub fn keyed(&self) -> bool {
         self.slots > 0

@@ -2,6 +2,7 @@
 //! sense for a proxy) and their validation.
 
 use super::status::StatusRange;
+use crate::cluster::ControlPlaneCluster;
 use crate::duration::DurationSpec;
 use crate::error::ValidationError;
 use crate::fault::{GrpcCode, HttpStatus, PercentSpec};
@@ -141,6 +142,36 @@ pub struct CircuitBreakerSpec {
     /// Track state and count, never answer with the fallback.
     #[serde(default, skip_serializing_if = "is_false")]
     pub dry_run: bool,
+    /// Where the proxy reports its open breakers for `meshwarden status` (default: the
+    /// control plane through `meshwarden_xds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<StatusReportSpec>,
+}
+
+/// `spec.report` of a `CircuitBreakerPolicy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StatusReportSpec {
+    /// The Envoy cluster of the control plane (default `meshwarden_xds`; in Istio
+    /// `outbound|18000||meshwarden.meshwarden-system.svc.cluster.local`).
+    #[serde(default)]
+    pub cluster: ControlPlaneCluster,
+    /// `false`: report nothing (e.g. a proxy with no meshwarden control plane).
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+impl Default for StatusReportSpec {
+    fn default() -> Self {
+        Self {
+            cluster: ControlPlaneCluster::default(),
+            enabled: true,
+        }
+    }
 }
 
 /// Default gRPC failure statuses.
@@ -152,6 +183,12 @@ const DEFAULT_GRPC_FAILURES: [GrpcCode; 4] = [
 ];
 
 impl CircuitBreakerSpec {
+    /// Where open breakers are reported; `None` if reporting is off.
+    pub fn status_report(&self) -> Option<ControlPlaneCluster> {
+        let report = self.report.clone().unwrap_or_default();
+        report.enabled.then_some(report.cluster)
+    }
+
     /// The failure-rate threshold.
     pub fn failure_threshold(&self) -> Percentage {
         self.failure_rate_threshold
@@ -368,6 +405,9 @@ mod tests {
         assert!(s.is_failure_grpc(14) && !s.is_failure_grpc(5));
         assert_eq!(s.key_slots(), 0);
         assert_eq!(s.fallback().status(), 503);
+        assert_eq!(s.status_report().unwrap().as_str(), "meshwarden_xds");
+        let off = parse(json!({"report": {"enabled": false}})).unwrap();
+        assert_eq!(off.status_report(), None);
     }
 
     #[test]
@@ -385,7 +425,8 @@ mod tests {
             "descriptors": [{"authority": {}}],
             "maxKeys": 10,
             "fallback": {"httpStatus": 200, "headers": {"content-type": "application/json"}, "body": "{}"},
-            "dryRun": true
+            "dryRun": true,
+            "report": {"cluster": "outbound|18000||cp.ns.svc.cluster.local", "enabled": true}
         });
         let s = parse(v.clone()).unwrap();
         assert_eq!(serde_json::to_value(&s).unwrap(), v);
@@ -448,6 +489,7 @@ mod tests {
                 "fallback.httpStatus",
             ),
             (json!({"failureStatuses": ["6xx"]}), "failureStatuses[0]"),
+            (json!({"report": {"cluster": "a b"}}), "report.cluster"),
         ];
         for (v, field) in cases {
             let e = parse(v.clone()).unwrap_err();

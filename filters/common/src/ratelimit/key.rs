@@ -38,6 +38,38 @@ impl BucketKey {
     }
 }
 
+/// Longest text [`describe`] returns.
+pub const MAX_DESCRIPTION: usize = 128;
+
+/// The descriptor values of a stored key for people (`a`, `a,b`), lossily decoded; a
+/// digest of an over-long key reads `#` and its first bytes in hex.
+pub fn describe(key: &[u8]) -> String {
+    let mut values = Vec::new();
+    let mut rest = key;
+    while rest.len() >= 4 {
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let Some(value) = rest.get(4..4 + len) else {
+            break;
+        };
+        values.push(String::from_utf8_lossy(value).into_owned());
+        rest = &rest[4 + len..];
+    }
+    let mut text = if rest.is_empty() {
+        values.join(",")
+    } else {
+        let hex: String = key.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        format!("#{hex}")
+    };
+    if text.len() > MAX_DESCRIPTION {
+        let mut end = MAX_DESCRIPTION;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 /// A seeded 64-bit hash ([`crate::random::stable_hash`]). Stable across workers and
 /// builds, which is all the slot table needs.
 pub fn hash64(bytes: &[u8], seed: u64) -> u64 {
@@ -47,6 +79,20 @@ pub fn hash64(bytes: &[u8], seed: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_describe_their_values() {
+        assert_eq!(describe(BucketKey::from_values([]).as_bytes()), "");
+        let two = BucketKey::from_values([&b"tenant-a"[..], b"10.0.0.1"]);
+        assert_eq!(describe(two.as_bytes()), "tenant-a,10.0.0.1");
+        let long = vec![b'x'; MAX_VERBATIM_KEY];
+        let digest = BucketKey::from_values([long.as_slice()]);
+        assert!(describe(digest.as_bytes()).starts_with("#ff"));
+        assert_eq!(describe(&[1, 0]), "#0100", "truncated bytes are not values");
+        let wide = "é".repeat(100);
+        let key = BucketKey::from_values([wide.as_bytes()]);
+        assert!(describe(key.as_bytes()).len() <= MAX_DESCRIPTION);
+    }
 
     #[test]
     fn values_are_length_prefixed() {
