@@ -1,7 +1,7 @@
 //! The Envoy cluster through which a proxy's filters call the control plane (capture
-//! reports, breaker status): `meshwarden_xds` in meshwarden's own bootstrap; in Istio the
-//! control plane Service's cluster, e.g.
-//! `outbound|18000||meshwarden.meshwarden-system.svc.cluster.local`.
+//! reports, breaker status): `meshwarden_xds`, the xDS cluster of meshwarden's own
+//! bootstrap and, in Istio, the cluster the shipped EnvoyFilter adds for the control plane
+//! Service.
 
 use crate::error::ValidationError;
 use serde::{Deserialize, Deserializer, Serialize};

@@ -152,8 +152,8 @@ pub struct CircuitBreakerSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StatusReportSpec {
-    /// The Envoy cluster of the control plane (default `meshwarden_xds`; in Istio
-    /// `outbound|18000||meshwarden.meshwarden-system.svc.cluster.local`).
+    /// The Envoy cluster of the control plane (default `meshwarden_xds`, which the Istio
+    /// EnvoyFilter adds too).
     #[serde(default)]
     pub cluster: ControlPlaneCluster,
     /// `false`: report nothing (e.g. a proxy with no meshwarden control plane).
