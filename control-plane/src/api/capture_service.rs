@@ -6,19 +6,30 @@ use super::pb::capture_service_server::CaptureService;
 use crate::capture::{CaptureHub, Filter};
 use futures::Stream;
 use std::pin::Pin;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tonic::{Request, Response, Status};
 
 /// Serves [`CaptureService`] from a [`CaptureHub`].
 #[derive(Debug, Clone)]
 pub struct CaptureApi {
     hub: CaptureHub,
+    shutdown: Option<watch::Receiver<bool>>,
 }
 
 impl CaptureApi {
     /// A service over `hub`.
     pub fn new(hub: CaptureHub) -> Self {
-        Self { hub }
+        Self {
+            hub,
+            shutdown: None,
+        }
+    }
+
+    /// Ends open Watch streams once `shutdown` turns true, so a graceful server shutdown
+    /// does not wait for watchers.
+    pub fn with_shutdown(mut self, shutdown: watch::Receiver<bool>) -> Self {
+        self.shutdown = Some(shutdown);
+        self
     }
 
     /// The tonic server for this service.
@@ -68,7 +79,17 @@ impl CaptureService for CaptureApi {
             futures::stream::iter(backlog),
             live(rx, filter, after, self.hub.clone()),
         );
-        Ok(Response::new(Box::pin(stream)))
+        let stream: CaptureStream = match self.shutdown.clone() {
+            Some(mut shutdown) => Box::pin(futures::stream::StreamExt::take_until(
+                stream,
+                async move {
+                    // An error means the sender is gone: shut down as well.
+                    let _ = shutdown.wait_for(|down| *down).await;
+                },
+            )),
+            None => Box::pin(stream),
+        };
+        Ok(Response::new(stream))
     }
 }
 
@@ -139,11 +160,15 @@ mod tests {
     }
 
     async fn serve(hub: CaptureHub) -> CaptureServiceClient<Channel> {
+        serve_api(CaptureApi::new(hub)).await
+    }
+
+    async fn serve_api(api: CaptureApi) -> CaptureServiceClient<Channel> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(CaptureApi::new(hub).into_server())
+                .add_service(api.into_server())
                 .serve_with_incoming(TcpIncoming::from(listener)),
         );
         CaptureServiceClient::connect(format!("http://{addr}"))
@@ -204,6 +229,23 @@ mod tests {
         assert_eq!(next(&mut all).await.path, "/n1");
         assert_eq!(next(&mut all).await.path, "/n2");
         assert_eq!(next(&mut only_n2).await.path, "/n2", "n1's are left out");
+    }
+
+    #[tokio::test]
+    async fn watches_end_at_shutdown() {
+        let (down, shutdown) = tokio::sync::watch::channel(false);
+        let hub = CaptureHub::default();
+        let mut client = serve_api(CaptureApi::new(hub).with_shutdown(shutdown)).await;
+        let mut stream = client
+            .watch(pb::CaptureWatchRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        down.send(true).unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("the stream ends in time");
+        assert!(matches!(end, Ok(None)), "{end:?}");
     }
 
     #[tokio::test]

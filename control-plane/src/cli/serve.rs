@@ -264,7 +264,11 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
         )
         .add_service(status_api.into_server())
         .add_service(AuditApi::new(audit).into_server())
-        .add_service(CaptureApi::new(capture).into_server())
+        .add_service(
+            CaptureApi::new(capture)
+                .with_shutdown(shutdown.clone())
+                .into_server(),
+        )
         .add_service(BreakerStatusApi::new(breakers).into_server())
         .add_service(reflection()?)
         .add_service(xds.ads_service())
