@@ -4,6 +4,8 @@
 use super::pb;
 use super::pb::capture_service_server::CaptureService;
 use crate::capture::{CaptureHub, Filter};
+use crate::tls::PeerInfo;
+use crate::xds::admission::XdsAccess;
 use futures::Stream;
 use std::pin::Pin;
 use tokio::sync::{broadcast, watch};
@@ -14,6 +16,7 @@ use tonic::{Request, Response, Status};
 pub struct CaptureApi {
     hub: CaptureHub,
     shutdown: Option<watch::Receiver<bool>>,
+    access: XdsAccess,
 }
 
 impl CaptureApi {
@@ -22,7 +25,15 @@ impl CaptureApi {
         Self {
             hub,
             shutdown: None,
+            access: XdsAccess::default(),
         }
+    }
+
+    /// Refuses reports whose node the client certificate may not claim (mutual TLS), as
+    /// `access` refuses xDS streams.
+    pub fn with_access(mut self, access: XdsAccess) -> Self {
+        self.access = access;
+        self
     }
 
     /// Ends open Watch streams once `shutdown` turns true, so a graceful server shutdown
@@ -47,7 +58,11 @@ impl CaptureService for CaptureApi {
         &self,
         request: Request<pb::CaptureReportRequest>,
     ) -> Result<Response<pb::CaptureReportResponse>, Status> {
+        let peer = request.extensions().get::<PeerInfo>().cloned();
         let req = request.into_inner();
+        if let Some(refused) = self.access.report_refusal(peer.as_ref(), &req.node_id) {
+            return Err(refused);
+        }
         if req.node_id.is_empty() {
             tracing::debug!(
                 records = req.records.len(),

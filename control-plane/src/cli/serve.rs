@@ -267,9 +267,14 @@ pub async fn serve(args: ServeArgs, shutdown: watch::Receiver<bool>) -> anyhow::
         .add_service(
             CaptureApi::new(capture)
                 .with_shutdown(shutdown.clone())
+                .with_access(args.security.xds_access())
                 .into_server(),
         )
-        .add_service(BreakerStatusApi::new(breakers).into_server())
+        .add_service(
+            BreakerStatusApi::new(breakers)
+                .with_access(args.security.xds_access())
+                .into_server(),
+        )
         .add_service(reflection()?)
         .add_service(xds.ads_service())
         .add_service(xds.ecds_service())

@@ -68,25 +68,8 @@ impl Default for XdsAccess {
 impl XdsAccess {
     /// Why `node`, on a connection from `peer`, may not be served; `None` if it may.
     pub fn refusal(&self, peer: Option<&PeerInfo>, node: &Node) -> Option<Status> {
-        if self.bind_to_certificate {
-            let Some(identity) = peer.and_then(|p| p.identity.as_ref()) else {
-                return Some(Status::unauthenticated(format!(
-                    "node {:?}: xDS needs a client certificate (mutual TLS is on)",
-                    node.id
-                )));
-            };
-            let mismatch = match self.binding {
-                NodeBinding::Exact => (!identity.has(&node.id))
-                    .then(|| "does not match the client certificate".to_string()),
-                NodeBinding::Istio => istio_mismatch(identity, node),
-            };
-            if let Some(why) = mismatch {
-                let names: Vec<&str> = identity.names().collect();
-                return Some(Status::permission_denied(format!(
-                    "node id {:?} {why} (its names: {names:?})",
-                    node.id
-                )));
-            }
+        if let Some(status) = self.binding_refusal(peer, node) {
+            return Some(status);
         }
         let listed = self
             .allow_nodes
@@ -107,6 +90,43 @@ impl XdsAccess {
             return Some(Status::resource_exhausted(format!(
                 "{open} xDS streams are open, the most this control plane serves; retry later"
             )));
+        }
+        None
+    }
+
+    /// Why a proxy report (capture summaries, open breakers) naming `node_id`, on a
+    /// connection from `peer`, is refused: with mutual TLS, the node must be one the client
+    /// certificate may claim, as for xDS (with `istio` binding: by the node id's namespace,
+    /// since a report carries no metadata). `None` if it is accepted.
+    pub fn report_refusal(&self, peer: Option<&PeerInfo>, node_id: &str) -> Option<Status> {
+        let node = Node {
+            id: node_id.to_string(),
+            ..Default::default()
+        };
+        self.binding_refusal(peer, &node)
+    }
+
+    /// The certificate binding part of [`Self::refusal`].
+    fn binding_refusal(&self, peer: Option<&PeerInfo>, node: &Node) -> Option<Status> {
+        if self.bind_to_certificate {
+            let Some(identity) = peer.and_then(|p| p.identity.as_ref()) else {
+                return Some(Status::unauthenticated(format!(
+                    "node {:?}: xDS needs a client certificate (mutual TLS is on)",
+                    node.id
+                )));
+            };
+            let mismatch = match self.binding {
+                NodeBinding::Exact => (!identity.has(&node.id))
+                    .then(|| "does not match the client certificate".to_string()),
+                NodeBinding::Istio => istio_mismatch(identity, node),
+            };
+            if let Some(why) = mismatch {
+                let names: Vec<&str> = identity.names().collect();
+                return Some(Status::permission_denied(format!(
+                    "node id {:?} {why} (its names: {names:?})",
+                    node.id
+                )));
+            }
         }
         None
     }
@@ -204,6 +224,23 @@ mod tests {
         assert!(XdsAccess::default()
             .refusal(None, &node("a", "c"))
             .is_none());
+    }
+
+    #[test]
+    fn reports_are_bound_like_streams_but_not_limited_like_them() {
+        let access = XdsAccess {
+            bind_to_certificate: true,
+            allow_clusters: vec!["shop".into()],
+            max_streams: 0,
+            ..Default::default()
+        };
+        let edge = peer(&["edge-1"]);
+        assert!(access.report_refusal(Some(&edge), "edge-1").is_none());
+        let other = access.report_refusal(Some(&edge), "edge-2").unwrap();
+        assert_eq!(other.code(), tonic::Code::PermissionDenied);
+        let none = access.report_refusal(None, "edge-1").unwrap();
+        assert_eq!(none.code(), tonic::Code::Unauthenticated);
+        assert!(XdsAccess::default().report_refusal(None, "x").is_none());
     }
 
     #[test]
