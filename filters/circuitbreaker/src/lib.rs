@@ -176,9 +176,12 @@ fn is_grpc(s: &Stream<'_>) -> bool {
         .is_some_and(|ct| ct.starts_with(b"application/grpc"))
 }
 
-/// Logs and counts a state change.
+/// Logs and counts a state change, and notes it for the next status report.
 fn report(policy: &Policy, breaker: &str, t: &Transition) {
     metrics::transition(policy.compiled.name.as_str(), t);
+    if status_report::note_transition(&HostShared, &policy.breakers).is_err() {
+        metrics::count("contended", policy.compiled.name.as_str());
+    }
     let line = format!(
         "circuitbreaker filter: policy {} breaker {breaker}: {} -> {} ({})",
         policy.compiled.name, t.from, t.to, t.reason

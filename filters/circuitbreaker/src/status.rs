@@ -74,10 +74,9 @@ impl StatusReports {
         }
         for p in policies {
             let Some(cluster) = p.cluster else { continue };
-            let snapshot = p.breakers.snapshot(&HostShared);
-            if !report::claim(&HostShared, p.breakers, &snapshot, now).unwrap_or(false) {
+            let Ok(Some(snapshot)) = report::claim(&HostShared, p.breakers, now) else {
                 continue;
-            }
+            };
             let message = report::encode_report(&node_id(), p.name, &snapshot);
             let sent = Sent {
                 policy: p.name.to_string(),

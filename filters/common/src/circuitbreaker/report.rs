@@ -5,8 +5,10 @@
 //! after [`STALE_AFTER_MS`]).
 //!
 //! Every worker of a proxy sees the same breakers, so one report per change is enough:
-//! the policy's `reported` key in shared data holds the digest and time of the last
-//! report, and the worker whose compare-and-swap moves it on ([`claim`]) sends.
+//! each transition bumps the policy's `transitions` count ([`note_transition`]), the
+//! `reported` key holds the count and time of the last report, and the worker whose
+//! compare-and-swap moves it on ([`claim`]) reads the breakers and sends. While nothing
+//! changes, a tick costs two shared-data reads per policy, however many breakers it has.
 
 use super::breaker::{Breaker, State};
 use super::shared::BreakerSet;
@@ -46,21 +48,6 @@ pub struct Snapshot {
     pub total: usize,
 }
 
-impl Snapshot {
-    /// A digest of the set: a new one means a report is due.
-    pub fn digest(&self) -> u64 {
-        let mut parts: Vec<Vec<u8>> = vec![(self.total as u64).to_le_bytes().to_vec()];
-        for b in &self.breakers {
-            parts.push(b.descriptor.as_bytes().to_vec());
-            parts.push(vec![b.state.gauge() as u8]);
-            parts.push(b.since_ms.to_le_bytes().to_vec());
-        }
-        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-        // Never the failed mark (0).
-        crate::random::stable_hash(0x6272_6b72_6570_6f72, &refs).max(1)
-    }
-}
-
 impl BreakerSet {
     /// The policy's breakers that are not closed, read from `store`.
     pub fn snapshot<S: SharedStore + ?Sized>(&self, store: &S) -> Snapshot {
@@ -79,6 +66,11 @@ impl BreakerSet {
     pub fn reported_key(&self) -> String {
         format!("{}/reported", self.prefix())
     }
+
+    /// Shared-data key counting the transitions of the policy's breakers.
+    pub fn transitions_key(&self) -> String {
+        format!("{}/transitions", self.prefix())
+    }
 }
 
 fn open(b: &Breaker) -> Option<OpenBreaker> {
@@ -92,58 +84,97 @@ fn open(b: &Breaker) -> Option<OpenBreaker> {
 /// The last report of a policy, as the `reported` key holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Reported {
-    /// Digest of the set reported; 0 if that report failed.
-    digest: u64,
+    /// The transition count the report covered.
+    seq: u64,
     at_ms: u64,
+    /// Some breaker was not closed.
+    nonempty: bool,
+    /// The report failed: the next one waits [`RETRY_MS`].
+    failed: bool,
 }
 
 impl Reported {
     fn decode(bytes: &[u8]) -> Option<Self> {
-        let digest = u64::from_le_bytes(bytes.get(0..8)?.try_into().ok()?);
+        let seq = u64::from_le_bytes(bytes.get(0..8)?.try_into().ok()?);
         let at_ms = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
-        Some(Self { digest, at_ms })
+        let flags = *bytes.get(16)?;
+        Some(Self {
+            seq,
+            at_ms,
+            nonempty: flags & 1 != 0,
+            failed: flags & 2 != 0,
+        })
     }
 
     fn encode(self) -> Vec<u8> {
-        let mut out = self.digest.to_le_bytes().to_vec();
+        let mut out = self.seq.to_le_bytes().to_vec();
         out.extend_from_slice(&self.at_ms.to_le_bytes());
+        out.push(u8::from(self.nonempty) | (u8::from(self.failed) << 1));
         out
     }
 
-    fn due(self, snapshot: &Snapshot, digest: u64, now_ms: u64) -> bool {
+    fn due(self, seq: u64, now_ms: u64) -> bool {
         let age = now_ms.saturating_sub(self.at_ms);
-        if self.digest == 0 {
+        if self.failed {
             age >= RETRY_MS
-        } else if self.digest != digest {
-            true
         } else {
-            snapshot.total > 0 && age >= HEARTBEAT_MS
+            self.seq != seq || (self.nonempty && age >= HEARTBEAT_MS)
         }
     }
 }
 
-/// Creates the policy's `reported` key (idempotent), so [`claim`] is a true
-/// compare-and-swap.
-pub fn prepare<S: SharedStore + ?Sized>(store: &S, set: &BreakerSet) {
-    ensure_exists(store, &set.reported_key());
+fn read_u64<S: SharedStore + ?Sized>(store: &S, key: &str) -> u64 {
+    store
+        .get(key)
+        .0
+        .and_then(|b| Some(u64::from_le_bytes(b.get(0..8)?.try_into().ok()?)))
+        .unwrap_or(0)
 }
 
-/// Whether this worker should report `snapshot` now: `true` for exactly one worker per
-/// change (or heartbeat), which must then send it.
+/// Creates the policy's `reported` and `transitions` keys (idempotent), so writes are true
+/// compare-and-swaps.
+pub fn prepare<S: SharedStore + ?Sized>(store: &S, set: &BreakerSet) {
+    ensure_exists(store, &set.reported_key());
+    ensure_exists(store, &set.transitions_key());
+}
+
+/// Counts a transition of one of the policy's breakers (by the worker whose write made
+/// it), so the next tick reports the new set.
+pub fn note_transition<S: SharedStore + ?Sized>(
+    store: &S,
+    set: &BreakerSet,
+) -> Result<(), Contended> {
+    update(store, &set.transitions_key(), |cur| {
+        let n = cur
+            .get(0..8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_le_bytes);
+        Update::Write(n.wrapping_add(1).to_le_bytes().to_vec(), ())
+    })
+}
+
+/// The set this worker should report now, if any: `Some` for exactly one worker per
+/// change (or heartbeat), which must then send it. Costs two shared-data reads when
+/// nothing is due; the breakers are read only when a report is.
 pub fn claim<S: SharedStore + ?Sized>(
     store: &S,
     set: &BreakerSet,
-    snapshot: &Snapshot,
     now_ms: u64,
-) -> Result<bool, Contended> {
-    let digest = snapshot.digest();
+) -> Result<Option<Snapshot>, Contended> {
+    let seq = read_u64(store, &set.transitions_key());
+    let mut snapshot: Option<Snapshot> = None;
     update(store, &set.reported_key(), |cur| {
-        let due = Reported::decode(cur).is_none_or(|r| r.due(snapshot, digest, now_ms));
-        if due {
-            Update::Write(Reported { digest, at_ms: now_ms }.encode(), true)
-        } else {
-            Update::Keep(false)
+        if Reported::decode(cur).is_some_and(|r| !r.due(seq, now_ms)) {
+            return Update::Keep(None);
         }
+        let snap = snapshot.get_or_insert_with(|| set.snapshot(store)).clone();
+        let reported = Reported {
+            seq,
+            at_ms: now_ms,
+            nonempty: snap.total > 0,
+            failed: false,
+        };
+        Update::Write(reported.encode(), Some(snap))
     })
 }
 
@@ -154,8 +185,16 @@ pub fn failed<S: SharedStore + ?Sized>(
     set: &BreakerSet,
     now_ms: u64,
 ) -> Result<(), Contended> {
-    update(store, &set.reported_key(), |_| {
-        Update::Write(Reported { digest: 0, at_ms: now_ms }.encode(), ())
+    update(store, &set.reported_key(), |cur| {
+        let mut r = Reported::decode(cur).unwrap_or(Reported {
+            seq: 0,
+            at_ms: now_ms,
+            nonempty: false,
+            failed: true,
+        });
+        r.failed = true;
+        r.at_ms = now_ms;
+        Update::Write(r.encode(), ())
     })
 }
 
@@ -197,13 +236,16 @@ mod tests {
         BreakerSet::new("p", &spec)
     }
 
-    /// Opens the breaker of descriptor value `v` (a one-call window) at `now`.
+    /// Opens the breaker of descriptor value `v` (a one-call window) at `now`, noting the
+    /// transition as the filter does.
     fn trip(s: &BreakerSet, store: &MemoryStore, v: &[u8], now: u64) {
         let key = BucketKey::from_values([v]);
         let Admitted::Call(g) = s.admit(store, &key, now).unwrap().0 else {
             panic!("closed admits")
         };
-        s.record(store, &g, FAIL, now).unwrap();
+        if s.record(store, &g, FAIL, now).unwrap().is_some() {
+            note_transition(store, s).unwrap();
+        }
     }
 
     fn keyed() -> BreakerSet {
@@ -240,25 +282,37 @@ mod tests {
         let store = MemoryStore::new();
         s.prepare(&store);
         prepare(&store, &s);
-        let empty = s.snapshot(&store);
+        let claimed = |now| claim(&store, &s, now).unwrap();
         // The first look reports (even an empty set: a restarted proxy clears its rows).
-        assert!(claim(&store, &s, &empty, 0).unwrap());
-        assert!(!claim(&store, &s, &empty, 1).unwrap(), "one worker per change");
-        assert!(
-            !claim(&store, &s, &empty, HEARTBEAT_MS * 5).unwrap(),
-            "an empty set is not repeated"
-        );
+        assert_eq!(claimed(0), Some(Snapshot::default()));
+        assert_eq!(claimed(1), None, "one worker per change");
+        assert_eq!(claimed(HEARTBEAT_MS * 5), None, "an empty set is not repeated");
         trip(&s, &store, b"a", 10);
-        let open = s.snapshot(&store);
-        assert!(claim(&store, &s, &open, 20).unwrap());
-        assert!(!claim(&store, &s, &open, 21).unwrap());
-        assert!(!claim(&store, &s, &open, 20 + HEARTBEAT_MS - 1).unwrap());
-        assert!(claim(&store, &s, &open, 20 + HEARTBEAT_MS).unwrap(), "heartbeat");
+        let open = claimed(20).expect("a transition is a change");
+        assert_eq!(open.total, 1);
+        assert_eq!(claimed(21), None);
+        assert_eq!(claimed(20 + HEARTBEAT_MS - 1), None);
+        assert_eq!(claimed(20 + HEARTBEAT_MS), Some(open), "heartbeat");
         // A failed report is retried after RETRY_MS, not at once.
         let at = 20 + HEARTBEAT_MS;
         failed(&store, &s, at).unwrap();
-        assert!(!claim(&store, &s, &open, at + RETRY_MS - 1).unwrap());
-        assert!(claim(&store, &s, &open, at + RETRY_MS).unwrap());
+        assert_eq!(claimed(at + RETRY_MS - 1), None);
+        assert!(claimed(at + RETRY_MS).is_some());
+    }
+
+    #[test]
+    fn without_a_change_a_look_reads_two_keys_however_many_breakers() {
+        let s = set(json!({
+            "slidingWindow": {"count": 1}, "descriptors": [{"header": "x-tenant"}],
+            "maxKeys": 1000
+        }));
+        let store = MemoryStore::new();
+        s.prepare(&store);
+        prepare(&store, &s);
+        assert!(claim(&store, &s, 0).unwrap().is_some());
+        let before = store.reads();
+        assert_eq!(claim(&store, &s, 1).unwrap(), None);
+        assert_eq!(store.reads() - before, 2);
     }
 
     #[test]

@@ -76,6 +76,7 @@ pub struct MemoryStore {
 struct MemoryInner {
     map: HashMap<String, (Vec<u8>, u32)>,
     next_cas: u32,
+    reads: u64,
 }
 
 impl MemoryStore {
@@ -94,6 +95,11 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// How many reads ([`SharedStore::get`]) it has served.
+    pub fn reads(&self) -> u64 {
+        self.lock().reads
+    }
+
     /// Every key, sorted.
     pub fn keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = self.lock().map.keys().cloned().collect();
@@ -108,7 +114,9 @@ impl MemoryStore {
 
 impl SharedStore for MemoryStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        match self.lock().map.get(key) {
+        let mut inner = self.lock();
+        inner.reads += 1;
+        match inner.map.get(key) {
             Some((v, cas)) => (Some(v.clone()), Some(*cas)),
             None => (None, None),
         }
