@@ -62,6 +62,11 @@ impl PolicyMetrics {
         Self { filter }
     }
 
+    /// The filter's name (`trace`, `fault`, ...).
+    pub const fn filter(&self) -> &'static str {
+        self.filter
+    }
+
     /// The Envoy stat name of `metric` for `policy`.
     pub fn stat_name(&self, metric: &str, kind: MetricKind, policy: &str) -> String {
         stat_name(self.filter, metric, kind, policy)
