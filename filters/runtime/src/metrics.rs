@@ -92,7 +92,8 @@ impl PolicyMetrics {
 
     /// Defines (once per VM) and returns the id of a metric; `None` if the host refuses.
     pub fn id(&self, metric: &'static str, kind: MetricKind, policy: &str) -> Option<u32> {
-        self.cached(metric, policy, || self.stat_name(metric, kind, policy), kind)
+        let name = || self.stat_name(metric, kind, policy);
+        self.cached(metric, policy, name, kind)
     }
 
     /// [`Self::id`] of counter `metric` of `policy` labelled `class`.

@@ -111,7 +111,8 @@ impl<T: Transport> Outbox<T> {
     /// Counts a record dropped before it reached the queue.
     pub fn drop_one(&self) {
         self.unsent_drops.set(self.unsent_drops.get() + 1);
-        T::COUNTERS.metrics.increment(T::COUNTERS.dropped, &self.policy);
+        let c = T::COUNTERS;
+        c.metrics.increment(c.dropped, &self.policy);
     }
 
     /// Queues a record (from a stream); a full queue drops and counts it.

@@ -182,7 +182,10 @@ fn replaced_outboxes_drain_then_are_let_go() {
     let calls = host.calls.borrow().clone();
     let clusters: Vec<&str> = calls.iter().map(|c| c.cluster.as_str()).collect();
     assert_eq!(clusters, ["b", "a"], "the current, then the draining");
-    assert!(boxes.answered(calls[1].token, 0), "the drained one's answer");
+    assert!(
+        boxes.answered(calls[1].token, 0),
+        "the drained one's answer"
+    );
     assert!(boxes.answered(calls[0].token, 0));
     assert!(!boxes.answered(calls[0].token, 0));
     assert_eq!(metric(host, "sent"), 2);
@@ -200,6 +203,9 @@ fn counters_are_defined_before_any_event() {
     Probe::COUNTERS.define_all(["p"]);
     let names: Vec<String> = host.metrics.borrow().iter().map(|m| m.0.clone()).collect();
     for m in ["sent", "dropped", "failed"] {
-        assert!(names.contains(&format!("meshwarden_test_{m}_total.policy.p")), "{m}");
+        assert!(
+            names.contains(&format!("meshwarden_test_{m}_total.policy.p")),
+            "{m}"
+        );
     }
 }

@@ -61,7 +61,8 @@ impl Stack {
 
     /// `meshwarden_ratelimit_shed_total` of `policy` and `class`.
     async fn shed(&self, policy: &str, class: &str) -> anyhow::Result<i64> {
-        self.stat(&format!("shed_total.class.{class}"), policy).await
+        self.stat(&format!("shed_total.class.{class}"), policy)
+            .await
     }
 
     /// `n` requests at once, each with `headers`; their replies.
@@ -224,8 +225,16 @@ async fn a_critical_request_is_admitted_while_normal_ones_are_shed() -> anyhow::
     assert_eq!(s.shed("tiers", "default").await?, 1);
     assert_eq!(s.shed("tiers", "critical").await?, 0);
     let prometheus = s.envoy.prometheus().await?;
+    let labelled = |class: &str, value: &str| {
+        prometheus.lines().any(|l| {
+            l.starts_with("meshwarden_ratelimit_shed_total{")
+                && l.contains(&format!("class=\"{class}\""))
+                && l.contains("policy=\"tiers\"")
+                && l.ends_with(&format!("}} {value}"))
+        })
+    };
     assert!(
-        prometheus.contains(r#"meshwarden_ratelimit_shed_total{class="default",policy="tiers"} 1"#),
+        labelled("default", "1") && labelled("critical", "0"),
         "the class is a label: {prometheus}"
     );
     Ok(())
