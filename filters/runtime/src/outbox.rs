@@ -24,6 +24,7 @@ const TICK: Duration = Duration::from_millis(50);
 /// The per-policy counters of an outbox, each counting records.
 #[derive(Debug, Clone, Copy)]
 pub struct Counters {
+    /// The filter's per-policy metrics.
     pub metrics: PolicyMetrics,
     /// Records the receiver accepted.
     pub sent: &'static str,
