@@ -97,12 +97,19 @@ class ShippedManifests(Base):
         import json
         (cfg,) = load("istio/telemetry/bootstrap-override.yaml")
         boot = json.loads(cfg["data"]["custom_bootstrap.json"])
-        (tag,) = boot["stats_config"]["stats_tags"]
+        (tag, class_tag) = boot["stats_config"]["stats_tags"]
         self.assertEqual(tag["tag_name"], "policy")
         import re
         m = re.match(tag["regex"], "wasmcustom.meshwarden_fault_aborts_injected_total.policy.checkout-chaos")
         self.assertEqual(m.group(2), "checkout-chaos")
         self.assertEqual(m.group(1), ".policy.checkout-chaos")
+        self.assertEqual(class_tag["tag_name"], "class")
+        shed = "wasmcustom.meshwarden_ratelimit_shed_total.class.critical.policy.api.v2"
+        m = re.match(tag["regex"], shed)
+        self.assertEqual((m.group(1), m.group(2)), (".policy.api.v2", "api.v2"))
+        m = re.match(class_tag["regex"], shed)
+        self.assertEqual((m.group(1), m.group(2)), (".class.critical", "critical"))
+        self.assertIsNone(re.match(class_tag["regex"], "wasmcustom.meshwarden_ratelimit_shed_total.policy.api"))
 
     @unittest.skipUnless(HAVE_KV, "kubernetes-validate not installed")
     def test_builtin_kinds_pass_the_kubernetes_schemas(self):

@@ -9,12 +9,15 @@ use std::collections::BTreeMap;
 const TEMPLATE: &str = include_str!("../../envoy/bootstrap.yaml.tmpl");
 
 /// Envoy `stats_config` that turns `meshwarden_<filter>_<metric>.policy.<name>` wasm stats
-/// into `meshwarden_<filter>_<metric>{policy="<name>"}` in Prometheus output.
-/// (The filters name stats `meshwarden_<filter>_<metric>[_total].policy.<name>`; see
-/// `meshwarden_filter_runtime::metrics`.)
+/// into `meshwarden_<filter>_<metric>{policy="<name>"}` in Prometheus output, and
+/// `...<metric>.class.<class>.policy.<name>` into `...<metric>{class="<class>",policy="<name>"}`.
+/// (The filters name stats `meshwarden_<filter>_<metric>[_total][.class.<class>].policy.<name>`;
+/// see `meshwarden_filter_runtime::metrics`.)
 pub const STATS_TAGS: &str = r"  stats_tags:
   - tag_name: policy
-    regex: '^wasmcustom\.meshwarden_[a-z0-9_]+(\.policy\.([a-z0-9.-]+))$'";
+    regex: '^wasmcustom\.meshwarden_[a-z0-9_]+(?:\.class\.[a-z0-9.-]+?)?(\.policy\.([a-z0-9.-]+))$'
+  - tag_name: class
+    regex: '^wasmcustom\.meshwarden_[a-z0-9_]+(\.class\.([a-z0-9.-]+?))\.policy\.[a-z0-9.-]+$'";
 
 /// Everything a bootstrap needs to know.
 #[derive(Debug, Clone)]

@@ -12,17 +12,15 @@ mod report;
 
 use meshwarden_common::capture::{CaptureSpec, RateCap};
 use meshwarden_common::random::Random;
+use meshwarden_filter_runtime::outbox::{Outboxes, Transport};
 use meshwarden_filter_runtime::shared::HostShared;
 use meshwarden_filter_runtime::{host, parse_config, Commit, Flow, HostRandom, Stage, Stream};
 use meshwarden_filter_runtime::{FilterConfig, StreamStage, ValidationError};
 use open::OpenRecord;
-use report::{Reporter, COUNTERS, METRICS};
+use report::{ControlPlane, Reporter};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
-
-/// Longest gap between two looks at the report queues.
-const REPORT_TICK: Duration = Duration::from_millis(50);
 
 /// What a configured policy needs besides its spec.
 struct Policy {
@@ -36,40 +34,28 @@ pub struct CaptureStage {
     config: RefCell<Rc<FilterConfig<CaptureSpec>>>,
     /// Per policy (by index) of the configuration.
     policies: RefCell<Rc<Vec<Policy>>>,
-    /// Reporters a new configuration replaced, until their queue and calls are done.
-    draining: RefCell<Vec<Rc<Reporter>>>,
+    outboxes: Outboxes<ControlPlane>,
 }
 
 impl CaptureStage {
     /// Policies for `config`, keeping the current reporters whose policy and report
     /// fields are unchanged.
     fn policies_for(&self, config: &FilterConfig<CaptureSpec>) -> Vec<Policy> {
-        let current = self.policies.borrow();
         config
             .policies
             .iter()
             .map(|p| {
                 let name = p.name.as_str();
-                let spec = &p.spec.report;
-                let kept = current.iter().find(|c| c.reporter.serves(name, spec));
+                let report = &p.spec.report;
                 Policy {
-                    reporter: kept.map_or_else(
-                        || Rc::new(Reporter::new(name, spec)),
-                        |c| c.reporter.clone(),
+                    reporter: self.outboxes.get_or_new(
+                        name,
+                        ControlPlane(report.clone()),
+                        report.limits,
                     ),
                     cap: RateCap::new(format!("meshwarden.capture.{name}"), p.spec.max_per_second),
                 }
             })
-            .collect()
-    }
-
-    fn all_reporters(&self) -> Vec<Rc<Reporter>> {
-        let current = self.policies.borrow();
-        let draining = self.draining.borrow();
-        current
-            .iter()
-            .map(|p| p.reporter.clone())
-            .chain(draining.iter().cloned())
             .collect()
     }
 }
@@ -82,17 +68,11 @@ impl Stage for CaptureStage {
     fn prepare(&self, bytes: &[u8]) -> Result<Commit<'_>, ValidationError> {
         let config = parse_config::<CaptureSpec>(bytes)?;
         Ok(Box::new(move || {
-            METRICS.define_all(config.policies.iter().map(|p| p.name.as_str()), &COUNTERS);
-            let policies = Rc::new(self.policies_for(&config));
-            let old = std::mem::replace(&mut *self.policies.borrow_mut(), policies.clone());
-            let replaced = old.iter().filter(|o| {
-                !policies
-                    .iter()
-                    .any(|p| Rc::ptr_eq(&p.reporter, &o.reporter))
-            });
-            self.draining
-                .borrow_mut()
-                .extend(replaced.map(|o| o.reporter.clone()));
+            ControlPlane::COUNTERS.define_all(config.policies.iter().map(|p| p.name.as_str()));
+            let policies = self.policies_for(&config);
+            self.outboxes
+                .replace(policies.iter().map(|p| p.reporter.clone()).collect());
+            *self.policies.borrow_mut() = Rc::new(policies);
             *self.config.borrow_mut() = Rc::new(config);
         }))
     }
@@ -114,29 +94,15 @@ impl Stage for CaptureStage {
     }
 
     fn tick_every(&self) -> Option<Duration> {
-        self.all_reporters()
-            .iter()
-            .map(|r| r.tick().min(REPORT_TICK))
-            .min()
+        self.outboxes.tick_every()
     }
 
     fn on_tick(&self) {
-        for r in self.all_reporters() {
-            r.flush();
-        }
-        self.draining.borrow_mut().retain(|r| {
-            let busy = !r.is_idle();
-            if !busy {
-                r.detach();
-            }
-            busy
-        });
+        self.outboxes.on_tick();
     }
 
     fn on_grpc_call_response(&self, token: u32, status: u32) -> bool {
-        self.all_reporters()
-            .iter()
-            .any(|r| r.answered(token, status))
+        self.outboxes.answered(token, status)
     }
 }
 

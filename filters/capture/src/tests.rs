@@ -71,8 +71,7 @@ fn summaries_are_reported_from_the_tick_with_credentials_redacted() {
     let calls = host.grpc_calls.borrow().clone();
     assert_eq!(calls.len(), 1);
     let call = &calls[0];
-    let service = meshwarden_common::capture::grpc_service("meshwarden_xds");
-    assert_eq!(call.cluster, service, "the xDS cluster by default");
+    assert_eq!(call.cluster, "meshwarden_xds", "the xDS cluster by default");
     assert_eq!(call.service, "meshwarden.v1alpha1.CaptureService");
     assert_eq!(call.method, "Report");
     let m = &call.message;

@@ -7,6 +7,7 @@
 use crate::duration::DurationSpec;
 use crate::error::ValidationError;
 use crate::mirror::queue::BoundedQueue;
+use serde::{Deserialize, Serialize};
 
 /// Most records in one call-out.
 pub const MAX_BATCH: u32 = 512;
@@ -16,20 +17,57 @@ pub const MAX_QUEUE: u32 = 8192;
 const MIN_INTERVAL: DurationSpec = DurationSpec::from_millis(10);
 const MAX_INTERVAL: DurationSpec = DurationSpec::from_millis(60_000);
 
-/// How a [`Batcher`] groups records: the batching fields of a policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchLimits {
-    /// Most records per batch.
+/// How a [`Batcher`] groups records: the batching fields of a policy (`maxBatch`,
+/// `flushInterval`, `maxQueue`, `timeout`), flattened into `TracePolicy.spec.export` and
+/// `CapturePolicy.spec.report`. `FLUSH_MS` is the default `flushInterval`, the one default
+/// they differ in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchLimits<const FLUSH_MS: u64> {
+    /// Most records per batch (1 to 512, default 64): a full batch is sent at the next tick
+    /// of the root context.
+    #[serde(default = "default_max_batch")]
     pub max_batch: u32,
-    /// Most records waiting.
-    pub max_queue: u32,
-    /// Longest wait of a partial batch.
+    /// Longest wait of a partial batch (10ms to 60s, default `FLUSH_MS`).
+    #[serde(default = "default_flush_interval::<FLUSH_MS>")]
     pub flush_interval: DurationSpec,
-    /// Call-out timeout.
+    /// Most records waiting per worker (`maxBatch` to 8192, default 1024); more are dropped
+    /// and counted.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: u32,
+    /// Call-out timeout (10ms to 60s, default 2s).
+    #[serde(default = "default_timeout")]
     pub timeout: DurationSpec,
 }
 
-impl BatchLimits {
+fn default_max_batch() -> u32 {
+    64
+}
+
+fn default_flush_interval<const FLUSH_MS: u64>() -> DurationSpec {
+    DurationSpec::from_millis(FLUSH_MS)
+}
+
+fn default_max_queue() -> u32 {
+    1024
+}
+
+fn default_timeout() -> DurationSpec {
+    DurationSpec::from_millis(2000)
+}
+
+impl<const FLUSH_MS: u64> Default for BatchLimits<FLUSH_MS> {
+    fn default() -> Self {
+        Self {
+            max_batch: default_max_batch(),
+            flush_interval: default_flush_interval::<FLUSH_MS>(),
+            max_queue: default_max_queue(),
+            timeout: default_timeout(),
+        }
+    }
+}
+
+impl<const FLUSH_MS: u64> BatchLimits<FLUSH_MS> {
     /// Checks the bounds (`maxBatch` 1 to 512, `maxQueue` `maxBatch` to 8192,
     /// `flushInterval` and `timeout` 10ms to 60s); errors name the policy field.
     pub fn validate(&self) -> Result<(), ValidationError> {
@@ -74,7 +112,7 @@ pub struct Batcher<T> {
 
 impl<T> Batcher<T> {
     /// An empty queue with `limits`, its interval counted from `now_ms`.
-    pub fn with_limits(limits: BatchLimits, now_ms: u64) -> Self {
+    pub fn with_limits<const F: u64>(limits: BatchLimits<F>, now_ms: u64) -> Self {
         Self {
             queue: BoundedQueue::new(limits.max_queue as usize),
             max_batch: (limits.max_batch as usize).max(1),
@@ -117,13 +155,31 @@ impl<T> Batcher<T> {
 mod tests {
     use super::*;
 
-    fn limits(max_batch: u32, max_queue: u32) -> BatchLimits {
+    fn limits(max_batch: u32, max_queue: u32) -> BatchLimits<100> {
         BatchLimits {
             max_batch,
             max_queue,
-            flush_interval: DurationSpec::from_millis(100),
-            timeout: DurationSpec::from_millis(1000),
+            ..BatchLimits::default()
         }
+    }
+
+    fn parse(v: serde_json::Value) -> Result<BatchLimits<200>, String> {
+        let l: BatchLimits<200> = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        l.validate().map_err(|e| e.to_string())?;
+        Ok(l)
+    }
+
+    #[test]
+    fn defaults_and_the_flush_interval_of_the_kind() {
+        let l = parse(serde_json::json!({})).unwrap();
+        assert_eq!((l.max_batch, l.max_queue), (64, 1024));
+        assert_eq!(l.flush_interval.as_millis(), 200);
+        assert_eq!(l.timeout.as_millis(), 2000);
+        let l = parse(serde_json::json!({"maxBatch": 10, "maxQueue": 10, "flushInterval": "250ms", "timeout": "1s"}))
+            .unwrap();
+        assert_eq!((l.max_batch, l.max_queue), (10, 10));
+        assert_eq!(l.flush_interval.as_millis(), 250);
+        assert_eq!(parse(serde_json::to_value(l).unwrap()).unwrap(), l);
     }
 
     fn batcher(max_batch: u32, max_queue: u32) -> Batcher<u32> {
@@ -158,7 +214,7 @@ mod tests {
 
     #[test]
     fn limit_errors_name_the_field() {
-        let field = |l: BatchLimits| l.validate().unwrap_err().field;
+        let field = |l: BatchLimits<100>| l.validate().unwrap_err().field;
         assert!(limits(1, 1).validate().is_ok());
         assert_eq!(field(limits(0, 1)), "maxBatch");
         assert_eq!(field(limits(513, 600)), "maxBatch");
@@ -170,5 +226,9 @@ mod tests {
         l.flush_interval = DurationSpec::from_millis(50);
         l.timeout = DurationSpec::from_millis(120_000);
         assert_eq!(field(l), "timeout");
+        let err = |v| parse(v).unwrap_err();
+        assert!(err(serde_json::json!({"maxQueue": 9000})).starts_with("maxQueue:"));
+        assert!(err(serde_json::json!({"flushInterval": "5ms"})).starts_with("flushInterval:"));
+        assert!(err(serde_json::json!({"flushInterval": "soon"})).contains("duration"));
     }
 }

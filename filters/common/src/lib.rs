@@ -13,6 +13,7 @@ pub mod duration;
 pub mod error;
 pub mod fault;
 pub mod filter_config;
+pub mod grpc;
 pub mod index;
 pub mod limits;
 pub mod matcher;

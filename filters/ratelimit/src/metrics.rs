@@ -10,9 +10,7 @@
 //! | `failures_total` | counter | shared data stayed contended; `failureMode` decided |
 //! | `in_flight` | gauge | requests in flight under the policy's `maxConcurrent` or `shedding` |
 //! | `concurrency_limit` | gauge | `shedding`: the policy's current limit (the adaptive one as last seen by a request) |
-//! | `shed_total` | counter | `shedding`: requests shed (answered 503 or 429), every class |
-//! | `shed_default_total` | counter | `shedding`: shed requests in no class |
-//! | `shed_class<i>_total` | counter | `shedding`: shed requests of `classes[i]` (0 to 15) |
+//! | `shed_total{class}` | counter | `shedding`: requests shed (answered 503 or 429) by class name (`default`: in no class) |
 //! | `global_checks_total` | counter | `scope: global`: requests the rate limit service decided |
 //! | `global_failures_total` | counter | `scope: global`: no usable answer (error, timeout, malformed); `failureMode` decided (also in `failures_total`) |
 //! | `global_call_duration_us` | histogram | `scope: global`: time from the call to its answer, µs |
@@ -34,31 +32,10 @@ const ALL: [(&str, MetricKind); 7] = [
     ("in_flight", MetricKind::Gauge),
 ];
 
-/// `shed_class<i>` counter names, one per possible class.
-const SHED_CLASS: [&str; meshwarden_common::ratelimit::shedding::MAX_CLASSES] = [
-    "shed_class0",
-    "shed_class1",
-    "shed_class2",
-    "shed_class3",
-    "shed_class4",
-    "shed_class5",
-    "shed_class6",
-    "shed_class7",
-    "shed_class8",
-    "shed_class9",
-    "shed_class10",
-    "shed_class11",
-    "shed_class12",
-    "shed_class13",
-    "shed_class14",
-    "shed_class15",
-];
+const SHEDDING: [(&str, MetricKind); 1] = [("concurrency_limit", MetricKind::Gauge)];
 
-const SHEDDING: [(&str, MetricKind); 3] = [
-    ("concurrency_limit", MetricKind::Gauge),
-    ("shed", MetricKind::Counter),
-    ("shed_default", MetricKind::Counter),
-];
+/// Requests shed, by class (`meshwarden_ratelimit_shed_total{policy,class}`).
+const SHED: &str = "shed";
 
 const GLOBAL: [(&str, MetricKind); 3] = [
     ("global_checks", MetricKind::Counter),
@@ -92,11 +69,11 @@ pub fn define(limiter: &Limiter) {
         &LEASE,
     );
     for p in limiter.policies() {
-        let classes = p.shed_classes();
-        if let Some(n) = classes {
+        if let Some(classes) = p.shed_class_names() {
             METRICS.define_all([p.name.as_str()], &SHEDDING);
-            let names = SHED_CLASS.iter().take(n).map(|m| (*m, MetricKind::Counter));
-            METRICS.define_all([p.name.as_str()], &names.collect::<Vec<_>>());
+            for class in classes {
+                let _ = METRICS.class_id(SHED, class, p.name.as_str());
+            }
         }
     }
 }
@@ -165,12 +142,8 @@ pub fn record(events: &[PolicyEvents]) {
         if let Some(limit) = e.shed_limit {
             METRICS.gauge_set("concurrency_limit", p, limit);
         }
-        if let Some(class) = e.shed_class {
-            METRICS.increment("shed", p);
-            let by_class = class.map_or(Some("shed_default"), |i| SHED_CLASS.get(i).copied());
-            if let Some(metric) = by_class {
-                METRICS.increment(metric, p);
-            }
+        if let Some(class) = &e.shed_class {
+            METRICS.increment_class(SHED, class, p);
         }
     }
 }

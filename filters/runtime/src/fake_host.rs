@@ -34,6 +34,7 @@ pub struct SentGrpcCall {
     pub token: u32,
     /// The stream that made it.
     pub context: u32,
+    /// The plain cluster name (the Wasm host serializes it as a `GrpcService`).
     pub cluster: String,
     pub service: String,
     pub method: String,

@@ -97,7 +97,10 @@ pub trait Host {
     ) -> Result<u32, String>;
     /// Sends a unary gRPC call-out from the current stream (its answer comes to that
     /// stream: [`crate::pipeline::Request::on_grpc_response`]); its token. `message` is the
-    /// serialized request (no gRPC framing); the proxy gives up after `timeout`.
+    /// serialized request (no gRPC framing); the proxy gives up after `timeout`. `cluster` is
+    /// a plain cluster name (at most [`meshwarden_common::grpc::MAX_CLUSTER_LEN`]
+    /// characters); the Wasm host sends it as a serialized `GrpcService`
+    /// ([`meshwarden_common::grpc::grpc_service`]).
     fn grpc_call(
         &self,
         cluster: &str,

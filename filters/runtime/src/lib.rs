@@ -8,7 +8,8 @@
 //!   parking (injected delays), periodic ticks and call-out answers;
 //! - [`module`]: the proxy-wasm root and HTTP contexts around a pipeline (Wasm only);
 //! - [`headers`] (lazy request headers), [`connection`] (the downstream peer's identity), [`shared`] (compare-and-swap updates),
-//!   [`metrics`] (per-policy stats), [`random`], [`calls`] (host-call accounting).
+//!   [`metrics`] (per-policy stats), [`random`], [`calls`] (host-call accounting);
+//! - [`outbox`]: records sent off the request path in batches (spans, capture summaries).
 
 pub mod calls;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod host;
 pub mod metrics;
 #[cfg(target_arch = "wasm32")]
 pub mod module;
+pub mod outbox;
 pub mod pipeline;
 pub mod random;
 pub mod shared;
@@ -28,6 +30,7 @@ pub mod wasm_host;
 
 pub use host::{host, Host, LocalResponse, Map, MetricKind, Phase};
 pub use metrics::PolicyMetrics;
+pub use outbox::{Outbox, Outboxes, Transport};
 pub use pipeline::{Commit, Flow, Pipeline, Stage, Stream, StreamStage};
 pub use random::HostRandom;
 

@@ -19,6 +19,11 @@
 //! unambiguous even with dots. Without the tag rule the metric still appears, as
 //! `meshwarden_trace_started_total_policy_checkout_v2`.
 //!
+//! A metric with a second label (the rate limit's `shed_total` by class) is named
+//! `meshwarden_<filter>_<metric>[_total].class.<class>.policy.<policy>`, and the second
+//! rule of [`STATS_TAGS_YAML`] makes `.class.<class>` a `class` tag:
+//! `meshwarden_ratelimit_shed_total{class="critical",policy="api"}`.
+//!
 //! Ids are defined lazily per VM (each Envoy worker has its own) and cached by name;
 //! defining the same name again in another VM or after a reconfiguration yields the same
 //! Envoy stat.
@@ -34,19 +39,32 @@ pub const PREFIX: &str = "meshwarden_";
 pub const POLICY_SUFFIX: &str = ".policy.";
 /// Envoy tag name carrying the policy.
 pub const POLICY_TAG: &str = "policy";
+/// Separator and tag name between a metric and its class, before the policy.
+pub const CLASS_SUFFIX: &str = ".class.";
+/// Envoy tag name carrying the class.
+pub const CLASS_TAG: &str = "class";
 /// Regex for Envoy's `stats_config.stats_tags`: the first group (removed from the name) is
-/// `.policy.<name>`, the second (the tag value) is the policy name.
-pub const POLICY_TAG_REGEX: &str = r"^wasmcustom\.meshwarden_[a-z0-9_]+(\.policy\.([a-z0-9.-]+))$";
+/// `.policy.<name>`, the second (the tag value) is the policy name; a `.class.<class>`
+/// before it is skipped.
+pub const POLICY_TAG_REGEX: &str =
+    r"^wasmcustom\.meshwarden_[a-z0-9_]+(?:\.class\.[a-z0-9.-]+?)?(\.policy\.([a-z0-9.-]+))$";
+/// Regex of the `class` tag: `.class.<class>` before the policy.
+pub const CLASS_TAG_REGEX: &str =
+    r"^wasmcustom\.meshwarden_[a-z0-9_]+(\.class\.([a-z0-9.-]+?))\.policy\.[a-z0-9.-]+$";
 /// The `stats_config` body for an Envoy bootstrap (indented for a top-level
-/// `stats_config:` key), turning `.policy.<name>` into a `policy` label.
+/// `stats_config:` key), turning `.policy.<name>` into a `policy` label and
+/// `.class.<class>` into a `class` label.
 pub const STATS_TAGS_YAML: &str = r"  stats_tags:
   - tag_name: policy
-    regex: '^wasmcustom\.meshwarden_[a-z0-9_]+(\.policy\.([a-z0-9.-]+))$'";
+    regex: '^wasmcustom\.meshwarden_[a-z0-9_]+(?:\.class\.[a-z0-9.-]+?)?(\.policy\.([a-z0-9.-]+))$'
+  - tag_name: class
+    regex: '^wasmcustom\.meshwarden_[a-z0-9_]+(\.class\.([a-z0-9.-]+?))\.policy\.[a-z0-9.-]+$'";
 
 type Ids = HashMap<(&'static str, &'static str), HashMap<String, u32>>;
 
 thread_local! {
-    /// Defined ids by (filter, metric), then policy: an event costs no allocation.
+    /// Defined ids by (filter, metric), then policy (or labels): an event costs no
+    /// allocation (a class-labelled one costs one).
     static IDS: RefCell<Ids> = RefCell::new(HashMap::new());
 }
 
@@ -62,6 +80,11 @@ impl PolicyMetrics {
         Self { filter }
     }
 
+    /// The filter's name (`trace`, `fault`, ...).
+    pub const fn filter(&self) -> &'static str {
+        self.filter
+    }
+
     /// The Envoy stat name of `metric` for `policy`.
     pub fn stat_name(&self, metric: &str, kind: MetricKind, policy: &str) -> String {
         stat_name(self.filter, metric, kind, policy)
@@ -69,16 +92,42 @@ impl PolicyMetrics {
 
     /// Defines (once per VM) and returns the id of a metric; `None` if the host refuses.
     pub fn id(&self, metric: &'static str, kind: MetricKind, policy: &str) -> Option<u32> {
+        let name = || self.stat_name(metric, kind, policy);
+        self.cached(metric, policy, name, kind)
+    }
+
+    /// [`Self::id`] of counter `metric` of `policy` labelled `class`.
+    pub fn class_id(&self, metric: &'static str, class: &str, policy: &str) -> Option<u32> {
+        let labels = format!("{CLASS_SUFFIX}{class}{POLICY_SUFFIX}{policy}");
+        let name = || format!("{PREFIX}{}_{metric}_total{labels}", self.filter);
+        self.cached(metric, &labels, name, MetricKind::Counter)
+    }
+
+    /// The id of `metric` under `key` (its labels), defining it as `name` the first time.
+    fn cached(
+        &self,
+        metric: &'static str,
+        key: &str,
+        name: impl FnOnce() -> String,
+        kind: MetricKind,
+    ) -> Option<u32> {
         IDS.with(|ids| {
             let mut ids = ids.borrow_mut();
-            let by_policy = ids.entry((self.filter, metric)).or_default();
-            if let Some(id) = by_policy.get(policy) {
+            let by_key = ids.entry((self.filter, metric)).or_default();
+            if let Some(id) = by_key.get(key) {
                 return Some(*id);
             }
-            let id = host().define_metric(kind, &self.stat_name(metric, kind, policy))?;
-            by_policy.insert(policy.to_string(), id);
+            let id = host().define_metric(kind, &name())?;
+            by_key.insert(key.to_string(), id);
             Some(id)
         })
+    }
+
+    /// Adds 1 to counter `metric` of `policy` labelled `class`.
+    pub fn increment_class(&self, metric: &'static str, class: &str, policy: &str) {
+        if let Some(id) = self.class_id(metric, class, policy) {
+            host().add_metric(id, 1);
+        }
     }
 
     /// Defines every `(metric, kind)` for every policy, so they show up (as 0) before the

@@ -6,6 +6,7 @@
 #![allow(unsafe_code)]
 
 use crate::host::{Body, CasMismatch, Host, LocalResponse, Map, MetricKind, Phase};
+use meshwarden_common::grpc::grpc_service;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType};
 use std::time::{Duration, UNIX_EPOCH};
@@ -167,10 +168,12 @@ impl Host for WasmHost {
         timeout: Duration,
     ) -> Result<u32, String> {
         crate::calls::count();
+        // Always a serialized GrpcService: a bare name that parses as one crashes Envoy.
+        let upstream = grpc_service(cluster);
         // Through the SDK, which routes the answer to the calling context. It panics on a
         // host status other than Ok/ParseFailure/InternalFailure (Envoy returns those only);
         // an unknown cluster is a ParseFailure.
-        hostcalls::dispatch_grpc_call(cluster, service, method, vec![], Some(message), timeout)
+        hostcalls::dispatch_grpc_call(&upstream, service, method, vec![], Some(message), timeout)
             .map_err(|status| format!("{status:?}"))
     }
 

@@ -836,12 +836,9 @@ fn adaptive_shedding_measures_the_min_rtt_at_the_floor_then_admits_the_initial_l
         4
     );
     assert_eq!(
-        host.metric("meshwarden_ratelimit_shed_total.policy.shed"),
-        2
-    );
-    assert_eq!(
-        host.metric("meshwarden_ratelimit_shed_default_total.policy.shed"),
-        2
+        host.metric("meshwarden_ratelimit_shed_total.class.default.policy.shed"),
+        2,
+        "requests in no class are shed as `default`"
     );
     for (r, _) in &admitted {
         r.borrow_mut().on_done(&p);

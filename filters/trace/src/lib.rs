@@ -12,9 +12,10 @@
 mod export;
 mod span;
 
-use export::{Exporter, COUNTERS, METRICS};
+use export::{Collector, Exporter, METRICS};
 use meshwarden_common::names::HeaderName;
 use meshwarden_common::trace::{decide, HeaderOp, Outcome, TraceSpec};
+use meshwarden_filter_runtime::outbox::{Outboxes, Transport};
 use meshwarden_filter_runtime::MetricKind;
 use meshwarden_filter_runtime::{headers, parse_config, Commit, Flow, HostRandom, Stage, Stream};
 use meshwarden_filter_runtime::{FilterConfig, StreamStage, ValidationError};
@@ -23,47 +24,29 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// Longest gap between two looks at the export queues: how long a full batch may wait.
-const EXPORT_TICK: Duration = Duration::from_millis(50);
-
 /// The trace stage of one worker.
 #[derive(Default)]
 pub struct TraceStage {
     config: RefCell<Rc<FilterConfig<TraceSpec>>>,
     /// The exporter of each policy (by index), `None` for policies without `export`.
     exporters: RefCell<Rc<Vec<Option<Rc<Exporter>>>>>,
-    /// Exporters a new configuration replaced, until their queue and calls are done.
-    draining: RefCell<Vec<Rc<Exporter>>>,
+    outboxes: Outboxes<Collector>,
 }
 
 impl TraceStage {
     /// Exporters for `config`, keeping the current ones whose policy and export are unchanged.
     fn exporters_for(&self, config: &FilterConfig<TraceSpec>) -> Vec<Option<Rc<Exporter>>> {
-        let current = self.exporters.borrow();
         config
             .policies
             .iter()
             .map(|p| {
                 let spec = p.spec.export.as_ref()?;
-                let name = p.name.as_str();
-                let kept = current.iter().flatten().find(|e| e.serves(name, spec));
+                let collector = Collector(spec.clone());
                 Some(
-                    kept.cloned()
-                        .unwrap_or_else(|| Rc::new(Exporter::new(name, spec))),
+                    self.outboxes
+                        .get_or_new(p.name.as_str(), collector, spec.limits),
                 )
             })
-            .collect()
-    }
-
-    /// The current exporters, then the draining ones.
-    fn all_exporters(&self) -> Vec<Rc<Exporter>> {
-        let current = self.exporters.borrow();
-        let draining = self.draining.borrow();
-        current
-            .iter()
-            .flatten()
-            .chain(draining.iter())
-            .cloned()
             .collect()
     }
 }
@@ -79,14 +62,11 @@ impl Stage for TraceStage {
             let counters = Outcome::ALL.map(|o| (o.as_str(), MetricKind::Counter));
             METRICS.define_all(config.policies.iter().map(|p| p.name.as_str()), &counters);
             let exporting = config.policies.iter().filter(|p| p.spec.export.is_some());
-            METRICS.define_all(exporting.map(|p| p.name.as_str()), &COUNTERS);
-            let exporters = Rc::new(self.exporters_for(&config));
-            let old = std::mem::replace(&mut *self.exporters.borrow_mut(), exporters.clone());
-            let replaced = old
-                .iter()
-                .flatten()
-                .filter(|e| !exporters.iter().flatten().any(|c| Rc::ptr_eq(c, e)));
-            self.draining.borrow_mut().extend(replaced.cloned());
+            Collector::COUNTERS.define_all(exporting.map(|p| p.name.as_str()));
+            let exporters = self.exporters_for(&config);
+            self.outboxes
+                .replace(exporters.iter().flatten().cloned().collect());
+            *self.exporters.borrow_mut() = Rc::new(exporters);
             *self.config.borrow_mut() = Rc::new(config);
         }))
     }
@@ -109,29 +89,15 @@ impl Stage for TraceStage {
     }
 
     fn tick_every(&self) -> Option<Duration> {
-        self.all_exporters()
-            .iter()
-            .map(|e| e.tick().min(EXPORT_TICK))
-            .min()
+        self.outboxes.tick_every()
     }
 
     fn on_tick(&self) {
-        for e in self.all_exporters() {
-            e.flush();
-        }
-        self.draining.borrow_mut().retain(|e| {
-            let busy = !e.is_idle();
-            if !busy {
-                e.detach();
-            }
-            busy
-        });
+        self.outboxes.on_tick();
     }
 
     fn on_call_response(&self, token: u32, headers: usize, _body: usize) -> bool {
-        self.all_exporters()
-            .iter()
-            .any(|e| e.answered(token, headers))
+        self.outboxes.answered(token, headers)
     }
 }
 

@@ -59,6 +59,12 @@ impl Stack {
             .await
     }
 
+    /// `meshwarden_ratelimit_shed_total` of `policy` and `class`.
+    async fn shed(&self, policy: &str, class: &str) -> anyhow::Result<i64> {
+        self.stat(&format!("shed_total.class.{class}"), policy)
+            .await
+    }
+
     /// `n` requests at once, each with `headers`; their replies.
     async fn burst(
         self: &Arc<Self>,
@@ -147,8 +153,7 @@ async fn the_adaptive_limit_converges_and_sheds_the_excess_with_503() -> anyhow:
         "the upstream never saw the whole load (peak {})",
         s.upstream.peak_in_flight()
     );
-    assert_eq!(s.stat("shed_total", "adaptive").await?, shed as i64);
-    assert_eq!(s.stat("shed_default_total", "adaptive").await?, shed as i64);
+    assert_eq!(s.shed("adaptive", "default").await?, shed as i64);
     assert_eq!(
         s.stat("concurrency_limited_total", "adaptive").await?,
         shed as i64
@@ -172,7 +177,7 @@ async fn utilization_admits_its_share_of_the_capacity() -> anyhow::Result<()> {
     assert_eq!(count(&replies, 200), 8, "{replies:?}");
     assert_eq!(count(&replies, 503), 12);
     assert_eq!(s.upstream.peak_in_flight(), 8);
-    assert_eq!(s.stat("shed_total", "pool").await?, 12);
+    assert_eq!(s.shed("pool", "default").await?, 12);
     assert_eq!(s.stat("concurrency_limit", "pool").await?, 8);
     Ok(())
 }
@@ -217,7 +222,20 @@ async fn a_critical_request_is_admitted_while_normal_ones_are_shed() -> anyhow::
         "the critical class may use the whole limit"
     );
     assert!(slow.await??.iter().all(|r| r.status == 200));
-    assert_eq!(s.stat("shed_default_total", "tiers").await?, 1);
-    assert_eq!(s.stat("shed_class0_total", "tiers").await?, 0);
+    assert_eq!(s.shed("tiers", "default").await?, 1);
+    assert_eq!(s.shed("tiers", "critical").await?, 0);
+    let prometheus = s.envoy.prometheus().await?;
+    let labelled = |class: &str, value: &str| {
+        prometheus.lines().any(|l| {
+            l.starts_with("meshwarden_ratelimit_shed_total{")
+                && l.contains(&format!("class=\"{class}\""))
+                && l.contains("policy=\"tiers\"")
+                && l.ends_with(&format!("}} {value}"))
+        })
+    };
+    assert!(
+        labelled("default", "1") && labelled("critical", "0"),
+        "the class is a label: {prometheus}"
+    );
     Ok(())
 }

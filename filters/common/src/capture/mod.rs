@@ -16,18 +16,14 @@ pub mod redact;
 pub mod spec;
 
 pub use cap::RateCap;
-pub use record::{encode_report, grpc_service, CaptureRecord, REPORT_METHOD, SERVICE};
+pub use record::{encode_report, CaptureRecord, REPORT_METHOD, SERVICE};
 pub use redact::{select_headers, CapturedHeader, REDACTED};
-pub use spec::{CaptureSpec, ReportSpec, ALWAYS_REDACTED, DEFAULT_CLUSTER};
+pub use spec::{CaptureSpec, ReportLimits, ReportSpec, ALWAYS_REDACTED, DEFAULT_CLUSTER};
 
-use crate::batch::Batcher;
 use crate::trace::b3::{B3, X_B3_TRACEID};
 use crate::trace::span::field_text;
 use crate::trace::TraceParent;
 use crate::RequestHeaders;
-
-/// Summaries waiting to be reported by one worker.
-pub type RecordBatcher = Batcher<CaptureRecord>;
 
 impl CaptureSpec {
     /// Whether a request with uniformly distributed `draw` is summarised.
@@ -79,7 +75,6 @@ mod tests {
         assert_eq!(id(&[("traceparent", "junk")]), None);
         assert_eq!(id(&[]), None);
     }
-    use crate::trace::SpanStatus;
 
     #[test]
     fn sampling_extremes_take_all_or_nothing() {
@@ -87,17 +82,5 @@ mod tests {
         assert!((0..1000u64).all(|d| s.samples(crate::random::mix64(d))));
         s.sampling_percentage = crate::Percentage::NONE;
         assert!(!(0..1000u64).any(|d| s.samples(crate::random::mix64(d))));
-    }
-
-    #[test]
-    fn summaries_batch_with_the_report_limits() {
-        let mut s = CaptureSpec::default();
-        s.report.max_batch = 2;
-        s.report.max_queue = 2;
-        let mut b = RecordBatcher::with_limits(s.report.limits(), 0);
-        let r = record::tests::record(SpanStatus::Http(200));
-        assert!(b.push(r.clone()) && b.push(r.clone()));
-        assert!(!b.push(r), "full: dropped, the caller counts it");
-        assert_eq!(b.take_due(1).map(|v| v.len()), Some(2));
     }
 }

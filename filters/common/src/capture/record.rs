@@ -41,20 +41,6 @@ pub struct CaptureRecord {
     pub headers: Vec<CapturedHeader>,
 }
 
-/// The `service` argument of the proxy's gRPC call for `cluster`: a serialized
-/// `envoy.config.core.v3.GrpcService{envoy_grpc: {cluster_name}}`. Envoy first tries to
-/// parse the argument as that message and only takes it as a bare cluster name when
-/// parsing fails, so a bare name that happens to parse (`meshwarden_xds` does) would reach
-/// Envoy as a service with neither kind set, which Envoy 1.40 does not survive. A cluster
-/// of at most [`super::spec::MAX_CLUSTER_LEN`] printable ASCII characters gives ASCII.
-pub fn grpc_service(cluster: &str) -> String {
-    let mut envoy_grpc = Vec::new();
-    put_len(&mut envoy_grpc, 1, cluster.as_bytes());
-    let mut service = Vec::new();
-    put_len(&mut service, 1, &envoy_grpc);
-    String::from_utf8_lossy(&service).into_owned()
-}
-
 /// `meshwarden.v1alpha1.ReportRequest{node_id = 1, records = 2, dropped = 3}`: `dropped`
 /// is how many summaries this worker dropped since its last report.
 pub fn encode_report(node_id: &str, records: &[CaptureRecord], dropped: u64) -> Vec<u8> {
@@ -213,29 +199,6 @@ pub(crate) mod tests {
         assert_eq!(r.headers[0].value, "[redacted]");
         assert!(!r.reset);
         assert!(req.records[1].reset && req.records[1].status == 0);
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct GrpcService {
-        #[prost(message, optional, tag = "1")]
-        envoy_grpc: Option<EnvoyGrpc>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct EnvoyGrpc {
-        #[prost(string, tag = "1")]
-        cluster_name: String,
-    }
-
-    #[test]
-    fn the_cluster_goes_as_a_grpc_service() {
-        let istio = "outbound|18000||meshwarden.meshwarden-system.svc.cluster.local";
-        for cluster in ["meshwarden_xds", istio, &"c".repeat(120)] {
-            let s = grpc_service(cluster);
-            assert!(s.is_ascii());
-            let decoded = GrpcService::decode(s.as_bytes()).unwrap();
-            assert_eq!(decoded.envoy_grpc.unwrap().cluster_name, cluster);
-        }
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! how many per second, and where the summaries are reported.
 
 use crate::batch::BatchLimits;
-use crate::duration::DurationSpec;
 use crate::error::ValidationError;
 use crate::names::HeaderName;
 use crate::percentage::Percentage;
@@ -14,9 +13,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CLUSTER: &str = "meshwarden_xds";
 /// Most headers in the allow-list (and in `redact`).
 pub const MAX_HEADERS: usize = 32;
-/// Longest `report.cluster`: the call names it inside a serialized `GrpcService` (see
-/// [`super::record::grpc_service`]) whose one-byte lengths keep it ASCII.
-pub const MAX_CLUSTER_LEN: usize = 120;
+/// Longest `report.cluster` (the longest a gRPC call-out may name).
+pub use crate::grpc::MAX_CLUSTER_LEN;
 /// Largest `maxPerSecond`.
 pub const MAX_PER_SECOND: u32 = 10_000;
 
@@ -130,50 +128,25 @@ pub struct ReportSpec {
     /// `outbound|18000||meshwarden.meshwarden-system.svc.cluster.local`).
     #[serde(default = "default_cluster")]
     pub cluster: String,
-    /// Most summaries per call (1 to 512, default 64).
-    #[serde(default = "default_max_batch")]
-    pub max_batch: u32,
-    /// Longest wait of a partial batch (10ms to 60s, default 200ms: summaries show within
-    /// a second).
-    #[serde(default = "default_flush_interval")]
-    pub flush_interval: DurationSpec,
-    /// Most summaries waiting per worker (`maxBatch` to 8192, default 1024); more are
-    /// dropped and counted.
-    #[serde(default = "default_max_queue")]
-    pub max_queue: u32,
-    /// Call timeout (10ms to 60s, default 2s).
-    #[serde(default = "default_timeout")]
-    pub timeout: DurationSpec,
+    /// `maxBatch` (default 64), `flushInterval` (default 200ms: summaries show within a
+    /// second), `maxQueue` (default 1024; more are dropped and counted) and `timeout`
+    /// (default 2s).
+    #[serde(flatten)]
+    pub limits: ReportLimits,
 }
+
+/// The batching fields of `report`: `flushInterval` defaults to 200ms.
+pub type ReportLimits = BatchLimits<200>;
 
 fn default_cluster() -> String {
     DEFAULT_CLUSTER.to_string()
-}
-
-fn default_max_batch() -> u32 {
-    64
-}
-
-fn default_flush_interval() -> DurationSpec {
-    DurationSpec::from_millis(200)
-}
-
-fn default_max_queue() -> u32 {
-    1024
-}
-
-fn default_timeout() -> DurationSpec {
-    DurationSpec::from_millis(2000)
 }
 
 impl Default for ReportSpec {
     fn default() -> Self {
         Self {
             cluster: default_cluster(),
-            max_batch: default_max_batch(),
-            flush_interval: default_flush_interval(),
-            max_queue: default_max_queue(),
-            timeout: default_timeout(),
+            limits: ReportLimits::default(),
         }
     }
 }
@@ -187,17 +160,7 @@ impl ReportSpec {
                 format!("must be 1 to {MAX_CLUSTER_LEN} printable ASCII characters without spaces"),
             )
         })?;
-        self.limits().validate()
-    }
-
-    /// The batching fields.
-    pub fn limits(&self) -> BatchLimits {
-        BatchLimits {
-            max_batch: self.max_batch,
-            max_queue: self.max_queue,
-            flush_interval: self.flush_interval,
-            timeout: self.timeout,
-        }
+        self.limits.validate()
     }
 }
 
@@ -218,6 +181,7 @@ mod tests {
         assert_eq!(s, CaptureSpec::default());
         assert_eq!(s.report.cluster, "meshwarden_xds");
         assert_eq!(s.max_per_second, 100);
+        assert_eq!(s.report.limits.flush_interval.as_millis(), 200);
         assert_eq!(s.sampling_percentage, Percentage::ALL);
         let round = serde_json::to_value(&s).unwrap();
         assert_eq!(parse(round).unwrap(), s);
@@ -256,12 +220,9 @@ mod tests {
         assert!(err(json!({"report": {"cluster": ""}})).starts_with("report.cluster:"));
         let long = "c".repeat(MAX_CLUSTER_LEN + 1);
         assert!(err(json!({"report": {"cluster": long}})).starts_with("report.cluster:"));
-        assert!(err(json!({"report": {"maxBatch": 0}})).starts_with("report.maxBatch:"));
+        // The batching fields: `crate::batch` tests them; here that they are checked.
         assert!(err(json!({"report": {"maxQueue": 1}})).starts_with("report.maxQueue:"));
-        assert!(
-            err(json!({"report": {"flushInterval": "1ms"}})).starts_with("report.flushInterval:")
-        );
-        assert!(err(json!({"report": {"timeout": "2m"}})).starts_with("report.timeout:"));
+        assert!(err(json!({"report": {"report": 1}})).contains("unknown field"));
         assert!(err(json!({"body": true})).contains("unknown field"));
     }
 }

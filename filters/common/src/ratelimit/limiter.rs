@@ -204,9 +204,10 @@ impl CompiledLimit {
         format!("{}{CONCURRENT_SUFFIX}", self.name)
     }
 
-    /// `shedding`: the number of classes (`None`: the policy does not shed).
-    pub fn shed_classes(&self) -> Option<usize> {
-        self.shedding.as_ref().map(Shedding::classes)
+    /// `shedding`: the names of the classes, the default one first (`None`: the policy does
+    /// not shed).
+    pub fn shed_class_names(&self) -> Option<impl Iterator<Item = &str>> {
+        self.shedding.as_ref().map(Shedding::class_names)
     }
 
     /// Whether the policy counts requests in flight.
@@ -221,7 +222,6 @@ impl CompiledLimit {
             return Some(Cap {
                 max,
                 limit: max,
-                class: None,
                 class_name: "",
                 adaptive: None,
             });
@@ -238,7 +238,6 @@ impl CompiledLimit {
         Some(Cap {
             max: class.cap(limit),
             limit,
-            class: class.index,
             class_name: class.name,
             adaptive,
         })
@@ -251,8 +250,7 @@ struct Cap<'a> {
     max: u64,
     /// The policy's whole limit.
     limit: u64,
-    /// The request's shedding class (`None`: the default class, or `maxConcurrent`).
-    class: Option<usize>,
+    /// The request's shedding class (empty under `maxConcurrent`).
     class_name: &'a str,
     /// The adaptive limit's key and parameters.
     adaptive: Option<(&'a str, GradientParams)>,
@@ -287,8 +285,9 @@ pub struct PolicyEvents {
     pub entered: bool,
     /// `shedding`: the policy's concurrency limit when the request arrived.
     pub shed_limit: Option<u64>,
-    /// `shedding`: the request was shed; its class (`Some(None)`: the default class).
-    pub shed_class: Option<Option<usize>>,
+    /// `shedding`: the request was shed; its class's name
+    /// ([`super::shedding::DEFAULT_CLASS`] for requests in none).
+    pub shed_class: Option<String>,
     /// `scope: global`: the rate limit service decided for this policy.
     pub global_checked: bool,
     /// `scope: global`: the rate limit service did not answer (in time, or sensibly).
@@ -757,7 +756,7 @@ impl Limiter {
                     if !a.entered {
                         e.concurrency_limited = true;
                         if p.shedding.is_some() {
-                            e.shed_class = Some(cap.class);
+                            e.shed_class = Some(cap.class_name.to_string());
                         }
                         busy = Some((i, cap));
                         break;

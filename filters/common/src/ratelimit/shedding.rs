@@ -396,9 +396,10 @@ impl Shedding {
         }
     }
 
-    /// Number of classes (besides the default one).
-    pub fn classes(&self) -> usize {
-        self.classes.len()
+    /// The names of the classes, [`DEFAULT_CLASS`] first.
+    pub fn class_names(&self) -> impl Iterator<Item = &str> {
+        let named = self.classes.iter().map(|c| c.name.as_str());
+        std::iter::once(DEFAULT_CLASS).chain(named)
     }
 
     /// What the policy does with a request of these headers, in words (`explain`):

@@ -61,7 +61,7 @@ fn utilization_sheds_at_the_share_of_capacity() {
     let verdicts: Vec<Verdict> = (0..20).map(|_| check(&l, &s, &normal(), 0)).collect();
     assert_eq!(verdicts.iter().filter(|v| allowed(v)).count(), 8);
     let shed = &verdicts[8];
-    assert_eq!(shed.events[0].shed_class, Some(None));
+    assert_eq!(shed.events[0].shed_class.as_deref(), Some("default"));
     assert_eq!(shed.events[0].shed_limit, Some(8));
     assert!(shed.events[0].concurrency_limited);
     let Decision::Reject(r) = &shed.decision else {
@@ -105,7 +105,7 @@ fn the_critical_class_is_admitted_while_normal_requests_are_shed() {
         "critical requests fill the rest of the limit"
     );
     let v = check(&l, &s, &critical(), 0);
-    assert_eq!(v.events[0].shed_class, Some(Some(0)));
+    assert_eq!(v.events[0].shed_class.as_deref(), Some("critical"));
 }
 
 #[test]

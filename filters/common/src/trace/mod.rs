@@ -3,7 +3,6 @@
 //! request headers, the spec and a source of random bytes.
 
 pub mod b3;
-pub mod batch;
 pub mod decision;
 pub mod export;
 pub mod ids;
