@@ -6,13 +6,10 @@
 
 use meshwarden_common::capture::{encode_report, CaptureRecord, ReportSpec};
 use meshwarden_common::capture::{REPORT_METHOD, SERVICE};
-use meshwarden_filter_runtime::host::host;
+use meshwarden_filter_runtime::host::{host, node_id};
 use meshwarden_filter_runtime::outbox::{Counters, Outbox, Transport};
 use meshwarden_filter_runtime::PolicyMetrics;
 
-/// Envoy attributes naming the proxy's node id: `xds.node` (Envoy's attribute), then the
-/// Wasm-only `node`.
-const NODE_ID: [&[&str]; 2] = [&["xds", "node", "id"], &["node", "id"]];
 
 /// The reports of one policy on one worker.
 pub type Reporter = Outbox<ControlPlane>;
@@ -34,18 +31,13 @@ impl Transport for ControlPlane {
     };
 
     fn cluster(&self) -> &str {
-        &self.0.cluster
+        self.0.cluster.as_str()
     }
 
     fn send(&self, _policy: &str, batch: &[CaptureRecord], dropped: u64) -> Result<u32, String> {
-        let node = NODE_ID
-            .iter()
-            .find_map(|path| host().property(path).filter(|v| !v.is_empty()))
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-            .unwrap_or_default();
-        let message = encode_report(&node, batch, dropped);
+        let message = encode_report(&node_id(), batch, dropped);
         host().grpc_call(
-            &self.0.cluster,
+            self.0.cluster.as_str(),
             SERVICE,
             REPORT_METHOD,
             &message,

@@ -4,7 +4,6 @@
 //! proxy that claims the change. Never on the request path.
 
 use crate::metrics;
-use meshwarden_common::capture::grpc_service;
 use meshwarden_common::circuitbreaker::report::{self, REPORT_METHOD, SERVICE};
 use meshwarden_common::circuitbreaker::BreakerSet;
 use meshwarden_common::mirror::rate::LogLimiter;
@@ -85,7 +84,7 @@ impl StatusReports {
                 sent_ms: now,
             };
             match host().grpc_call(
-                &grpc_service(cluster),
+                cluster,
                 SERVICE,
                 REPORT_METHOD,
                 &message,

@@ -10,9 +10,7 @@ use std::fmt;
 /// The xDS cluster of meshwarden's own bootstrap.
 pub const DEFAULT_CLUSTER: &str = "meshwarden_xds";
 
-/// Longest cluster name: a gRPC call names it inside a serialized `GrpcService` whose
-/// one-byte lengths keep it ASCII.
-pub const MAX_CLUSTER_LEN: usize = 120;
+pub use crate::grpc::MAX_CLUSTER_LEN;
 
 /// A cluster name: 1 to [`MAX_CLUSTER_LEN`] printable ASCII characters without spaces.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]

@@ -18,7 +18,7 @@ pub mod spec;
 pub use cap::RateCap;
 pub use record::{encode_report, CaptureRecord, REPORT_METHOD, SERVICE};
 pub use redact::{select_headers, CapturedHeader, REDACTED};
-pub use spec::{CaptureSpec, ReportLimits, ReportSpec, ALWAYS_REDACTED, DEFAULT_CLUSTER};
+pub use spec::{CaptureSpec, ReportLimits, ReportSpec, ALWAYS_REDACTED};
 
 use crate::trace::b3::{B3, X_B3_TRACEID};
 use crate::trace::span::field_text;

@@ -2,19 +2,18 @@
 //! how many per second, and where the summaries are reported.
 
 use crate::batch::BatchLimits;
+use crate::cluster::ControlPlaneCluster;
 use crate::error::ValidationError;
 use crate::names::HeaderName;
 use crate::percentage::Percentage;
 use crate::spec::KindSpec;
-use crate::trace::export::check_text;
 use serde::{Deserialize, Serialize};
 
-/// The cluster of the control plane in meshwarden's own bootstrap (the xDS cluster).
-pub const DEFAULT_CLUSTER: &str = "meshwarden_xds";
 /// Most headers in the allow-list (and in `redact`).
 pub const MAX_HEADERS: usize = 32;
 /// Longest `report.cluster` (the longest a gRPC call-out may name).
-pub use crate::grpc::MAX_CLUSTER_LEN;
+#[cfg(test)]
+use crate::grpc::MAX_CLUSTER_LEN;
 /// Largest `maxPerSecond`.
 pub const MAX_PER_SECOND: u32 = 10_000;
 
@@ -124,10 +123,10 @@ fn check_names(field: &str, names: &[HeaderName]) -> Result<(), ValidationError>
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReportSpec {
-    /// The Envoy cluster of the control plane (default `meshwarden_xds`; in Istio
-    /// `outbound|18000||meshwarden.meshwarden-system.svc.cluster.local`).
-    #[serde(default = "default_cluster")]
-    pub cluster: String,
+    /// The Envoy cluster of the control plane (default `meshwarden_xds`, which the Istio
+    /// EnvoyFilter adds too).
+    #[serde(default)]
+    pub cluster: ControlPlaneCluster,
     /// `maxBatch` (default 64), `flushInterval` (default 200ms: summaries show within a
     /// second), `maxQueue` (default 1024; more are dropped and counted) and `timeout`
     /// (default 2s).
@@ -138,14 +137,10 @@ pub struct ReportSpec {
 /// The batching fields of `report`: `flushInterval` defaults to 200ms.
 pub type ReportLimits = BatchLimits<200>;
 
-fn default_cluster() -> String {
-    DEFAULT_CLUSTER.to_string()
-}
-
 impl Default for ReportSpec {
     fn default() -> Self {
         Self {
-            cluster: default_cluster(),
+            cluster: ControlPlaneCluster::default(),
             limits: ReportLimits::default(),
         }
     }
@@ -154,12 +149,6 @@ impl Default for ReportSpec {
 impl ReportSpec {
     /// Checks every field; errors name the field relative to `report`.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        check_text("cluster", &self.cluster, |c| c.len() <= MAX_CLUSTER_LEN).map_err(|e| {
-            ValidationError::new(
-                e.field,
-                format!("must be 1 to {MAX_CLUSTER_LEN} printable ASCII characters without spaces"),
-            )
-        })?;
         self.limits.validate()
     }
 }
@@ -179,7 +168,7 @@ mod tests {
     fn defaults_report_to_the_xds_cluster() {
         let s = parse(json!({})).unwrap();
         assert_eq!(s, CaptureSpec::default());
-        assert_eq!(s.report.cluster, "meshwarden_xds");
+        assert_eq!(s.report.cluster.as_str(), "meshwarden_xds");
         assert_eq!(s.max_per_second, 100);
         assert_eq!(s.report.limits.flush_interval.as_millis(), 200);
         assert_eq!(s.sampling_percentage, Percentage::ALL);
