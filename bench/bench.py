@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """meshwarden benchmarks: data path (Envoy + filters), control-plane push latency, module sizes,
 rate-limit accuracy under overload (meshwarden vs Envoy's local_ratelimit), mirror safety
-(primary latency with a down, black-holed or slow mirror target vs no mirror), global rate
+(primary latency with a down, black-holed or slow mirror target vs no mirror), capture safety
+(primary latency with live capture reporting to a live, down or black-holed control plane vs
+no capture), global rate
 limits (added latency and proxy CPU of a global decision with and without a lease, and the
 rate limit service's decisions per second).
 
@@ -35,7 +37,8 @@ from pathlib import Path
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mwbench import accuracy, datapath, global_rl, mirror_safety, profile, report, sizes, targets  # noqa: E402
+from mwbench import (accuracy, capture_safety, datapath, global_rl, mirror_safety,  # noqa: E402
+                     profile, report, sizes, targets)
 from mwbench.procs import envoy_version  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,6 +248,28 @@ def run_mirror(a: argparse.Namespace, work: Path) -> dict:
     return out
 
 
+def run_capture(a: argparse.Namespace, work: Path) -> dict:
+    load_bin = Path(a.load_bin or Path(a.push_bench).parent / "meshwarden-load")
+    if not load_bin.is_file():
+        return {"error": f"{load_bin} not found (cargo build --release -p meshwarden-push-bench)"}
+    if not Path(a.meshwarden).is_file():
+        return {"error": f"{a.meshwarden} not found (cargo build --release -p meshwarden-control-plane)"}
+    s = capture_safety.Settings(envoy=a.envoy, wasm_dir=Path(a.wasm_dir),
+                                workdir=work / "capture", load_bin=str(load_bin),
+                                meshwarden=str(a.meshwarden), rounds=a.rounds,
+                                seconds=a.capture_seconds, rate=a.capture_rate,
+                                warmup_seconds=0 if a.smoke else 1)
+    log(f"capture safety: {a.rounds} round(s) of {a.capture_seconds}s at {a.capture_rate} req/s, "
+        f"no capture / capture 100 % to a live control plane / control plane down / black-holed")
+    try:
+        out = capture_safety.run(s, log)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        return {"error": str(e)[-2000:]}
+    out["generated"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out["git_commit"] = git("rev-parse", "--short", "HEAD")
+    return out
+
+
 def run_global(a: argparse.Namespace, work: Path) -> dict:
     bin_dir = Path(a.push_bench).parent
     s = global_rl.Settings(
@@ -273,14 +298,14 @@ def merge(old: dict, new: dict, parts: set[str]) -> dict:
     """The previous results with the parts just measured replaced. The header (date, commit,
     machine) stays the previous run's; each rerun part carries its own date and commit."""
     out = dict(old)
-    for part in ("datapath", "push", "sizes", "accuracy", "mirror", "global"):
+    for part in ("datapath", "push", "sizes", "accuracy", "mirror", "capture", "global"):
         if part in parts and part in new:
             out[part] = new[part]
     if "push" in parts and "push_replicas" in new:
         out["push_replicas"] = new["push_replicas"]
     prefixes = {"datapath": ("data path", "wrk ", "h2load "), "push": ("push",),
                 "sizes": ("modules not built",), "accuracy": ("accuracy",),
-                "mirror": ("mirror",), "global": ("global",)}
+                "mirror": ("mirror",), "capture": ("capture",), "global": ("global",)}
     rerun = tuple(x for part in parts for x in prefixes.get(part, ()))
     out["failures"] = [f for f in old.get("failures") or [] if not f.startswith(rerun)] \
         + list(new.get("failures") or [])
@@ -509,6 +534,10 @@ def commands(a: argparse.Namespace) -> list[str]:
         "# mirror safety (each proxy: envoy --concurrency 2, mirror filter, 100 % to one target):",
         "target/release/meshwarden-load --url http://127.0.0.1:<port>/mirror-safety --rate 200 --duration 5 --connections 16",
         "python3 bench/bench.py --parts mirror --merge",
+        "# capture safety (each proxy: envoy --concurrency 2, capture filter, 100 % reported to target/release/meshwarden serve, a closed port or a black hole):",
+        "target/release/meshwarden-load --url http://127.0.0.1:<port>/capture-safety --rate 200 --duration 5 --connections 16",
+        "target/release/meshwarden --server http://127.0.0.1:<grpc port> capture -o json   # the watcher",
+        "python3 bench/bench.py --parts capture --merge",
         "# global rate limits (redis-server and target/release/meshwarden-ratelimit on loopback):",
         "taskset -c 1 target/release/meshwarden-load --url http://127.0.0.1:<port>/bench --rate 500 --duration 5 --connections 16",
         "target/release/meshwarden-rls-load --addr 127.0.0.1:<grpc port> --concurrency 32 --connections 4 --duration 5 --policy rls-bench",
@@ -567,7 +596,7 @@ def _finite(v):
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny run of every benchmark")
-    p.add_argument("--parts", default="datapath,push,sizes,accuracy,mirror,global")
+    p.add_argument("--parts", default="datapath,push,sizes,accuracy,mirror,capture,global")
     p.add_argument("--global-seconds", type=int, default=5,
                    help="length of each global rate limit run (1 with --smoke)")
     p.add_argument("--global-note", default="",
@@ -582,6 +611,10 @@ def main() -> int:
                    help="length of each mirror-safety load run (1 with --smoke)")
     p.add_argument("--mirror-rate", type=int, default=mirror_safety.RATE,
                    help="primary requests per second in the mirror-safety runs")
+    p.add_argument("--capture-seconds", type=int, default=5,
+                   help="length of each capture-safety load run (1 with --smoke)")
+    p.add_argument("--capture-rate", type=int, default=capture_safety.RATE,
+                   help="primary requests per second in the capture-safety runs")
     p.add_argument("--merge", action="store_true",
                    help="keep the figures of parts not rerun from the existing results.json")
     p.add_argument("--envoy", default=str(ROOT / ".venv/bin/envoy"))
@@ -631,6 +664,7 @@ def main() -> int:
         a.push_timeout = min(a.push_timeout, 60)
         a.accuracy_seconds = min(a.accuracy_seconds, 2)
         a.mirror_seconds = min(a.mirror_seconds, 1)
+        a.capture_seconds = min(a.capture_seconds, 1)
         a.global_seconds = min(a.global_seconds, 1)
         only = only or ["bare", "native-all", "mw-combined"]
         profile_seconds = 1
@@ -669,7 +703,7 @@ def main() -> int:
         if load_bin.is_file() and shutil.which("wrk") is None:
             log("note: wrk not installed; the closed-loop (maximum req/s) runs use "
                 "meshwarden-load at a saturating rate instead")
-    if parts & {"datapath", "accuracy", "mirror", "global"} and not Path(a.envoy).exists():
+    if parts & {"datapath", "accuracy", "mirror", "capture", "global"} and not Path(a.envoy).exists():
         failures.append(f"Envoy not found at {a.envoy} (make envoy)")
     results: dict = {
         "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -737,6 +771,10 @@ def main() -> int:
             results["mirror"] = run_mirror(a, work)
             if results["mirror"].get("error"):
                 failures.append("mirror: " + results["mirror"]["error"])
+        if "capture" in parts:
+            results["capture"] = run_capture(a, work)
+            if results["capture"].get("error"):
+                failures.append("capture: " + results["capture"]["error"])
         if "global" in parts:
             results["global"] = run_global(a, work)
             if results["global"].get("error"):

@@ -22,15 +22,13 @@ import json
 import shutil
 import socket
 import subprocess
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from . import configs as C
 from .load import run_open_loop
-from .procs import Envoy, free_port, process_cpu_seconds
+from .procs import Envoy, Proc, free_port, http_ok, wait_for
 
 PROXY_CPU, OTHER_CPU = 0, 1
 CONNECTIONS = 16
@@ -107,57 +105,10 @@ def limits_file() -> dict:
         limit(POLICY, []), limit(RLS_POLICY, [{"key": "x-tenant"}])]}]}
 
 
-# ---- processes -------------------------------------------------------------------------
-
-class Proc:
-    def __init__(self, name: str, cmd: list[str], workdir: Path):
-        self.log_path = workdir / f"{name}.log"
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
-
-    def cpu_seconds(self) -> float:
-        return process_cpu_seconds(self.proc.pid)
-
-    def tail(self) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-10:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
-def _wait(what: str, ok: Callable[[], bool], proc: Proc, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.proc.returncode}:\n{proc.tail()}")
-        try:
-            if ok():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} not ready after {timeout:.0f}s:\n{proc.tail()}")
-
-
 def _redis_up(port: int) -> bool:
     with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
         s.sendall(b"PING\r\n")
         return s.recv(16).startswith(b"+PONG")
-
-
-def _http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as r:
-        return r.status == 200
 
 
 # ---- runs ------------------------------------------------------------------------------
@@ -220,7 +171,7 @@ def run(s: Settings, log: Callable[[str], None]) -> dict:
                            "--save", "", "--appendonly", "no"], s.workdir)
     procs: list = [redis]
     try:
-        _wait("redis-server", lambda: _redis_up(redis_port), redis)
+        wait_for("redis-server", lambda: _redis_up(redis_port), redis)
         limits = s.workdir / "limits.json"
         limits.write_text(json.dumps(limits_file()))
         service = Proc("ratelimit", [s.service_bin, "--config", str(limits), "--grpc-addr",
@@ -229,7 +180,7 @@ def run(s: Settings, log: Callable[[str], None]) -> dict:
                                      f"redis://127.0.0.1:{redis_port}", "--redis-timeout",
                                      "500ms"], s.workdir)
         procs.append(service)
-        _wait("meshwarden-ratelimit", lambda: _http_ok(f"http://127.0.0.1:{http_port}/readyz"),
+        wait_for("meshwarden-ratelimit", lambda: http_ok(f"http://127.0.0.1:{http_port}/readyz"),
               service)
         upstream = Envoy(s.envoy, "global-upstream", C.upstream_bootstrap(upstream_port, sink_port),
                          s.workdir, OTHER_CPU, upstream_port)

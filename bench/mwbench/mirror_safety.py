@@ -19,12 +19,6 @@ recorded with the filter's own counters (`meshwarden_mirror_*`, admin `/stats`).
 from __future__ import annotations
 
 import json
-import selectors
-import subprocess
-import tempfile
-import socket
-import statistics
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,20 +26,18 @@ from typing import Callable
 
 from . import configs as C
 from .accuracy import Proxy
-from .load import LoadError
 from .procs import Envoy, free_port
+from . import safety
+from .safety import (CONNECTIONS, LIMITS, BlackHole, closed_port, describe_primary,
+                     interleave, open_loop, primary)
 
 RATE = 200  # primary requests per second
-CONNECTIONS = 16
 SLOW_DELAY = "2s"
 COPY_TIMEOUT = "3s"
 COPY_TIMEOUT_S = 3.0
 TARGET_CLUSTER = "mirror_target"
-# Limits of the claim: "unchanged" allows for noise on a shared 2-core machine; a primary
-# that waited for a copy would take >= 2 s (slow target) or the copy timeout.
-P50_RATIO_MAX = 1.5
-P99_RATIO_MAX = 2.0
-MAX_PRIMARY_MS = 500
+# Limits of the claim (safety.LIMITS): a primary that waited for a copy would take >= 2 s
+# (slow target) or the copy timeout.
 # How long past the copy timeout a run waits for its last copies to be counted.
 SETTLE_GRACE_S = 7.0
 
@@ -81,60 +73,6 @@ def metric_name(metric: str) -> str:
 
 
 # ---- targets ---------------------------------------------------------------------------------
-
-class BlackHole:
-    """Accepts connections and reads (discarding) everything; never writes a byte."""
-
-    def __init__(self) -> None:
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(1024)
-        self.listener.setblocking(False)
-        self.port = self.listener.getsockname()[1]
-        self.accepted = 0
-        self.bytes_read = 0
-        self._stop = threading.Event()
-        self._sel = selectors.DefaultSelector()
-        self._sel.register(self.listener, selectors.EVENT_READ)
-        self._thread = threading.Thread(target=self._serve, name="black-hole", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            for key, _ in self._sel.select(timeout=0.2):
-                sock = key.fileobj
-                if sock is self.listener:
-                    try:
-                        conn, _ = self.listener.accept()
-                    except OSError:
-                        continue
-                    conn.setblocking(False)
-                    self._sel.register(conn, selectors.EVENT_READ)
-                    self.accepted += 1
-                    continue
-                try:
-                    data = sock.recv(65536)
-                except OSError:
-                    data = b""
-                if data:
-                    self.bytes_read += len(data)
-                else:
-                    self._sel.unregister(sock)
-                    sock.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        for key in list(self._sel.get_map().values()):
-            key.fileobj.close()
-        self._sel.close()
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound once, then released)."""
-    return free_port()
-
 
 def targets_bootstrap(upstream_port: int, healthy_port: int, slow_port: int) -> dict:
     """One Envoy serving the primary upstream and the healthy mirror target (200 "ok" at
@@ -182,27 +120,9 @@ def _counters(proxy: Proxy) -> dict[str, int]:
     return {n: c.get(n, 0) for n in names}
 
 
-def open_loop(load_bin: str, url: str, seconds: int, rate: int) -> dict:
-    """meshwarden-load at a fixed rate: request i is due at i/rate (open loop), latency
-    counted from the due time (coordinated omission corrected). Its JSON, as written."""
-    with tempfile.TemporaryDirectory(prefix="mwbench-mirror-") as tmp:
-        out = Path(tmp) / "load.json"
-        cmd = [load_bin, "--url", url, "--rate", str(rate), "--duration", str(seconds),
-               "--connections", str(CONNECTIONS), "--json", str(out)]
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
-        if p.returncode != 0 or not out.is_file():
-            raise LoadError(f"meshwarden-load failed ({p.returncode}): {p.stderr.strip()}")
-        return json.loads(out.read_text())
-
-
-def _us(v) -> float:
-    return float(v) if isinstance(v, (int, float)) else float("nan")
-
-
 def measure(proxy: Proxy, s: Settings, url: str) -> dict:
     before = _counters(proxy)
     r = open_loop(s.load_bin, url, s.seconds, s.rate)
-    lat = r["corrected_us"]
     # Wait (bounded) until every copy sent has finished or failed in the target cluster, so
     # its outcome is counted here and no copy is still pending in the next scenario's run.
     ended = time.monotonic()
@@ -216,14 +136,7 @@ def measure(proxy: Proxy, s: Settings, url: str) -> dict:
             break
         time.sleep(0.25)
     settled = time.monotonic() - ended
-    return {
-        "requests": r["completed"],
-        "failed": r["failed"] + r["non_2xx"] + r["skipped"],
-        "achieved_rps": r["achieved_rps"],
-        "p50_us": _us(lat["p50"]), "p90_us": _us(lat["p90"]), "p99_us": _us(lat["p99"]),
-        "p999_us": _us(lat["p999"]), "max_us": _us(lat["max"]),
-        "service_p50_us": _us(r["service_us"]["p50"]),
-        "send_delay_p99_us": _us(r["send_delay_us"]["p99"]),
+    return primary(r) | {
         "copies_settled_s": round(settled, 2),
         "envoy_2xx": d[HCM_2XX],
         "envoy_completed": d[HCM_TOTAL],
@@ -232,32 +145,10 @@ def measure(proxy: Proxy, s: Settings, url: str) -> dict:
     }
 
 
-def _median(runs: list[dict], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
-
-
 def summarise(name: str, runs: list[dict], base: dict | None) -> dict:
-    out = {
-        "scenario": name,
-        "runs": runs,
-        "requests": sum(r["requests"] for r in runs),
-        "failed": sum(r["failed"] for r in runs),
-        "envoy_2xx": sum(r["envoy_2xx"] for r in runs),
-        "p50_us": _median(runs, "p50_us"),
-        "p90_us": _median(runs, "p90_us"),
-        "p99_us": _median(runs, "p99_us"),
-        "max_us": max(r["max_us"] for r in runs),
-        "mirror": {m: sum(r["mirror"][m] for r in runs) for m in METRICS},
-        "target_cluster": {x: sum(r["target_cluster"][x] for r in runs) for x in CLUSTER_STATS},
-    }
-    out["all_succeeded"] = out["failed"] == 0 and out["envoy_2xx"] == out["requests"] > 0
-    if base is not None:
-        out["p50_ratio"] = out["p50_us"] / base["p50_us"] if base["p50_us"] else None
-        out["p99_ratio"] = out["p99_us"] / base["p99_us"] if base["p99_us"] else None
-        out["latency_unchanged"] = (
-            out["p50_ratio"] is not None and out["p50_ratio"] <= P50_RATIO_MAX
-            and out["p99_ratio"] is not None and out["p99_ratio"] <= P99_RATIO_MAX
-            and out["max_us"] <= MAX_PRIMARY_MS * 1000)
+    out = safety.summarise(name, runs, base)
+    out["mirror"] = {m: sum(r["mirror"][m] for r in runs) for m in METRICS}
+    out["target_cluster"] = {x: sum(r["target_cluster"][x] for r in runs) for x in CLUSTER_STATS}
     return out
 
 
@@ -274,7 +165,6 @@ def run(s: Settings, log: Callable[[str], None]) -> dict:
                     s.workdir, None, up_port)
     proxies: dict[str, Proxy] = {}
     urls: dict[str, str] = {}
-    runs: dict[str, list[dict]] = {n: [] for n in SCENARIOS}
     try:
         targets.wait_ready()
         for i, name in enumerate(SCENARIOS):
@@ -289,15 +179,13 @@ def run(s: Settings, log: Callable[[str], None]) -> dict:
             for name in SCENARIOS:
                 open_loop(s.load_bin, urls[name], s.warmup_seconds, s.rate)
             time.sleep(COPY_TIMEOUT_S + 0.5)
-        for rnd in range(s.rounds):
-            for name in SCENARIOS:
-                r = measure(proxies[name], s, urls[name])
-                runs[name].append(r)
-                log(f"  round {rnd + 1} {name:<11} {r['requests']} req, {r['failed']} failed, "
-                    f"p50 {r['p50_us']:.0f} µs p99 {r['p99_us']:.0f} µs max "
-                    f"{r['max_us'] / 1000:.1f} ms; copies {r['mirror']['mirrored']} sent, "
-                    f"{r['mirror']['errors']} errors (all counted {r['copies_settled_s']:.1f} s "
-                    f"after the load)")
+        runs = interleave(
+            SCENARIOS, s.rounds, lambda name: measure(proxies[name], s, urls[name]),
+            lambda rnd, name, r: (
+                f"  round {rnd + 1} {name:<11} {describe_primary(r)}; copies "
+                f"{r['mirror']['mirrored']} sent, {r['mirror']['errors']} errors (all counted "
+                f"{r['copies_settled_s']:.1f} s after the load)"),
+            log)
     finally:
         for p in proxies.values():
             p.stop()
@@ -309,10 +197,9 @@ def run(s: Settings, log: Callable[[str], None]) -> dict:
         "rate_rps": s.rate, "seconds": s.seconds, "rounds": s.rounds,
         "connections": CONNECTIONS, "concurrency": 2,
         "copy_timeout": COPY_TIMEOUT, "slow_delay": SLOW_DELAY,
-        "limits": {"p50_ratio_max": P50_RATIO_MAX, "p99_ratio_max": P99_RATIO_MAX,
-                   "max_primary_ms": MAX_PRIMARY_MS},
+        "limits": dict(LIMITS),
         "policy": MIRROR_SPEC,
-        "black_hole": {"accepted": hole.accepted, "bytes_read": hole.bytes_read},
+        "black_hole": hole.figures(),
         "scenarios": scenarios,
         "claim_holds": all(x["all_succeeded"] for x in scenarios)
         and all(x.get("latency_unchanged") for x in scenarios if x["scenario"] in BAD_TARGETS),

@@ -539,6 +539,83 @@ def _mirror_section(mir: dict) -> list[str]:
     return lines
 
 
+
+def _capture_section(cap: dict) -> list[str]:
+    if cap.get("error") and not cap.get("scenarios"):
+        return ["## 8. Capture safety", "",
+                f"⚠ The capture-safety benchmark failed: {cap['error']}", ""]
+    lim = cap.get("limits") or {}
+    lines = [
+        "## 8. Capture safety: live capture never slows the primary traffic",
+        "",
+        f"CapturePolicy's claim: **the primary traffic's latency is unchanged** while requests "
+        f"are captured and reported, and when the control plane they are reported to is down "
+        f"or black-holed. In one run ({cap.get('generated', '?')}, commit "
+        f"`{cap.get('git_commit', '?')}`), four Envoys (`--concurrency {cap.get('concurrency')}`) "
+        f"with `meshwarden_capture.wasm` loaded statically in front of the loopback upstream; "
+        f"the baseline has the same filter with an empty policy list, the others capture every "
+        f"request (`{json.dumps(cap.get('policy'), separators=(',', ':'))}`) and report them "
+        f"(unary gRPC `CaptureService.Report` from the root context's tick, over an HTTP/2 "
+        f"cluster) to a live `meshwarden serve` (**capture 100 %**), to a closed port "
+        f"(**control plane down**: reports fail on connect) or to a socket that accepts and "
+        f"reads but never answers (**black-holed**: reports time out after "
+        f"{cap.get('report_timeout')}).",
+        "",
+        f"Load: `meshwarden-load` open loop at {cap.get('rate_rps')} req/s over "
+        f"{cap.get('connections')} keep-alive connections, {cap.get('seconds')} s per run, "
+        f"{cap.get('rounds')} round(s) interleaved across the proxies; latency counted from "
+        f"each request's due time (coordinated omission corrected), median over rounds; after "
+        f"each run the driver waits (at most the report timeout + 4 s) until every summary is "
+        f"counted as captured, dropped or failed. Summaries: the filter's own counters "
+        f"(`meshwarden_capture_{{captured,dropped,failed}}_total`, admin `/stats`, deltas over "
+        f"the runs). \"Unchanged\" uses the mirror-safety limits: p50 within "
+        f"{lim.get('p50_ratio_max')}× and p99 within {lim.get('p99_ratio_max')}× of the "
+        f"baseline and no primary slower than {lim.get('max_primary_ms')} ms.",
+        "",
+        "| configuration | primary requests | failed | p50 µs | p90 µs | p99 µs | max ms "
+        "| p50 / no capture | p99 / no capture | captured | dropped | failed reports "
+        "| succeeded, latency unchanged |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in cap.get("scenarios", []):
+        c = s.get("capture") or {}
+        ok = s.get("all_succeeded") and s.get("latency_unchanged", True)
+        verdict = ("baseline, " if s["scenario"] == "no capture" else "") \
+            + ("yes" if ok else "**no**")
+        p50r, p99r = s.get("p50_ratio"), s.get("p99_ratio")
+        lines.append(
+            f"| {s['scenario']} | {s['requests']:,} | {s['failed']:,} | {_n(s['p50_us'])} "
+            f"| {_n(s['p90_us'])} | {_n(s['p99_us'])} | {_n(s['max_us'] / 1000, 1)} "
+            f"| {f'{p50r:.2f}' if finite(p50r) else '–'} | {f'{p99r:.2f}' if finite(p99r) else '–'} "
+            f"| {c.get('captured', 0):,} | {c.get('dropped', 0):,} | {c.get('failed', 0):,} "
+            f"| {verdict} |")
+    verdict = "holds" if cap.get("claim_holds") else "**does not hold**"
+    w = cap.get("watcher") or {}
+    cpm = (cap.get("control_plane") or {}).get("metrics") or {}
+    lines += ["", f"The claim {verdict} in this run."]
+    if cpm:
+        lines[-1] += (
+            f" Over the measured rounds the control plane took "
+            f"{cpm.get('meshwarden_capture_records_total', 0):,.0f} summaries in "
+            f"{cpm.get('meshwarden_capture_reports_total', 0):,.0f} reports "
+            f"(`meshwarden_capture_records_total`, `..._reports_total`; refused "
+            f"{cpm.get('meshwarden_capture_refused_records_total', 0):,.0f}).")
+    if w:
+        lines[-1] += (
+            f" One `meshwarden capture -o json` watched the live control plane from before "
+            f"the first request: it printed {w.get('summaries', 0):,} summaries "
+            f"({w.get('from_bench_policy', 0):,} of the benchmark's proxy and policy) against "
+            f"{w.get('live_proxy_captured_total', 0):,} the live proxy counted as captured over "
+            f"its life (warm-up included)"
+            + (f"; summaries the watcher skipped for being slow in the rounds: "
+               f"{cpm.get('meshwarden_capture_watcher_skipped_total', 0):,.0f} "
+               f"(`meshwarden_capture_watcher_skipped_total`)" if cpm else "") + ".")
+    lines.append("")
+    if cap.get("error"):
+        lines += [f"⚠ The capture-safety benchmark failed: {cap['error']}", ""]
+    return lines
+
+
 def _soak_section(soak: dict) -> list[str]:
     env, cp = soak.get("envoy_rss_mib", [0, 0]), soak.get("control_plane_rss_mib", [0, 0])
     return [
@@ -661,6 +738,8 @@ def markdown(results: dict) -> str:
         lines += _soak_section(results["soak"])
     if results.get("global"):
         lines += _global_section(results["global"])
+    if results.get("capture"):
+        lines += _capture_section(results["capture"])
     lines += ["## Method notes and caveats", ""] + [f"- {c}" for c in results.get("caveats", [])]
     lines += ["", "## Commands", "", "```sh"] + results.get("commands", []) + ["```", ""]
     return "\n".join(lines)

@@ -221,6 +221,7 @@ def evaluate(results: dict) -> list[dict]:
             beside.lstrip("; ")))
     out += _accuracy(results.get("accuracy") or {})
     out += _mirror(results.get("mirror") or {})
+    out += _capture(results.get("capture") or {})
     mods = (results.get("sizes") or {}).get("modules", [])
     for m in mods:
         name = m.get("module") or f"meshwarden_{m['filter']}.wasm"
@@ -280,6 +281,29 @@ def _mirror(mir: dict) -> list[dict]:
             f"{s['requests'] - s['failed']:,}/{s['requests']:,} succeeded, p50 "
             f"{p50r:.2f}×, p99 {p99r:.2f}×, max {s['max_us'] / 1000:.1f} ms",
             ok, f"{s['mirror']['mirrored']:,} copies sent, {s['mirror']['errors']:,} failed"))
+    return out
+
+
+
+def _capture(cap: dict) -> list[dict]:
+    """Live capture: with every request captured and reported to a live control plane, or
+    with the control plane down or black-holed, every primary request succeeds and its
+    latency is unchanged against no capture (same run; the mirror rows' tolerance)."""
+    out = []
+    for s in cap.get("scenarios") or []:
+        if s["scenario"] == "no capture":
+            continue
+        ok = bool(s["all_succeeded"] and s.get("latency_unchanged"))
+        p50r, p99r = s.get("p50_ratio") or math.nan, s.get("p99_ratio") or math.nan
+        c = s.get("capture") or {}
+        out.append(_target(
+            f"capture-safety-{s['scenario'].replace(' %', '').replace(' ', '-')}",
+            f"{s['scenario'] if s['scenario'].startswith('capture') else 'capture, ' + s['scenario']}"
+            f": every primary succeeds, latency unchanged vs no capture",
+            f"{s['requests'] - s['failed']:,}/{s['requests']:,} succeeded, p50 "
+            f"{p50r:.2f}×, p99 {p99r:.2f}×, max {s['max_us'] / 1000:.1f} ms",
+            ok, f"summaries: {c.get('captured', 0):,} captured, {c.get('dropped', 0):,} "
+            f"dropped, {c.get('failed', 0):,} failed"))
     return out
 
 
