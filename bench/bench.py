@@ -42,7 +42,7 @@ from mwbench import (accuracy, capture_safety, datapath, global_rl, mirror_safet
 from mwbench.procs import envoy_version  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-FILTERS = ["trace", "fault", "mirror", "ratelimit"]
+FILTERS = ["trace", "capture", "ratelimit", "circuitbreaker", "fault", "mirror"]
 # The combined module first, then the single-purpose ones (sizes.module_files).
 MODULES = ["meshwarden"] + FILTERS
 
