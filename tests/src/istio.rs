@@ -124,7 +124,11 @@ pub fn envoyfilter_clusters(grpc_port: u16) -> anyhow::Result<Vec<Value>> {
         cluster["@type"] = json!("type.googleapis.com/envoy.config.cluster.v3.Cluster");
         let endpoints = cluster["load_assignment"]["endpoints"].as_array_mut();
         for endpoint in endpoints.into_iter().flatten() {
-            for lb in endpoint["lb_endpoints"].as_array_mut().into_iter().flatten() {
+            for lb in endpoint["lb_endpoints"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
                 lb["endpoint"]["address"]["socket_address"] =
                     json!({"address": "127.0.0.1", "port_value": grpc_port});
             }
@@ -201,7 +205,10 @@ impl Sidecar {
         });
         let mut clusters = vec![
             static_cluster(&inbound_cluster, app_port),
-            static_cluster(&format!("outbound|{SERVICE_PORT}||{SHADOW_SERVICE}"), shadow_port),
+            static_cluster(
+                &format!("outbound|{SERVICE_PORT}||{SHADOW_SERVICE}"),
+                shadow_port,
+            ),
             static_cluster(MODULE_CLUSTER, cp.http_port),
         ];
         clusters.extend(envoyfilter_clusters(cp.grpc_port)?);

@@ -95,13 +95,12 @@ impl CaptureService for CaptureApi {
             live(rx, filter, after, self.hub.clone()),
         );
         let stream: CaptureStream = match self.shutdown.clone() {
-            Some(mut shutdown) => Box::pin(futures::stream::StreamExt::take_until(
-                stream,
-                async move {
+            Some(mut shutdown) => {
+                Box::pin(futures::stream::StreamExt::take_until(stream, async move {
                     // An error means the sender is gone: shut down as well.
                     let _ = shutdown.wait_for(|down| *down).await;
-                },
-            )),
+                }))
+            }
             None => Box::pin(stream),
         };
         Ok(Response::new(stream))

@@ -58,7 +58,9 @@ impl ProxyStatusService for ProxyStatusApi {
                 p.replica = replicas.replica_id().to_string();
             }
             let others = tokio::task::spawn_blocking(move || {
-                replicas.others().and_then(|o| Ok((o, replicas.other_breakers()?)))
+                replicas
+                    .others()
+                    .and_then(|o| Ok((o, replicas.other_breakers()?)))
             })
             .await
             .map_err(|e| Status::internal(e.to_string()))?;

@@ -339,7 +339,10 @@ mod tests {
         let out = render(&view);
         let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("BREAKER")).collect();
         assert_eq!(lines.len(), 3, "{out}");
-        assert!(lines[0].starts_with("BREAKER edge-1 checkout open ("), "{out}");
+        assert!(
+            lines[0].starts_with("BREAKER edge-1 checkout open ("),
+            "{out}"
+        );
         assert!(
             lines[1].starts_with(r"BREAKER edge-1 checkout[tenant-\u{1b}a] half_open ("),
             "{out}"

@@ -10,7 +10,6 @@ use meshwarden_filter_runtime::host::{host, node_id};
 use meshwarden_filter_runtime::outbox::{Counters, Outbox, Transport};
 use meshwarden_filter_runtime::PolicyMetrics;
 
-
 /// The reports of one policy on one worker.
 pub type Reporter = Outbox<ControlPlane>;
 

@@ -134,11 +134,12 @@ impl Stage for CircuitBreakerStage {
 
     fn on_tick(&self) {
         let breakers = self.breakers.borrow().clone();
-        self.reports.tick(breakers.policies.iter().map(|p| Reported {
-            name: p.compiled.name.as_str(),
-            breakers: &p.breakers,
-            cluster: p.report_cluster.as_deref(),
-        }));
+        self.reports
+            .tick(breakers.policies.iter().map(|p| Reported {
+                name: p.compiled.name.as_str(),
+                breakers: &p.breakers,
+                cluster: p.report_cluster.as_deref(),
+            }));
     }
 
     fn on_grpc_call_response(&self, token: u32, status: u32) -> bool {

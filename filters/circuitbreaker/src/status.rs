@@ -83,20 +83,16 @@ impl StatusReports {
                 cluster: cluster.to_string(),
                 sent_ms: now,
             };
-            match host().grpc_call(
-                cluster,
-                SERVICE,
-                REPORT_METHOD,
-                &message,
-                TIMEOUT,
-            ) {
+            match host().grpc_call(cluster, SERVICE, REPORT_METHOD, &message, TIMEOUT) {
                 Ok(token) => {
                     metrics::count("status_reports", p.name);
                     self.in_flight.borrow_mut().insert(token, sent);
                 }
-                Err(e) => {
-                    self.failed(&sent, now, &format!("not sent ({e}); does the cluster exist?"))
-                }
+                Err(e) => self.failed(
+                    &sent,
+                    now,
+                    &format!("not sent ({e}); does the cluster exist?"),
+                ),
             }
         }
     }

@@ -98,7 +98,13 @@ impl Stack {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|b| (text(&b["policy"]), text(&b["descriptor"]), text(&b["state"])))
+            .map(|b| {
+                (
+                    text(&b["policy"]),
+                    text(&b["descriptor"]),
+                    text(&b["state"]),
+                )
+            })
             .collect()
     }
 

@@ -421,12 +421,16 @@ async fn sidecar_reports_captures_and_open_breakers_through_the_shipped_cluster(
         let r = envoy.get("/fragile", &[("x-echo-status", "503")]).await?;
         assert_eq!(r.status().as_u16(), 503);
     }
-    let listed = wait_until(Duration::from_secs(10), "open breaker in status", || async {
-        m.proxy_rows().iter().find_map(|p| {
-            let b = p["openBreakers"].as_array()?.first()?.clone();
-            (b["policy"] == "reviews-breaker" && b["state"] == "open").then_some(())
-        })
-    })
+    let listed = wait_until(
+        Duration::from_secs(10),
+        "open breaker in status",
+        || async {
+            m.proxy_rows().iter().find_map(|p| {
+                let b = p["openBreakers"].as_array()?.first()?.clone();
+                (b["policy"] == "reviews-breaker" && b["state"] == "open").then_some(())
+            })
+        },
+    )
     .await;
     if let Err(e) = listed {
         anyhow::bail!(

@@ -120,7 +120,7 @@ fn check_names(field: &str, names: &[HeaderName]) -> Result<(), ValidationError>
 
 /// `spec.report` of a `CapturePolicy`: the gRPC call-out to the control plane's
 /// `CaptureService.Report`, batched from the root context.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReportSpec {
     /// The Envoy cluster of the control plane (default `meshwarden_xds`, which the Istio
@@ -136,15 +136,6 @@ pub struct ReportSpec {
 
 /// The batching fields of `report`: `flushInterval` defaults to 200ms.
 pub type ReportLimits = BatchLimits<200>;
-
-impl Default for ReportSpec {
-    fn default() -> Self {
-        Self {
-            cluster: ControlPlaneCluster::default(),
-            limits: ReportLimits::default(),
-        }
-    }
-}
 
 impl ReportSpec {
     /// Checks every field; errors name the field relative to `report`.

@@ -286,7 +286,11 @@ mod tests {
         // The first look reports (even an empty set: a restarted proxy clears its rows).
         assert_eq!(claimed(0), Some(Snapshot::default()));
         assert_eq!(claimed(1), None, "one worker per change");
-        assert_eq!(claimed(HEARTBEAT_MS * 5), None, "an empty set is not repeated");
+        assert_eq!(
+            claimed(HEARTBEAT_MS * 5),
+            None,
+            "an empty set is not repeated"
+        );
         trip(&s, &store, b"a", 10);
         let open = claimed(20).expect("a transition is a change");
         assert_eq!(open.total, 1);
@@ -330,8 +334,8 @@ mod tests {
             0x0a, 6, b'n', b'o', b'd', b'e', b'-', b'1', // node_id
             0x12, 1, b'p', // policy
             0x1a, 20, // breakers[0]
-            0x0a, 1, b'p', 0x12, 1, b'a', 0x1a, 9, b'h', b'a', b'l', b'f', b'_', b'o', b'p',
-            b'e', b'n', 0x20, 0xac, 0x02, // since 300
+            0x0a, 1, b'p', 0x12, 1, b'a', 0x1a, 9, b'h', b'a', b'l', b'f', b'_', b'o', b'p', b'e',
+            b'n', 0x20, 0xac, 0x02, // since 300
             0x20, 3, // total
         ];
         assert_eq!(bytes, expected);
