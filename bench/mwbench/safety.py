@@ -147,10 +147,19 @@ def _median(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+def _paired_ratio(runs: list[dict], base_runs: list[dict], key: str) -> float | None:
+    """The median over rounds of this round's figure / the baseline's in the same round:
+    rounds are interleaved, so a drift of the machine's load between rounds (which moves
+    every configuration of a round alike) cancels out, where a ratio of medians taken
+    from different rounds would carry it."""
+    ratios = [r[key] / b[key] for r, b in zip(runs, base_runs) if b[key]]
+    return statistics.median(ratios) if ratios else None
+
+
 def summarise(name: str, runs: list[dict], base: dict | None) -> dict:
     """Primary figures over the rounds (sums of counts, medians of percentiles, the
-    largest max) and, against `base` (the baseline's summary), the ratios and the verdict
-    `latency_unchanged`."""
+    largest max) and, against `base` (the baseline's summary), the ratios (median of the
+    per-round ratios, see `_paired_ratio`) and the verdict `latency_unchanged`."""
     out = {
         "scenario": name,
         "runs": runs,
@@ -164,8 +173,8 @@ def summarise(name: str, runs: list[dict], base: dict | None) -> dict:
     }
     out["all_succeeded"] = out["failed"] == 0 and out["envoy_2xx"] == out["requests"] > 0
     if base is not None:
-        out["p50_ratio"] = out["p50_us"] / base["p50_us"] if base["p50_us"] else None
-        out["p99_ratio"] = out["p99_us"] / base["p99_us"] if base["p99_us"] else None
+        out["p50_ratio"] = _paired_ratio(runs, base["runs"], "p50_us")
+        out["p99_ratio"] = _paired_ratio(runs, base["runs"], "p99_us")
         out["latency_unchanged"] = (
             out["p50_ratio"] is not None and out["p50_ratio"] <= P50_RATIO_MAX
             and out["p99_ratio"] is not None and out["p99_ratio"] <= P99_RATIO_MAX
