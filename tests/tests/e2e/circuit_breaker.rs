@@ -158,15 +158,6 @@ async fn failures_open_the_breaker_the_fallback_spares_the_upstream_then_trials_
     s.wait_stat("opened", "orders", 1).await?;
     assert_eq!(s.stat("state", "orders").await?, 2);
     assert_eq!(s.stat("failures", "orders").await?, 4);
-    // `meshwarden status` shows the open breaker of this proxy.
-    s.wait_status_breakers(&[("orders", "", "open")]).await?;
-    let table = s.cp.cli().run(&["status"]).stdout;
-    assert!(
-        table
-            .lines()
-            .any(|l| l.starts_with("BREAKER cb-failures orders open (")),
-        "{table}"
-    );
     assert!(
         s.envoy.log().contains("breaker") && s.envoy.log().contains("closed -> open"),
         "the transition is logged"
@@ -188,6 +179,17 @@ async fn failures_open_the_breaker_the_fallback_spares_the_upstream_then_trials_
     assert_eq!(s.stat("short_circuited", "orders").await?, 12);
     // Other paths are not guarded.
     assert_eq!(s.get("/other", &[]).await?.status, 200);
+    // `meshwarden status` shows the open breaker of this proxy. (Checked after the fallback
+    // requests: the wait may be over by now, but with no request arriving the breaker
+    // stays open until the next one.)
+    s.wait_status_breakers(&[("orders", "", "open")]).await?;
+    let table = s.cp.cli().run(&["status"]).stdout;
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("BREAKER cb-failures orders open (")),
+        "{table}"
+    );
 
     // After the wait the breaker half-opens: two trials reach the (recovered) upstream.
     tokio::time::sleep(Duration::from_millis(1100)).await;
