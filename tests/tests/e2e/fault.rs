@@ -166,12 +166,14 @@ where
     Ok(all)
 }
 
-/// Whether `observed` successes of `n` trials fit `p` within a two-sided 99 % binomial
-/// bound (normal approximation, with continuity correction).
-fn within_binomial_99(observed: usize, n: usize, p: f64) -> bool {
+/// Whether `observed` successes of `n` trials fit `p` within a two-sided 99.9 % binomial
+/// bound (normal approximation, with continuity correction). A 99 % bound failed a correct
+/// filter about once in 30 runs of `make test` (several such checks per run); 99.9 % still
+/// fails a broken draw (e.g. 0 % or correlated draws) by a wide margin.
+fn within_binomial(observed: usize, n: usize, p: f64) -> bool {
     let mean = n as f64 * p;
     let sd = (n as f64 * p * (1.0 - p)).sqrt();
-    (observed as f64 - mean).abs() <= 2.576 * sd + 0.5
+    (observed as f64 - mean).abs() <= 3.291 * sd + 0.5
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -217,11 +219,11 @@ async fn abort_and_delay_percentages_hold_over_2000_requests() -> anyhow::Result
         .count();
     assert_eq!(other, 0, "only 200 and injected 503");
     assert!(
-        within_binomial_99(aborted, n, 0.20),
+        within_binomial(aborted, n, 0.20),
         "aborted {aborted} of {n}, configured 20 %"
     );
     assert!(
-        within_binomial_99(delayed, n, 0.30),
+        within_binomial(delayed, n, 0.30),
         "delayed {delayed} of {n}, configured 30 %"
     );
     // Independent draws: aborts among delayed requests also ~20 %.
@@ -230,7 +232,7 @@ async fn abort_and_delay_percentages_hold_over_2000_requests() -> anyhow::Result
         .filter(|r| r.status == 503 && r.ms >= 150.0)
         .count();
     assert!(
-        within_binomial_99(both, delayed, 0.20),
+        within_binomial(both, delayed, 0.20),
         "aborted {both} of {delayed} delayed"
     );
     assert!(samples
@@ -308,7 +310,7 @@ async fn injected_delay_is_accurate_and_unselected_requests_are_not_delayed() ->
         assert!(samples.iter().all(|r| r.status == 200));
         let (slow, fast): (Vec<&Sample>, Vec<&Sample>) = samples.iter().partition(|r| r.ms >= 50.0);
         assert!(
-            within_binomial_99(slow.len(), n, 0.5),
+            within_binomial(slow.len(), n, 0.5),
             "{} of {n} delayed",
             slow.len()
         );
@@ -658,7 +660,7 @@ async fn hostile_fault_headers_never_crash_the_filter_or_exceed_caps() -> anyhow
     .await?;
     let aborted = capped.iter().filter(|r| r.status == 503).count();
     assert!(
-        within_binomial_99(aborted, m, 0.25),
+        within_binomial(aborted, m, 0.25),
         "{aborted} of {m} aborted, cap 25 %"
     );
 
@@ -818,7 +820,7 @@ async fn response_phase_faults_sticky_source_and_dry_run() -> anyhow::Result<()>
         faulted_users += usize::from(first == 503);
     }
     assert!(
-        within_binomial_99(faulted_users, users, 0.5),
+        within_binomial(faulted_users, users, 0.5),
         "{faulted_users} of {users} users"
     );
     assert_eq!(
