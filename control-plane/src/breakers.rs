@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// A report older than this is forgotten.
 pub const STALE_AFTER: Duration = Duration::from_millis(STALE_AFTER_MS);
@@ -129,13 +129,13 @@ pub fn attach(proxies: &mut [pb::ProxyStatus], reports: Vec<pb::HeldBreakerRepor
     }
 }
 
-fn fresh(h: &pb::HeldBreakerReport, now_ms: i64) -> bool {
-    now_ms.saturating_sub(h.received_unix_ms) <= STALE_AFTER.as_millis() as i64
+/// Milliseconds since the Unix epoch, as status reports times.
+fn unix_ms(t: SystemTime) -> i64 {
+    crate::api::status::unix_ms(Some(t))
 }
 
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+fn fresh(h: &pb::HeldBreakerReport, now_ms: i64) -> bool {
+    now_ms.saturating_sub(h.received_unix_ms) <= STALE_AFTER.as_millis() as i64
 }
 
 /// The report with its bounds checked: names present and short, states known, at most

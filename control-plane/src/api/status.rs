@@ -129,7 +129,7 @@ fn filter(r: &ResourceStatus) -> pb::FilterStatus {
 }
 
 /// Milliseconds since the Unix epoch; 0 for `None` (or times before the epoch).
-fn unix_ms(t: Option<SystemTime>) -> i64 {
+pub(crate) fn unix_ms(t: Option<SystemTime>) -> i64 {
     t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
